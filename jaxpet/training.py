@@ -1,0 +1,484 @@
+"""The ensemble trainer: K models of one architecture trained at once as one jitted program.
+
+Design (pure-functional JAX):
+
+* :class:`ModelState` holds ONE model's parameters, BatchNorm statistics,
+  optimiser state, random key, step count and early-stopping bookkeeping.
+  An ensemble is the same pytree with a leading model axis of size K.
+* :func:`train_step` updates one model on one batch; :func:`train_epoch`
+  runs a whole epoch of it inside ``lax.scan`` over batches drawn from the
+  device-resident dataset by the model's own permutation of its own member
+  set, then validates. ``jax.vmap`` maps the epoch over the model axis and
+  ``jax.jit`` compiles it once; the host only loops over epochs.
+* Member sets of different sizes are padded to one length: padded rows are
+  masked out of the loss, the accuracy and the BatchNorm statistics, and a
+  batch with no real row leaves the model untouched. Each example's place in
+  the shuffle is drawn from ``fold_in(key, position)``, so model k sees the
+  same batches whether it trains alone or padded inside a larger ensemble.
+* K=1 is simply the plain single-model trainer: there is one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxpet.splits import MemberSets
+
+# Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
+_INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one ensemble run; defaults are the seed's Task 1 values."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.96  # learning rate multiplied by this once per epoch
+    weight_decay: float = 1e-4  # L2 added to the gradient (PyTorch Adam's weight_decay)
+    early_stopping: bool = False  # keep each model's best-validation weights, stop after `patience`
+    patience: int = 10  # epochs without validation improvement before a model stops
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}.")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+
+    def learning_rate_at(self, epoch):
+        return self.learning_rate * self.lr_decay**epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize:
+    """uint8 images -> float32 ``(x / 255 - mean) / std`` per channel, done on the device."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 255.0
+
+    def __call__(self, x):
+        x = jnp.asarray(x, jnp.float32) / self.scale
+        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+
+
+IDENTITY = Normalize(mean=(0.0,), std=(1.0,), scale=1.0)
+
+
+@flax.struct.dataclass
+class ModelState:
+    """One model's training state; with a leading [K] axis on every leaf, an ensemble's."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    step: jax.Array  # number of updates applied
+    active: jax.Array  # False once early stopping has fired
+    best_params: Any  # None unless early stopping is on
+    best_batch_stats: Any
+    best_val_acc: jax.Array
+    best_epoch: jax.Array
+    epochs_since_best: jax.Array
+
+    @property
+    def num_models(self) -> int:
+        return int(jax.tree.leaves(self.rng)[0].shape[0])
+
+    def variables(self, use_best: bool = False):
+        """Flax variables for ``model.apply``; the best-validation ones when asked and kept."""
+        if use_best and self.best_params is not None:
+            return {"params": self.best_params, "batch_stats": self.best_batch_stats}
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with coupled L2 (as PyTorch's ``Adam(weight_decay=...)``) and an injectable rate."""
+
+    def adam_l2(learning_rate, weight_decay):
+        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+
+    return optax.inject_hyperparams(adam_l2)(
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+def model_keys(seed: int, num_models: int) -> jax.Array:
+    """K independent model keys from one seed (model k's key depends only on seed and k)."""
+    if num_models < 1:
+        raise ValueError(f"num_models must be >= 1, got {num_models}.")
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(num_models))
+
+
+def init_model_state(model: nn.Module, config: TrainConfig, key, sample_input) -> ModelState:
+    """Initialises ONE model (vmap it for an ensemble)."""
+    variables = model.init(
+        {"params": jax.random.fold_in(key, _INIT_STREAM)}, sample_input, train=False
+    )
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    keep_best = config.early_stopping
+    return ModelState(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=make_optimizer(config).init(params),
+        rng=key,
+        step=jnp.zeros((), jnp.int32),
+        active=jnp.ones((), bool),
+        best_params=params if keep_best else None,
+        best_batch_stats=batch_stats if keep_best else None,
+        best_val_acc=jnp.full((), -1.0, jnp.float32),
+        best_epoch=jnp.full((), -1, jnp.int32),
+        epochs_since_best=jnp.zeros((), jnp.int32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def init_ensemble(model: nn.Module, config: TrainConfig, keys, sample_input) -> ModelState:
+    """Initialises K models, one per key, as one [K]-leading pytree."""
+    return jax.vmap(init_model_state, in_axes=(None, None, 0, None))(
+        model, config, keys, sample_input
+    )
+
+
+def _select(pred, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, learning_rate):
+    """One optimiser step of ONE model on a padded batch; returns (state, metric sums)."""
+    num_real = jnp.sum(row_mask)
+    weights = row_mask.astype(jnp.float32)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
+
+    def loss_fn(params):
+        logits, mutated = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mask=row_mask,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
+        )
+        logits = logits.astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        loss = jnp.sum(losses * weights) / jnp.maximum(num_real, 1)
+        return loss, (logits, losses, mutated.get("batch_stats", {}))
+
+    (_, (logits, losses, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    opt_state = state.opt_state._replace(
+        hyperparams={**state.opt_state.hyperparams,
+                     "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
+    )
+    updates, opt_state = make_optimizer(config).update(grads, opt_state, state.params)
+    updated = state.replace(
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        step=state.step + 1,
+    )
+    state = _select(state.active & (num_real > 0), updated, state)
+    correct = (jnp.argmax(logits, -1) == y) & row_mask
+    return state, {
+        "loss_sum": jnp.sum(losses * weights),
+        "correct": jnp.sum(correct),
+        "count": num_real,
+    }
+
+
+def _batch_positions(num_positions: int, batch_size: int):
+    steps = max(1, math.ceil(num_positions / batch_size))
+    return steps, steps * batch_size
+
+
+def evaluate_model(model, preprocess, variables, images, labels, indices, count, batch_size):
+    """Inference-mode loss and accuracy of ONE model on ``indices[:count]`` of the dataset."""
+    steps, padded = _batch_positions(indices.shape[0], batch_size)
+    indices = jnp.pad(indices, (0, padded - indices.shape[0]))
+    valid = jnp.arange(padded) < count
+
+    def body(carry, s):
+        idx = jax.lax.dynamic_slice(indices, (s * batch_size,), (batch_size,))
+        mask = jax.lax.dynamic_slice(valid, (s * batch_size,), (batch_size,))
+        logits = model.apply(variables, preprocess(images[idx]), train=False)
+        logits = logits.astype(jnp.float32)
+        y = labels[idx]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        loss_sum, correct = carry
+        return (
+            loss_sum + jnp.sum(jnp.where(mask, loss, 0.0)),
+            correct + jnp.sum((jnp.argmax(logits, -1) == y) & mask),
+        ), None
+
+    (loss_sum, correct), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), jnp.arange(steps)
+    )
+    denom = jnp.maximum(count, 1)
+    return {"loss": loss_sum / denom, "accuracy": correct / denom}
+
+
+def train_epoch(
+    model, config: TrainConfig, preprocess, state: ModelState, images, labels,
+    member_indices, member_count, val_indices, val_count, epoch,
+):
+    """One epoch of ONE model inside ``lax.scan``, then validation and early-stopping update."""
+    batch = config.batch_size
+    steps, padded = _batch_positions(member_indices.shape[0], batch)
+    positions = jnp.arange(member_indices.shape[0])
+    shuffle_key = jax.random.fold_in(jax.random.fold_in(state.rng, _SHUFFLE_STREAM), epoch)
+    draws = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(shuffle_key, i)))(positions)
+    order = jnp.argsort(jnp.where(positions < member_count, draws, 2.0))  # real members first
+    perm = jnp.pad(member_indices[order], (0, padded - member_indices.shape[0]))
+    valid = jnp.arange(padded) < member_count
+    learning_rate = config.learning_rate * config.lr_decay ** epoch.astype(jnp.float32)
+
+    def body(state, s):
+        idx = jax.lax.dynamic_slice(perm, (s * batch,), (batch,))
+        mask = jax.lax.dynamic_slice(valid, (s * batch,), (batch,))
+        return train_step(model, config, state, preprocess(images[idx]), labels[idx], mask,
+                          learning_rate)
+
+    was_active = state.active
+    state, sums = jax.lax.scan(body, state, jnp.arange(steps))
+    sums = jax.tree.map(jnp.sum, sums)
+    metrics = {
+        "loss": sums["loss_sum"] / jnp.maximum(sums["count"], 1),
+        "train_acc": sums["correct"] / jnp.maximum(sums["count"], 1),
+        "learning_rate": learning_rate,
+        "active": was_active,
+    }
+    if val_indices is not None:
+        val = evaluate_model(model, preprocess, state.variables(), images, labels, val_indices,
+                             val_count, config.eval_batch_size)
+        metrics["val_loss"], metrics["val_acc"] = val["loss"], val["accuracy"]
+        if config.early_stopping:
+            improved = was_active & (val["accuracy"] > state.best_val_acc)
+            since = jnp.where(improved, 0, state.epochs_since_best + was_active.astype(jnp.int32))
+            state = state.replace(
+                best_params=_select(improved, state.params, state.best_params),
+                best_batch_stats=_select(improved, state.batch_stats, state.best_batch_stats),
+                best_val_acc=jnp.where(improved, val["accuracy"], state.best_val_acc),
+                best_epoch=jnp.where(improved, epoch, state.best_epoch),
+                epochs_since_best=since,
+                active=state.active & (since < config.patience),
+            )
+    return state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config", "preprocess"), donate_argnums=(3,))
+def train_ensemble_epoch(
+    model, config, preprocess, state, images, labels,
+    member_indices, member_counts, val_indices, val_counts, epoch,
+):
+    """:func:`train_epoch` vmapped over the model axis and jitted: the whole ensemble's epoch."""
+    val_axis = None if val_indices is None else 0
+    return jax.vmap(
+        train_epoch,
+        in_axes=(None, None, None, 0, None, None, 0, 0, val_axis, val_axis, None),
+    )(model, config, preprocess, state, images, labels, member_indices, member_counts,
+      val_indices, val_counts, epoch)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The trained ensemble and its per-epoch history (each entry: name -> [K] numpy array)."""
+
+    state: ModelState
+    history: list[dict[str, np.ndarray]]
+    seconds: float
+
+    def variables(self):
+        """Each model's final variables: best-validation ones under early stopping."""
+        return self.state.variables(use_best=True)
+
+
+def _check_sets(sets: MemberSets, pool_size: int, what: str, num_models: int | None = None):
+    if num_models is not None and sets.num_models != num_models:
+        raise ValueError(f"{what} has {sets.num_models} sets but the ensemble has {num_models} "
+                         "models; give one set per model.")
+    if sets.indices.max(initial=0) >= pool_size:
+        raise ValueError(f"{what} indexes example {int(sets.indices.max())} but the data has "
+                         f"only {pool_size}; build the sets from this dataset's size.")
+
+
+def train_ensemble(
+    model: nn.Module,
+    images,
+    labels,
+    members: MemberSets,
+    config: TrainConfig = TrainConfig(),
+    *,
+    keys=None,
+    seed: int = 0,
+    validation: MemberSets | None = None,
+    preprocess: Callable = IDENTITY,
+    state: ModelState | None = None,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[int, ModelState, dict], None] | None = None,
+    log_prefix: str = "",
+) -> TrainResult:
+    """Trains ``members.num_models`` models at once, model k on ``members.member(k)``.
+
+    Args:
+      model: a Flax module called as ``model(x, train, mask=...)``.
+      images, labels: the whole pool (numpy or device arrays), put on the device once;
+        member and validation sets index into it.
+      members: one member set per model (sizes may differ).
+      config: hyper-parameters (see :class:`TrainConfig`).
+      keys: [K] model keys; default ``model_keys(seed, K)``.
+      validation: one validation set per model; needed for early stopping.
+      preprocess: jittable, hashable map from stored images to model inputs.
+      state, start_epoch: resume from a saved ensemble state.
+      on_epoch_end: called with (epoch, state, metrics) after every epoch, e.g. to checkpoint.
+    """
+    num_models = members.num_models
+    images = jnp.asarray(images)
+    labels = jnp.asarray(labels, jnp.int32)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in "
+                         "length.")
+    _check_sets(members, images.shape[0], "members")
+    if config.early_stopping and validation is None:
+        raise ValueError("early_stopping needs a validation set per model; pass validation=.")
+    val_indices = val_counts = None
+    if validation is not None:
+        _check_sets(validation, images.shape[0], "validation", num_models)
+        val_indices = jnp.asarray(validation.indices)
+        val_counts = jnp.asarray(validation.counts)
+    if state is None:
+        keys = model_keys(seed, num_models) if keys is None else keys
+        if keys.shape[0] != num_models:
+            raise ValueError(f"Got {keys.shape[0]} keys for {num_models} models.")
+        state = init_ensemble(model, config, keys, preprocess(images[:1]))
+    member_indices = jnp.asarray(members.indices)
+    member_counts = jnp.asarray(members.counts)
+
+    history = []
+    start = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        tick = time.perf_counter()
+        state, metrics = train_ensemble_epoch(
+            model, config, preprocess, state, images, labels, member_indices, member_counts,
+            val_indices, val_counts, jnp.asarray(epoch, jnp.int32),
+        )
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        history.append(metrics)
+        logging.info("%s%s", log_prefix, _format_epoch(epoch, config.epochs, metrics,
+                                                      time.perf_counter() - tick))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, state, metrics)
+        if not metrics["active"].any() and config.early_stopping:
+            logging.info("%sall %d models stopped early after epoch %d", log_prefix, num_models,
+                         epoch + 1)
+            break
+    return TrainResult(state=state, history=history, seconds=time.perf_counter() - start)
+
+
+def _format_epoch(epoch, epochs, metrics, seconds):
+    def stat(name):
+        v = metrics[name]
+        return f"{name} {v.mean():.4f}" + (f"±{v.std():.4f}" if v.size > 1 else "")
+
+    parts = [f"epoch {epoch + 1}/{epochs}", stat("loss"), stat("train_acc")]
+    if "val_acc" in metrics:
+        parts.append(stat("val_acc"))
+    parts.append(f"active {int(metrics['active'].sum())}/{metrics['active'].size}")
+    parts.append(f"{seconds:.1f}s")
+    return "  ".join(parts)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "preprocess", "logits"))
+def _predict_batch(model, preprocess, variables, x, logits=False):
+    def one(v):
+        out = model.apply(v, preprocess(x), train=False).astype(jnp.float32)
+        return out if logits else jax.nn.softmax(out)
+
+    return jax.vmap(one)(variables)
+
+
+def predict(
+    model: nn.Module,
+    variables,
+    images,
+    *,
+    preprocess: Callable = IDENTITY,
+    batch_size: int = 1024,
+    logits: bool = False,
+) -> np.ndarray:
+    """Posteriors (or logits) of all K models on ``images``: float32 [K, N, classes].
+
+    Always inference mode (BatchNorm running statistics, no dropout).
+    ``variables`` is an ensemble's ``{"params", "batch_stats"}`` with a leading [K] axis,
+    e.g. ``TrainResult.variables()``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("predict got no images.")
+    batch_size = min(batch_size, n)
+    outputs = []
+    for start in range(0, n, batch_size):
+        x = jnp.asarray(images[start : start + batch_size])
+        real = x.shape[0]
+        if real < batch_size:  # Pad so every call reuses one compiled program.
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], batch_size - real, axis=0)])
+        outputs.append(np.asarray(_predict_batch(model, preprocess, variables, x, logits))[:, :real])
+    return np.concatenate(outputs, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "preprocess", "batch_size"))
+def _evaluate_ensemble(model, preprocess, variables, images, labels, indices, counts, batch_size):
+    return jax.vmap(evaluate_model, in_axes=(None, None, 0, None, None, 0, 0, None))(
+        model, preprocess, variables, images, labels, indices, counts, batch_size
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    variables,
+    images,
+    labels,
+    sets: MemberSets,
+    *,
+    preprocess: Callable = IDENTITY,
+    batch_size: int = 1024,
+) -> dict[str, np.ndarray]:
+    """Inference-mode accuracy and loss of model k on its own set ``sets.member(k)``: [K] each."""
+    images = jnp.asarray(images)
+    _check_sets(sets, images.shape[0], "sets")
+    out = _evaluate_ensemble(model, preprocess, variables, images, jnp.asarray(labels, jnp.int32),
+                             jnp.asarray(sets.indices), jnp.asarray(sets.counts), batch_size)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def take_model(tree, k: int):
+    """Model k's slice of an ensemble pytree (e.g. to compare with a K=1 run)."""
+    return jax.tree.map(lambda x: x[k], tree)
+
+
+def stack_models(trees: Sequence[Any]):
+    """Stacks K single-model pytrees into one ensemble pytree."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)

@@ -1,0 +1,74 @@
+"""Model shapes, widths and exposed representations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpet import models
+
+
+def _num_params(variables):
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("dataset, shape", [("cifar10", (2, 32, 32, 3)), ("mnist", (2, 28, 28, 1))])
+def test_seed_cnn_widths_and_output(dataset, shape):
+    x = jnp.zeros(shape)
+    target, shadow = models.seed_cnn(dataset, "target"), models.seed_cnn(dataset, "shadow")
+    assert (target.conv1, target.conv2, target.fc) == models.SEED_CNN_WIDTHS[(dataset, "target")]
+    assert (shadow.conv1, shadow.conv2, shadow.fc) == tuple(w // 2 for w in (target.conv1, target.conv2, target.fc))
+    vt = target.init(jax.random.PRNGKey(0), x)
+    vs = shadow.init(jax.random.PRNGKey(0), x)
+    assert target.apply(vt, x).shape == (2, 10)
+    assert "batch_stats" in vt
+    assert _num_params(vs) < _num_params(vt) / 2
+
+
+def test_seed_cnn_dropout_only_in_training():
+    model = models.seed_cnn("mnist", "shadow", dropout_rate=0.5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    a, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=["batch_stats"])
+    b, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
+    assert not np.allclose(a, b)
+
+
+def test_face_and_attack_mlps():
+    face = models.face_mlp()
+    x = jnp.zeros((3, 112, 92, 1))
+    variables = face.init(jax.random.PRNGKey(0), x)
+    assert face.apply(variables, x).shape == (3, 40)
+    assert variables["params"]["Dense_0"]["kernel"].shape == (112 * 92, 3000)
+    attack = models.attack_mlp()
+    va = attack.init(jax.random.PRNGKey(0), jnp.zeros((5, 3)))
+    assert attack.apply(va, jnp.zeros((5, 3))).shape == (5, 2)
+    assert va["params"]["Dense_0"]["kernel"].shape == (3, 128)
+
+
+def test_lenet_exposes_representations():
+    model = models.LeNet(num_classes=2)
+    x = jnp.ones((2, 50, 50, 3))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    assert model.apply(variables, x).shape == (2, 2)
+    assert models.representation(model, variables, x, "fc2").shape == (2, 64)
+    assert models.representation(model, variables, x, "fc1").shape == (2, 128)
+    assert models.representation(model, variables, x, "conv3").shape == (2, 6 * 6 * 64)
+    with pytest.raises(ValueError, match="fc9"):
+        models.representation(model, variables, x, "fc9")
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="precision"):
+        models.seed_cnn("cifar10", precision="float8")
+    with pytest.raises(ValueError, match="svhn"):
+        models.seed_cnn("svhn")
+
+
+def test_bfloat16_compute_with_float32_params():
+    model = models.seed_cnn("mnist", "shadow", precision="bfloat16")
+    x = jnp.zeros((2, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    assert model.apply(variables, x).dtype == jnp.bfloat16

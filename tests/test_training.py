@@ -1,0 +1,189 @@
+"""Ensemble trainer: vmap == one-by-one, fitting, masking, early stopping, precision."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpet import models, splits, training
+
+NORMALIZE = training.Normalize(mean=(0.5,), std=(0.25,))
+
+
+def _tiny_cnn(**kwargs):
+    return models.SeedCNN(conv1=4, conv2=8, fc=16, num_classes=2, **kwargs)
+
+
+def _separable_images(n, seed=0):
+    """8x8 uint8 images whose class is which half (top/bottom) is brighter."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).astype(np.int32)
+    images = rng.integers(0, 120, (n, 8, 8, 1))
+    images[labels == 1, :4] += 120
+    images[labels == 0, 4:] += 120
+    return images.astype(np.uint8), labels
+
+
+def _max_abs_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_vmapped_ensemble_equals_independent_runs():
+    images, labels = _separable_images(300)
+    model = _tiny_cnn(dropout_rate=0.2)
+    config = training.TrainConfig(epochs=2, batch_size=32)
+    # Different sizes: padding and masking must not change any model's training.
+    sets = splits.MemberSets.from_lists([np.arange(0, 150), np.arange(60, 260), np.arange(40, 290)])
+    keys = training.model_keys(7, 3)
+    ensemble = training.train_ensemble(model, images, labels, sets, config, keys=keys, preprocess=NORMALIZE)
+    ensemble_post = training.predict(model, ensemble.variables(), images, preprocess=NORMALIZE)
+    chex.assert_shape(ensemble_post, (3, 300, 2))
+    for k in range(3):
+        single = training.train_ensemble(
+            model, images, labels, splits.MemberSets.from_lists([sets.member(k)]), config,
+            keys=keys[k : k + 1], preprocess=NORMALIZE,
+        )
+        chex.assert_trees_all_close(
+            training.take_model(ensemble.state.params, k), training.take_model(single.state.params, 0),
+            atol=1e-5, rtol=1e-5,
+        )
+        chex.assert_trees_all_close(
+            training.take_model(ensemble.state.batch_stats, k),
+            training.take_model(single.state.batch_stats, 0), atol=1e-5, rtol=1e-5,
+        )
+        single_post = training.predict(model, single.variables(), images, preprocess=NORMALIZE)
+        np.testing.assert_allclose(ensemble_post[k], single_post[0], atol=1e-5)
+    # The models really differ from each other (own keys and own data).
+    assert _max_abs_diff(training.take_model(ensemble.state.params, 0),
+                         training.take_model(ensemble.state.params, 1)) > 1e-3
+
+
+def test_trainer_fits_separable_data():
+    images, labels = _separable_images(512)
+    sets = splits.MemberSets.replicate(np.arange(512), 2)
+    result = training.train_ensemble(
+        _tiny_cnn(), images, labels, sets, training.TrainConfig(epochs=4, batch_size=32),
+        preprocess=NORMALIZE,
+    )
+    losses = np.stack([h["loss"] for h in result.history])  # [epochs, K]
+    accs = np.stack([h["train_acc"] for h in result.history])
+    assert np.all(losses[-1] < losses[0] * 0.5), losses
+    assert np.all(accs[-1] > 0.95), accs
+    evaluated = training.evaluate(_tiny_cnn(), result.variables(), images, labels, sets, preprocess=NORMALIZE)
+    assert np.all(evaluated["accuracy"] > 0.95)
+
+
+def test_padded_partial_batch_equals_exact_batch():
+    """40 members in a batch of 64 (24 masked rows) must train exactly like a batch of 40."""
+    images, labels = _separable_images(100)
+    sets = splits.MemberSets.from_lists([np.arange(10, 50)])
+    keys = training.model_keys(3, 1)
+    runs = [
+        training.train_ensemble(_tiny_cnn(), images, labels, sets,
+                                training.TrainConfig(epochs=2, batch_size=b), keys=keys,
+                                preprocess=NORMALIZE)
+        for b in (40, 64)
+    ]
+    chex.assert_trees_all_close(runs[0].state.params, runs[1].state.params, atol=1e-6)
+    chex.assert_trees_all_close(runs[0].state.batch_stats, runs[1].state.batch_stats, atol=1e-6)
+    np.testing.assert_array_equal(runs[0].state.step, [2])
+
+
+def test_learning_rate_decays_per_epoch():
+    images, labels = _separable_images(64)
+    result = training.train_ensemble(
+        models.MLP(hidden_sizes=(8,), num_classes=2), images, labels,
+        splits.MemberSets.from_lists([np.arange(64)]),
+        training.TrainConfig(epochs=3, batch_size=32, learning_rate=0.01, lr_decay=0.5),
+        preprocess=NORMALIZE,
+    )
+    np.testing.assert_allclose([h["learning_rate"][0] for h in result.history], [0.01, 0.005, 0.0025])
+    np.testing.assert_allclose(result.state.opt_state.hyperparams["learning_rate"], [0.0025])
+
+
+def test_early_stopping_keeps_each_models_best_weights():
+    images, labels = _separable_images(400, seed=1)
+    # Model 0 gets clean labels; model 1 gets noise, so their best epochs differ.
+    noisy = labels.copy()
+    noisy[200:300] = np.random.default_rng(0).integers(0, 2, 100)
+    members = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(200, 300)])
+    validation = splits.MemberSets.from_lists([np.arange(100, 200), np.arange(300, 400)])
+    config = training.TrainConfig(epochs=8, batch_size=16, learning_rate=3e-3, early_stopping=True, patience=2)
+    saved = []
+    result = training.train_ensemble(
+        _tiny_cnn(), images, noisy, members, config, validation=validation, preprocess=NORMALIZE,
+        on_epoch_end=lambda e, s, m: saved.append(jax.device_get(s.params)),
+    )
+    val_acc = np.stack([h["val_acc"] for h in result.history])  # [epochs, K]
+    active = np.stack([h["active"] for h in result.history])
+    for k in range(2):
+        seen = val_acc[active[:, k], k]  # epochs the model actually trained
+        best = int(np.argmax(seen))  # first epoch reaching the max, as the strict `>` keeps
+        assert int(result.state.best_epoch[k]) == best
+        np.testing.assert_allclose(result.state.best_val_acc[k], seen.max())
+        chex.assert_trees_all_close(
+            training.take_model(result.state.best_params, k), training.take_model(saved[best], k)
+        )
+        # Final variables are the best ones, and a stopped model stops changing.
+        chex.assert_trees_all_close(training.take_model(result.variables()["params"], k),
+                                    training.take_model(saved[best], k))
+        stopped = np.flatnonzero(~active[:, k])
+        if stopped.size:
+            chex.assert_trees_all_close(training.take_model(saved[stopped[0]], k),
+                                        training.take_model(saved[-1], k))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    images, labels = _separable_images(128)
+    model = _tiny_cnn(dtype=jnp.bfloat16)
+    result = training.train_ensemble(
+        model, images, labels, splits.MemberSets.replicate(np.arange(128), 2),
+        training.TrainConfig(epochs=3, batch_size=32), preprocess=NORMALIZE,
+    )
+    chex.assert_tree_all_finite(result.state.params)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(result.state.params))
+    assert result.history[-1]["loss"].mean() < result.history[0]["loss"].mean()
+    posteriors = training.predict(model, result.variables(), images, preprocess=NORMALIZE)
+    assert posteriors.dtype == np.float32
+    np.testing.assert_allclose(posteriors.sum(-1), 1.0, atol=1e-3)
+
+
+def test_predict_matches_direct_apply_and_batches():
+    images, labels = _separable_images(50)
+    model = _tiny_cnn()
+    result = training.train_ensemble(
+        model, images, labels, splits.MemberSets.replicate(np.arange(50), 2),
+        training.TrainConfig(epochs=1, batch_size=16), preprocess=NORMALIZE,
+    )
+    batched = training.predict(model, result.variables(), images, preprocess=NORMALIZE, batch_size=7)
+    logits = model.apply(training.take_model(result.variables(), 1), NORMALIZE(images), train=False)
+    np.testing.assert_allclose(batched[1], jax.nn.softmax(logits), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(lr_decay=1.5), "lr_decay"),
+    ],
+)
+def test_bad_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        training.TrainConfig(**kwargs)
+
+
+def test_bad_inputs_are_rejected_before_training():
+    images, labels = _separable_images(20)
+    model = _tiny_cnn()
+    config = training.TrainConfig(epochs=1, early_stopping=True)
+    with pytest.raises(ValueError, match="validation"):
+        training.train_ensemble(model, images, labels, splits.MemberSets.from_lists([np.arange(10)]), config)
+    with pytest.raises(ValueError, match="only 20"):
+        training.train_ensemble(model, images, labels, splits.MemberSets.from_lists([np.arange(30)]),
+                                training.TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="differ in length"):
+        training.train_ensemble(model, images, labels[:10], splits.MemberSets.from_lists([np.arange(5)]),
+                                training.TrainConfig(epochs=1))
