@@ -1,0 +1,131 @@
+"""Attack metrics in numpy: ROC, AUC, TPR at low FPR, and classification reports.
+
+Membership is the positive class (label 1) and a higher score means "more
+likely a member". Every function here is checked against scikit-learn on
+random inputs in ``tests/test_metrics.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# FPR levels reported for every attack (Carlini et al. 2022, "MIA from first principles").
+DEFAULT_FPR_LEVELS = (0.01, 0.001, 0.0)
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+
+
+def _check_binary(labels, scores):
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels ({labels.size}) and scores ({scores.size}) differ in length.")
+    if labels.all() or not labels.any():
+        raise ValueError("ROC needs both members (1) and non-members (0) among the labels.")
+    if not np.isfinite(scores).all():
+        raise ValueError("Attack scores contain NaN or inf; check the model's outputs.")
+    return labels, scores
+
+
+def roc_curve(labels, scores):
+    """(fpr, tpr, thresholds) with one point per distinct score, starting at (0, 0).
+
+    Predicting "member" for ``score >= thresholds[i]`` gives ``(fpr[i], tpr[i])``.
+    """
+    labels, scores = _check_binary(labels, scores)
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tps = np.cumsum(labels)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    tpr = np.r_[0.0, tps / labels.sum()]
+    fpr = np.r_[0.0, fps / (~labels).sum()]
+    thresholds = np.r_[np.inf, scores[last_of_tie]]
+    return fpr, tpr, thresholds
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve (trapezoidal, ties counted half)."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(_trapezoid(tpr, fpr))
+
+
+def tpr_at_fpr(labels, scores, fpr_levels: Sequence[float] = DEFAULT_FPR_LEVELS) -> dict[str, float]:
+    """Highest TPR of any threshold whose FPR is at most each level; keys are the levels as str."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    out = {}
+    for level in fpr_levels:
+        if not 0 <= level <= 1:
+            raise ValueError(f"FPR level must be in [0, 1], got {level}.")
+        out[str(level)] = float(tpr[fpr <= level].max())
+    return out
+
+
+def best_threshold(labels, scores) -> float:
+    """The threshold maximising accuracy of ``score >= threshold`` (fit it on shadow data)."""
+    labels, scores = _check_binary(labels, scores)
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    positives, negatives = labels.sum(), (~labels).sum()
+    correct = tpr * positives + (1 - fpr) * negatives
+    best = int(np.argmax(correct))
+    if np.isinf(thresholds[best]):  # "nobody is a member": put it just above the top score
+        return float(np.nextafter(scores.max(), np.inf))
+    return float(thresholds[best])
+
+
+def confusion_matrix(labels, predictions, num_classes: int | None = None) -> np.ndarray:
+    """[true, predicted] counts."""
+    labels = np.asarray(labels, np.int64).ravel()
+    predictions = np.asarray(predictions, np.int64).ravel()
+    if labels.shape != predictions.shape:
+        raise ValueError("labels and predictions differ in length.")
+    if num_classes is None:
+        num_classes = int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def per_class_report(labels, predictions, num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support (0 where undefined, as scikit-learn's default)."""
+    matrix = confusion_matrix(labels, predictions, num_classes)
+    tp = np.diag(matrix).astype(np.float64)
+    predicted, support = matrix.sum(0), matrix.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def binary_report(labels, predictions) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 with member (1) as the positive class."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    predictions = np.asarray(predictions).astype(bool).ravel()
+    report = per_class_report(labels, predictions, num_classes=2)
+    return {
+        "accuracy": float(np.mean(labels == predictions)),
+        "precision": float(report["precision"][1]),
+        "recall": float(report["recall"][1]),
+        "f1": float(report["f1"][1]),
+    }
+
+
+def attack_report(labels, scores, predictions=None, threshold: float | None = None,
+                  fpr_levels: Sequence[float] = DEFAULT_FPR_LEVELS) -> dict:
+    """Every number reported for a membership attack.
+
+    ``predictions`` are the attack's hard decisions; if absent they are
+    ``scores >= threshold``. AUC and TPR@FPR use the scores alone.
+    """
+    labels, scores = _check_binary(labels, scores)
+    if predictions is None:
+        if threshold is None:
+            raise ValueError("attack_report needs predictions or a threshold.")
+        predictions = scores >= threshold
+    report = binary_report(labels, predictions)
+    report["auc"] = roc_auc(labels, scores)
+    report["tpr_at_fpr"] = tpr_at_fpr(labels, scores, fpr_levels)
+    return report

@@ -1,0 +1,77 @@
+"""Metrics agree with scikit-learn on random inputs (with ties)."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from jaxpet import metrics
+
+
+def _random_case(seed, n=500, tied=False):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    scores = rng.normal(size=n) + 0.7 * labels
+    if tied:
+        scores = np.round(scores * 2) / 2  # many ties
+    return labels, scores
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tied", [False, True])
+def test_roc_and_auc_match_sklearn(seed, tied):
+    labels, scores = _random_case(seed, tied=tied)
+    fpr, tpr, thresholds = metrics.roc_curve(labels, scores)
+    sk_fpr, sk_tpr, sk_thr = skm.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thresholds[1:], sk_thr[1:])
+    np.testing.assert_allclose(metrics.roc_auc(labels, scores), skm.roc_auc_score(labels, scores))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tpr_at_fpr_matches_sklearn_curve(seed):
+    labels, scores = _random_case(seed, n=3000)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores)
+    got = metrics.tpr_at_fpr(labels, scores, (0.1, 0.01, 0.001, 0.0))
+    for level in (0.1, 0.01, 0.001, 0.0):
+        assert got[str(level)] == pytest.approx(sk_tpr[sk_fpr <= level].max())
+
+
+def test_tpr_at_zero_fpr_of_a_perfect_and_a_useless_attack():
+    labels = np.r_[np.ones(100), np.zeros(100)]
+    assert metrics.tpr_at_fpr(labels, labels, (0.0,))["0.0"] == 1.0
+    assert metrics.tpr_at_fpr(labels, np.zeros(200), (0.0,))["0.0"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_binary_and_per_class_reports_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels, predictions = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
+    report = metrics.binary_report(labels, predictions)
+    assert report["accuracy"] == pytest.approx(skm.accuracy_score(labels, predictions))
+    assert report["precision"] == pytest.approx(skm.precision_score(labels, predictions))
+    assert report["recall"] == pytest.approx(skm.recall_score(labels, predictions))
+    assert report["f1"] == pytest.approx(skm.f1_score(labels, predictions))
+    y, p = rng.integers(0, 5, 400), rng.integers(0, 4, 400)  # class 4 never predicted
+    per_class = metrics.per_class_report(y, p, num_classes=5)
+    sk = skm.precision_recall_fscore_support(y, p, labels=range(5), zero_division=0)
+    for ours, theirs in zip((per_class[k] for k in ("precision", "recall", "f1", "support")), sk):
+        np.testing.assert_allclose(ours, theirs)
+    np.testing.assert_array_equal(metrics.confusion_matrix(y, p, 5), skm.confusion_matrix(y, p, labels=range(5)))
+
+
+def test_best_threshold_maximises_accuracy():
+    labels, scores = _random_case(5)
+    threshold = metrics.best_threshold(labels, scores)
+    best = np.mean((scores >= threshold) == labels)
+    for t in np.unique(scores):
+        assert np.mean((scores >= t) == labels) <= best + 1e-12
+
+
+def test_bad_metric_inputs():
+    with pytest.raises(ValueError, match="both members"):
+        metrics.roc_auc(np.ones(5), np.arange(5))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.roc_auc([0, 1], [0.0, np.nan])
+    with pytest.raises(ValueError, match="differ"):
+        metrics.roc_auc([0, 1], [0.0])
