@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpet.data import IDENTITY, Normalize  # noqa: F401  (re-exported)
 from jaxpet.splits import MemberSets
 
 # Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
@@ -66,22 +67,6 @@ class TrainConfig:
 
     def learning_rate_at(self, epoch):
         return self.learning_rate * self.lr_decay**epoch
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalize:
-    """uint8 images -> float32 ``(x / 255 - mean) / std`` per channel, done on the device."""
-
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    scale: float = 255.0
-
-    def __call__(self, x):
-        x = jnp.asarray(x, jnp.float32) / self.scale
-        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
-
-
-IDENTITY = Normalize(mean=(0.0,), std=(1.0,), scale=1.0)
 
 
 @flax.struct.dataclass

@@ -1,0 +1,327 @@
+"""Membership inference end to end (seed Task 1): split, train target and shadows, attack, report.
+
+:func:`run` is the whole experiment; ``experiments/membership.py`` only parses
+flags into a :class:`MembershipConfig`. Every finished phase (target
+training, shadow training, attacks) is saved in the workdir, so an
+interrupted run keeps its work and a rerun with the same config resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import numpy as np
+
+from jaxpet import attacks, data, metrics, models, reporting, splits, training
+
+DEFENSES = ("none", "dropout_early_stopping")
+DATASETS = ("cifar10", "mnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class MembershipConfig:
+    """Every knob of one membership run; defaults are the seed's full CIFAR-10 configuration."""
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    workdir: str = "runs/membership"
+    seed: int = 0
+    epochs: int = 50
+    attack_epochs: int = 50
+    train_size: int | None = None  # members per model; None: a quarter of the train split
+    val_size: int = 1000  # validation slice of each out part (early stopping)
+    num_posteriors: int = 10
+    defense: str = "none"
+    dropout_rate: float = 0.5  # used by the dropout_early_stopping defence
+    patience: int = 10
+    num_shadow: int = 1
+    precision: str = "float32"
+    batch_size: int = 128
+    width_scale: float = 1.0  # <1 shrinks the seed CNNs (quick CPU preset)
+
+    def validate(self, pool_size: int | None = None) -> None:
+        """Raises ValueError naming the bad flag; cheap checks run before any data is loaded."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}.")
+        if self.num_posteriors not in (3, 10):
+            raise ValueError(f"--num_posteriors must be 3 or 10, got {self.num_posteriors}.")
+        if self.defense not in DEFENSES:
+            raise ValueError(f"--defense must be one of {DEFENSES}, got {self.defense!r}.")
+        for name in ("epochs", "attack_epochs", "num_shadow", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        if self.train_size is not None and self.train_size < 2:
+            raise ValueError(f"--train_size must be at least 2, got {self.train_size}.")
+        if self.width_scale <= 0:
+            raise ValueError(f"--width_scale must be positive, got {self.width_scale}.")
+        if self.val_size < 0:
+            raise ValueError(f"--val_size must be >= 0, got {self.val_size}.")
+        if self.defense == "dropout_early_stopping" and self.val_size == 0:
+            raise ValueError("--defense=dropout_early_stopping needs --val_size > 0 for early stopping.")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"--dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+        if pool_size is not None:
+            quarter = pool_size // 4
+            if self.part_size(pool_size) > quarter:
+                raise ValueError(f"--train_size={self.train_size} is larger than a quarter of the "
+                                 f"{pool_size} training examples ({quarter}).")
+            if self.val_size >= self.part_size(pool_size):
+                raise ValueError(f"--val_size={self.val_size} leaves no non-member to evaluate with "
+                                 f"--train_size={self.part_size(pool_size)}.")
+
+    def part_size(self, pool_size: int) -> int:
+        return pool_size // 4 if self.train_size is None else self.train_size
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not data_dir/workdir)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("data_dir", "workdir")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Named configurations; explicit flags override them. "quick" fits a 2-core CPU in minutes.
+PRESETS = {
+    "seed": {},
+    "quick": dict(train_size=2500, val_size=500, epochs=15, attack_epochs=10, width_scale=0.25),
+}
+
+
+def make_config(preset: str = "seed", **overrides) -> MembershipConfig:
+    """A preset's config with ``overrides`` applied (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}.")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return MembershipConfig(**values)
+
+
+def check_workdir(workdir: str) -> pathlib.Path:
+    """Creates the workdir and proves it is writable, before any training."""
+    path = pathlib.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--workdir={workdir} is not writable ({e.strerror}); choose another folder.") from e
+    return path
+
+
+class _Phases:
+    """Saves each finished phase as ``phases/<name>.npz`` + json; reuses it when the config matches."""
+
+    def __init__(self, workdir: pathlib.Path, fingerprint: str):
+        self.dir = workdir / "phases"
+        self.fingerprint = fingerprint
+
+    def run(self, name: str, compute: Callable[[], tuple[dict[str, np.ndarray], dict]]):
+        arrays_path, meta_path = self.dir / f"{name}.npz", self.dir / f"{name}.json"
+        if arrays_path.exists() and meta_path.exists():
+            meta = reporting.read_json(meta_path)
+            if meta.get("fingerprint") == self.fingerprint:
+                logging.info("Phase %s: reusing the finished result in %s", name, arrays_path)
+                return reporting.read_npz(arrays_path), meta["info"]
+        arrays, info = compute()
+        reporting.write_npz(arrays_path, **arrays)
+        reporting.write_json(meta_path, {"fingerprint": self.fingerprint, "info": info})
+        return arrays, info
+
+
+def _balanced(members: np.ndarray, non_members: np.ndarray, rng: np.random.Generator):
+    """Equal numbers of members and non-members (chance = 50%), sampled without replacement."""
+    n = min(len(members), len(non_members))
+    return np.sort(rng.choice(members, n, replace=False)), np.sort(rng.choice(non_members, n, replace=False))
+
+
+@dataclasses.dataclass
+class _Role:
+    """One role (target or shadows): its K member sets, evaluation sets and model."""
+
+    name: str
+    members: splits.MemberSets
+    non_members: list[np.ndarray]  # per model: non-member pool
+    validation: splits.MemberSets | None
+
+
+def _shadow_sets(split: splits.QuarterSplit, num_shadow: int, val_size: int, seed: int) -> _Role:
+    if num_shadow == 1:  # The seed: shadow-in are members, shadow-out non-members.
+        non_members = [split.shadow_out]
+        members = splits.MemberSets.from_lists([split.shadow_in])
+    else:  # Each shadow gets its own random half of the shadow pool.
+        pool = np.concatenate([split.shadow_in, split.shadow_out])
+        members = splits.random_member_sets(pool, num_shadow, len(split.shadow_in), seed=seed + 1)
+        rng = np.random.default_rng(seed + 2)
+        non_members = [rng.permutation(np.setdiff1d(pool, members.member(k))) for k in range(num_shadow)]
+    validation = splits.MemberSets.from_lists([o[:val_size] for o in non_members]) if val_size else None
+    return _Role("shadow", members, [o[val_size:] for o in non_members], validation)
+
+
+def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Dataset, preprocess, seed: int):
+    """Trains all models of a role in one vmapped call; returns posteriors on balanced in/out sets."""
+    train, test = dataset.train, dataset.test
+    early = config.defense == "dropout_early_stopping"
+    train_config = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
+                                        early_stopping=early, patience=config.patience)
+    logging.info("Training %s: %d model(s), %s members each", role.name, role.members.num_models,
+                 role.members.counts.tolist())
+    result = training.train_ensemble(model, train.images, train.labels, role.members, train_config,
+                                     seed=seed, validation=role.validation, preprocess=preprocess,
+                                     log_prefix=f"{role.name} ")
+    variables = result.variables()
+    train_eval = training.evaluate(model, variables, train.images, train.labels, role.members,
+                                   preprocess=preprocess)
+    test_sets = splits.MemberSets.replicate(np.arange(len(test)), role.members.num_models)
+    test_eval = training.evaluate(model, variables, test.images, test.labels, test_sets,
+                                  preprocess=preprocess)
+    rng = np.random.default_rng(seed + 7)
+    post, labels, membership, indices, owner = [], [], [], [], []
+    for k in range(role.members.num_models):
+        ins, outs = _balanced(role.members.member(k), role.non_members[k], rng)
+        idx = np.concatenate([ins, outs])
+        k_vars = jax.tree.map(lambda x: x[k : k + 1], variables)
+        post.append(training.predict(model, k_vars, train.images[idx], preprocess=preprocess)[0])
+        labels.append(train.labels[idx])
+        membership.append(np.r_[np.ones(len(ins), np.int32), np.zeros(len(outs), np.int32)])
+        indices.append(idx)
+        owner.append(np.full(len(idx), k, np.int32))
+    arrays = {
+        "posteriors": np.concatenate(post), "labels": np.concatenate(labels),
+        "membership": np.concatenate(membership), "indices": np.concatenate(indices),
+        "model": np.concatenate(owner),
+    }
+    info = {
+        "train_acc": train_eval["accuracy"].tolist(), "test_acc": test_eval["accuracy"].tolist(),
+        "seconds": result.seconds, "epochs_run": len(result.history),
+        "best_epoch": np.asarray(result.state.best_epoch).tolist() if early else None,
+        "final_loss": result.history[-1]["loss"].tolist(),
+    }
+    return arrays, info
+
+
+def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """Runs the whole membership experiment; writes results.json, predictions.npz, roc.png, summary.md.
+
+    ``dataset`` overrides loading ``config.dataset`` (tests pass a small synthetic one).
+    """
+    config.validate()
+    workdir = check_workdir(config.workdir)
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    if dataset is None:
+        dataset = data.load_dataset(config.dataset, config.data_dir)
+    timings["load_data"] = time.perf_counter() - tick
+    pool_size = len(dataset.train)
+    config.validate(pool_size)
+    part = config.part_size(pool_size)
+    val_size = config.val_size
+    split = splits.quarter_split(pool_size, config.seed, part_size=part, val_size=val_size)
+    reporting.write_json(workdir / "config.json", dataclasses.asdict(config))
+
+    preprocess = data.normalizer(config.dataset)
+    dropout = config.dropout_rate if config.defense == "dropout_early_stopping" else 0.0
+    make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
+                                        precision=config.precision, width_scale=config.width_scale)
+    phases = _Phases(workdir, config.fingerprint())
+
+    target_role = _Role(
+        "target", splits.MemberSets.from_lists([split.target_in]), [split.target_out_eval],
+        splits.MemberSets.from_lists([split.target_val]) if val_size else None)
+    shadow_role = _shadow_sets(split, config.num_shadow, val_size, config.seed)
+
+    tick = time.perf_counter()
+    target, target_info = phases.run(
+        "target", lambda: _train_role(target_role, make("target"), config, dataset, preprocess, config.seed))
+    timings["target"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    shadow, shadow_info = phases.run(
+        "shadow", lambda: _train_role(shadow_role, make("shadow"), config, dataset, preprocess,
+                                      config.seed + 1000))
+    timings["shadow"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    attack_config = attacks.ShadowAttackConfig(top_k=config.num_posteriors, epochs=config.attack_epochs)
+    mlp, mlp_info = attacks.shadow_mlp_attack(shadow["posteriors"], shadow["membership"],
+                                              target["posteriors"], target["membership"],
+                                              attack_config, seed=config.seed)
+    outputs = {"shadow_mlp": mlp}
+    for name in attacks.THRESHOLD_ATTACKS:
+        outputs[name] = attacks.threshold_attack(
+            name, shadow["posteriors"], shadow["labels"], shadow["membership"],
+            target["posteriors"], target["labels"], target["membership"])
+    timings["attacks"] = time.perf_counter() - tick
+
+    results = {
+        "config": dataclasses.asdict(config),
+        "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
+                 "pool_size": pool_size, "members_per_model": part, "val_size": val_size,
+                 "attack_test_members": int(target["membership"].sum()),
+                 "attack_test_non_members": int((1 - target["membership"]).sum())},
+        "target": {"train_acc": target_info["train_acc"][0], "test_acc": target_info["test_acc"][0],
+                   "epochs_run": target_info["epochs_run"], "best_epoch": target_info["best_epoch"]},
+        "shadow": {"train_acc": float(np.mean(shadow_info["train_acc"])),
+                   "test_acc": float(np.mean(shadow_info["test_acc"])),
+                   "per_model_train_acc": shadow_info["train_acc"],
+                   "per_model_test_acc": shadow_info["test_acc"],
+                   "epochs_run": shadow_info["epochs_run"]},
+        "attacks": {name: out.report for name, out in outputs.items()},
+        "attack_train_acc": mlp_info["train_acc"],
+        "seconds": {**timings, "target_training": target_info["seconds"],
+                    "shadow_training": shadow_info["seconds"]},
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+        "jax_version": jax.__version__,
+    }
+    reporting.write_json(workdir / "results.json", results)
+    reporting.write_npz(
+        workdir / "predictions.npz", posteriors=target["posteriors"], labels=target["labels"],
+        membership=target["membership"], indices=target["indices"],
+        **{f"score_{name}": out.scores for name, out in outputs.items()})
+    reporting.plot_roc({name: (target["membership"], out.scores) for name, out in outputs.items()},
+                       workdir / "roc.png", title=_title(config, part))
+    reporting.write_text(workdir / "summary.md", summary_markdown(results))
+    logging.info("Results in %s", workdir)
+    return results
+
+
+def _title(config: MembershipConfig, part: int) -> str:
+    return (f"{config.dataset}: {part} members/model, {config.epochs} epochs, top-{config.num_posteriors}, "
+            f"defence {config.defense}")
+
+
+def _pct(x):
+    return f"{100 * x:.2f}"
+
+
+def summary_markdown(results: dict) -> str:
+    """The seed's table shape (accuracies in %), then every attack with the modern metrics."""
+    c = results["config"]
+    t, s, a = results["target"], results["shadow"], results["attacks"]["shadow_mlp"]
+    seed_row = reporting.markdown_table(
+        ["Posteriors", "Epochs", "Target acc (%)", "Shadow acc (%)", "Attack (%) and metrics"],
+        [[c["num_posteriors"], c["epochs"],
+          f"Train = {_pct(t['train_acc'])} Test = {_pct(t['test_acc'])}",
+          f"Train = {_pct(s['train_acc'])} Test = {_pct(s['test_acc'])}",
+          f"Train = {_pct(results['attack_train_acc'])} Test = {_pct(a['accuracy'])} "
+          f"Precision = {a['precision']:.2f} Recall = {a['recall']:.2f} F1 = {a['f1']:.2f}"]])
+    rows = []
+    for name, r in results["attacks"].items():
+        tpr = r["tpr_at_fpr"]
+        rows.append([name, _pct(r["accuracy"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                     f"{r['f1']:.3f}", f"{r['auc']:.4f}", _pct(tpr["0.01"]), _pct(tpr["0.001"]),
+                     _pct(tpr["0.0"])])
+    attacks_table = reporting.markdown_table(
+        ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
+         "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+    d = results["data"]
+    return (f"# Membership inference: {c['dataset']}\n\n"
+            f"{d['members_per_model']} members per model, defence `{c['defense']}`, "
+            f"{c['num_shadow']} shadow model(s), width x{c['width_scale']}, precision {c['precision']}; "
+            f"attack tested on {d['attack_test_members']} members + {d['attack_test_non_members']} "
+            f"non-members of the target. Backend: {results['backend']} ({', '.join(sorted(set(results['devices'])))}).\n\n"
+            f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{attacks_table}")
