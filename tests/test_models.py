@@ -72,3 +72,26 @@ def test_bfloat16_compute_with_float32_params():
     variables = model.init(jax.random.PRNGKey(0), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
     assert model.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_patch_conv_equals_flax_conv_on_the_same_parameters():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 7, 5))
+    conv = models.nn.Conv(6, (3, 3), padding="SAME")
+    variables = conv.init(jax.random.PRNGKey(1), x)
+    patch = models.PatchConv(6, (3, 3), padding="SAME")
+    np.testing.assert_allclose(patch.apply(variables, x), conv.apply(variables, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("dataset, shape", [("cifar10", (4, 32, 32, 3)), ("mnist", (4, 28, 28, 1))])
+def test_seed_cnn_conv_forms_agree_under_vmap(dataset, shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    conv = models.seed_cnn(dataset, "shadow", conv_impl="conv", width_scale=0.25)
+    patches = models.seed_cnn(dataset, "shadow", conv_impl="patches", width_scale=0.25)
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    variables = jax.vmap(lambda k: conv.init(k, x))(keys)
+    assert jax.tree.structure(variables) == jax.tree.structure(jax.vmap(lambda k: patches.init(k, x))(keys))
+    out_conv = jax.vmap(lambda v: conv.apply(v, x))(variables)
+    out_patches = jax.vmap(lambda v: patches.apply(v, x))(variables)
+    np.testing.assert_allclose(out_patches, out_conv, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="conv_impl"):
+        models.seed_cnn(dataset, conv_impl="winograd")
