@@ -45,6 +45,7 @@ class MembershipConfig:
     precision: str = "float32"
     batch_size: int = 128
     width_scale: float = 1.0  # <1 shrinks the seed CNNs (quick CPU preset)
+    phase_dir: str | None = None  # where finished phases are kept (default: <workdir>/phases)
 
     def validate(self, pool_size: int | None = None) -> None:
         """Raises ValueError naming the bad flag; cheap checks run before any data is loaded."""
@@ -79,9 +80,11 @@ class MembershipConfig:
     def part_size(self, pool_size: int) -> int:
         return pool_size // 4 if self.train_size is None else self.train_size
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes results (not data_dir/workdir)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("data_dir", "workdir")}
+    def training_fingerprint(self) -> str:
+        """Hash of everything that changes the trained target and shadows (not the attack's knobs),
+        so runs that differ only in the attack share the trained models through ``phase_dir``."""
+        skip = ("data_dir", "workdir", "phase_dir", "num_posteriors", "attack_epochs")
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -114,14 +117,15 @@ def check_workdir(workdir: str) -> pathlib.Path:
 
 
 class _Phases:
-    """Saves each finished phase as ``phases/<name>.npz`` + json; reuses it when the config matches."""
+    """Saves each finished phase as ``<name>-<fingerprint>.npz`` + json; reuses a matching one."""
 
-    def __init__(self, workdir: pathlib.Path, fingerprint: str):
-        self.dir = workdir / "phases"
+    def __init__(self, directory: pathlib.Path, fingerprint: str):
+        self.dir = directory
         self.fingerprint = fingerprint
 
     def run(self, name: str, compute: Callable[[], tuple[dict[str, np.ndarray], dict]]):
-        arrays_path, meta_path = self.dir / f"{name}.npz", self.dir / f"{name}.json"
+        stem = f"{name}-{self.fingerprint}"
+        arrays_path, meta_path = self.dir / f"{stem}.npz", self.dir / f"{stem}.json"
         if arrays_path.exists() and meta_path.exists():
             meta = reporting.read_json(meta_path)
             if meta.get("fingerprint") == self.fingerprint:
@@ -227,7 +231,8 @@ def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[s
     dropout = config.dropout_rate if config.defense == "dropout_early_stopping" else 0.0
     make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
                                         precision=config.precision, width_scale=config.width_scale)
-    phases = _Phases(workdir, config.fingerprint())
+    phase_dir = pathlib.Path(config.phase_dir) if config.phase_dir else workdir / "phases"
+    phases = _Phases(phase_dir, config.training_fingerprint())
 
     target_role = _Role(
         "target", splits.MemberSets.from_lists([split.target_in]), [split.target_out_eval],
@@ -325,3 +330,62 @@ def summary_markdown(results: dict) -> str:
             f"attack tested on {d['attack_test_members']} members + {d['attack_test_non_members']} "
             f"non-members of the target. Backend: {results['backend']} ({', '.join(sorted(set(results['devices'])))}).\n\n"
             f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{attacks_table}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedCase:
+    """One row of the seed's Tables 1-4 and the numbers it reported (accuracies in %)."""
+
+    dataset: str
+    num_posteriors: int
+    epochs: int
+    defense: str
+    target: tuple[float, float]  # train, test
+    shadow: tuple[float, float]
+    attack: tuple[float, float, float, float, float]  # train acc, test acc, precision, recall, F1
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.defense == "none" else "_dropout_es"
+        return f"{self.dataset}_p{self.num_posteriors}_e{self.epochs}{suffix}"
+
+
+_ES = "dropout_early_stopping"
+# Khullar, Zerweck, Keil, Arya, "Privacy Enhancing Technologies, Phase-1" (the seed), Tables 1-4.
+SEED_CASES = (
+    SeedCase("cifar10", 10, 30, "none", (100, 69.62), (99.98, 68.91), (70.26, 71.07, .78, .71, .69)),
+    SeedCase("cifar10", 3, 30, "none", (99.99, 69.73), (99.98, 69.90), (68.88, 69.90, .79, .70, .67)),
+    SeedCase("cifar10", 10, 50, "none", (100, 70.18), (100, 69.17), (73.14, 74.12, .81, .74, .73)),
+    SeedCase("cifar10", 3, 50, "none", (100, 69.76), (100, 68.72), (71.66, 72.55, .81, .73, .71)),
+    SeedCase("cifar10", 10, 50, _ES, (90.95, 65.23), (79.05, 64.85), (53.51, 50.64, .51, .51, .50)),
+    SeedCase("cifar10", 3, 50, _ES, (80.45, 62.60), (87.12, 63.38), (53.26, 51.48, .52, .51, .51)),
+    SeedCase("mnist", 10, 30, "none", (100, 98.88), (100, 98.56), (51.31, 51.48, .52, .51, .51)),
+    SeedCase("mnist", 3, 30, "none", (100, 98.86), (100, 98.55), (52.06, 52.18, .75, .52, .38)),
+    SeedCase("mnist", 10, 50, "none", (100, 98.77), (100, 98.71), (51.62, 51.58, .52, .52, .51)),
+    SeedCase("mnist", 3, 50, "none", (100, 98.77), (100, 98.63), (52.49, 52.86, .75, .53, .39)),
+    SeedCase("mnist", 10, 50, _ES, (99.31, 98.55), (98.35, 97.11), (51.32, 50.83, .51, .51, .50)),
+    SeedCase("mnist", 3, 50, _ES, (99.19, 98.65), (98.40, 97.04), (50.71, 50.07, .50, .50, .37)),
+)
+
+
+def seed_table_markdown(rows: list[tuple[SeedCase, dict, str]]) -> str:
+    """Our measured numbers next to the seed's, one line each; ``rows`` = (case, results, note)."""
+    def fmt(train, test):
+        return f"{train:.2f} / {test:.2f}"
+
+    table = []
+    for case, results, note in rows:
+        t, s, a = results["target"], results["shadow"], results["attacks"]["shadow_mlp"]
+        table.append([
+            case.dataset, case.num_posteriors, case.epochs, "dropout+ES" if case.defense == _ES else "-",
+            f"seed {fmt(*case.target)}<br>ours {fmt(100 * t['train_acc'], 100 * t['test_acc'])}",
+            f"seed {fmt(*case.shadow)}<br>ours {fmt(100 * s['train_acc'], 100 * s['test_acc'])}",
+            f"seed {case.attack[1]:.2f} / {case.attack[2]:.2f} / {case.attack[3]:.2f} / {case.attack[4]:.2f}"
+            f"<br>ours {100 * a['accuracy']:.2f} / {a['precision']:.2f} / {a['recall']:.2f} / {a['f1']:.2f}",
+            f"{a['auc']:.3f}", f"{100 * a['tpr_at_fpr']['0.001']:.2f}",
+            f"{max(r['auc'] for r in results['attacks'].values()):.3f}", note,
+        ])
+    return reporting.markdown_table(
+        ["dataset", "posteriors", "epochs", "defence", "target train / test (%)",
+         "shadow train / test (%)", "attack test acc (%) / P / R / F1", "attack AUC",
+         "TPR@0.1%FPR (%)", "best AUC (any attack)", "configuration"], table)

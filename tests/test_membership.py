@@ -61,8 +61,8 @@ def test_interrupted_run_keeps_finished_phases_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(membership.attacks, "shadow_mlp_attack", crash)
     with pytest.raises(KeyboardInterrupt):
         membership.run(config, dataset=_tiny_dataset())
-    assert (tmp_path / "run" / "phases" / "target.npz").exists()
-    assert (tmp_path / "run" / "phases" / "shadow.npz").exists()
+    assert len(list((tmp_path / "run" / "phases").glob("target-*.npz"))) == 1
+    assert len(list((tmp_path / "run" / "phases").glob("shadow-*.npz"))) == 1
     monkeypatch.undo()
 
     calls = []
@@ -70,7 +70,10 @@ def test_interrupted_run_keeps_finished_phases_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(training, "train_ensemble", lambda *a, **k: calls.append(k.get("log_prefix")) or real(*a, **k))
     membership.run(config, dataset=_tiny_dataset())
     assert calls == ["attack "]  # target and shadow were not retrained
-    # A different config must not reuse them.
+    # Another attack on the same models reuses them; another training config does not.
+    calls.clear()
+    membership.run(_config(tmp_path, epochs=2, attack_epochs=1, num_posteriors=10), dataset=_tiny_dataset())
+    assert calls == ["attack "]
     calls.clear()
     membership.run(_config(tmp_path, epochs=3, attack_epochs=1), dataset=_tiny_dataset())
     assert calls == ["target ", "shadow ", "attack "]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One prepared GPU session (device machine): environment, throughput benchmark, seed tables.
+# Usage there: bash experiments/gpu_session.sh <data_dir> <out_dir> <benchmark_seconds> <tables_seconds>
+# Everything is time-boxed; results are packed into <out_dir>/gpu_results.tgz even if a step fails.
+set -uo pipefail
+DATA=${1:-.gpu_data}; OUTDIR=${2:-/tmp/gpu_out}; BENCH_S=${3:-150}; TABLES_S=${4:-300}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD JAXPET_DATA_DIR=$DATA JAXPET_CACHE_DIR=/tmp/jaxpet_cache
+R=/tmp/gpu_results; rm -rf $R; mkdir -p $R "$OUTDIR"
+pack() { tar czf "$OUTDIR/gpu_results.tgz" --exclude='*.npz' -C /tmp gpu_results; }
+trap pack EXIT
+{ nvidia-smi; python -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } > $R/env.txt 2>&1
+cat $R/env.txt
+timeout $((BENCH_S + 90)) python experiments/benchmark.py --workdir=$R/benchmark --max_seconds=$BENCH_S \
+  --workloads=cifar10_shadow,cifar10_target --num_models=1,16,64 --conv_impls=conv,patches \
+  --precisions=float32,bfloat16 --examples_per_model=2048 --alsologtostderr > $R/benchmark.log 2>&1
+tail -30 $R/benchmark.log
+timeout $((TABLES_S + 150)) python experiments/seed_tables.py --workdir=$R/seed_tables --max_seconds=$TABLES_S \
+  --alsologtostderr > $R/seed_tables.log 2>&1
+tail -20 $R/seed_tables.log

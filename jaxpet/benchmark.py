@@ -1,0 +1,185 @@
+"""Throughput of the ensemble trainer: K models per second, vmapped against a loop over models.
+
+Strategies, measured in one process on the same synthetic data of the real shape:
+
+* ``vmap``: the product, K models in one jitted, vmapped epoch.
+* ``loop``: the same jitted single-model (K=1) epoch called K times.
+
+Each cell reports images/s, model-epochs/s, compile seconds (separately from
+the timed epoch), peak device memory and FLOP/s from XLA's cost analysis of
+the compiled epoch, with the fraction of the chip's peak where it is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpet import data, models, splits, training
+
+# Dense peak FLOP/s by device kind, (float32, bfloat16). Sources: NVIDIA H100/H200
+# datasheets (SXM, dense: TF32 494.7e12, BF16 989.4e12); A100 (TF32 156e12, BF16 312e12).
+PEAK_FLOPS = {
+    "NVIDIA H200": (494.7e12, 989.4e12),
+    "NVIDIA H100 80GB HBM3": (494.7e12, 989.4e12),
+    "NVIDIA A100-SXM4-80GB": (156e12, 312e12),
+    "NVIDIA A100-SXM4-40GB": (156e12, 312e12),
+}
+
+WORKLOADS = {
+    "cifar10_target": ("cifar10", "target", (32, 32, 3)),
+    "cifar10_shadow": ("cifar10", "shadow", (32, 32, 3)),
+    "mnist_target": ("mnist", "target", (28, 28, 1)),
+    "mnist_shadow": ("mnist", "shadow", (28, 28, 1)),
+}
+STRATEGIES = ("vmap", "loop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    workload: str
+    strategy: str
+    num_models: int
+    conv_impl: str
+    precision: str
+
+
+def peak_flops(device, precision: str) -> float | None:
+    """The chip's dense peak for ``precision``, or None when the chip is not in the table."""
+    kind = getattr(device, "device_kind", "")
+    for name, peaks in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return peaks[precision == "bfloat16"]
+    return None
+
+
+def _peak_memory(device) -> int | None:
+    try:
+        stats = device.memory_stats()
+    except Exception:  # CPU backends may not implement it.
+        return None
+    return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
+
+
+def synthetic_pool(shape, pool_size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (pool_size,) + shape, dtype=np.uint8)
+    labels = rng.integers(0, 10, pool_size).astype(np.int32)
+    return images, labels
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def step_flops(model, config, preprocess, state, images, labels) -> float:
+    """FLOPs of one vmapped train step, from XLA's cost analysis.
+
+    (Cost analysis counts a loop body once, so the epoch's FLOPs are this
+    times the number of steps, not the analysis of the scanned epoch.)
+    """
+    k = jax.tree.leaves(state.rng)[0].shape[0]
+    x = jnp.broadcast_to(preprocess(images[: config.batch_size]), (k, config.batch_size) + images.shape[1:])
+    y = jnp.broadcast_to(labels[: config.batch_size], (k, config.batch_size))
+    mask = jnp.ones((k, config.batch_size), bool)
+
+    def step(state, x, y, mask):
+        return jax.vmap(training.train_step, in_axes=(None, None, 0, 0, 0, 0, None))(
+            model, config, state, x, y, mask, config.learning_rate)
+
+    return _flops(jax.jit(step).lower(state, x, y, mask).compile())
+
+
+def _compile_epoch(model, config, preprocess, state, images, labels, members):
+    args = (model, config, preprocess, state, images, labels, jnp.asarray(members.indices),
+            jnp.asarray(members.counts), None, None, jnp.asarray(0, jnp.int32))
+    tick = time.perf_counter()
+    compiled = training.train_ensemble_epoch.lower(*args).compile()
+    seconds = time.perf_counter() - tick
+    steps = -(-int(members.indices.shape[1]) // config.batch_size)
+    flops = step_flops(model, config, preprocess, state, images, labels) * steps
+    return compiled, args[3:], seconds, flops
+
+
+def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats: int = 2) -> dict[str, Any]:
+    """Times one epoch of ``cell`` (after compiling); returns the cell's figures."""
+    dataset, role, shape = WORKLOADS[cell.workload]
+    model = models.seed_cnn(dataset, role, precision=cell.precision, conv_impl=cell.conv_impl)
+    preprocess = data.normalizer(dataset)
+    config = training.TrainConfig(epochs=1, batch_size=batch_size)
+    images, labels = synthetic_pool(shape, 2 * examples_per_model)
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    group = cell.num_models if cell.strategy == "vmap" else 1
+    members = splits.random_member_sets(np.arange(2 * examples_per_model), cell.num_models,
+                                        examples_per_model, seed=1)
+    keys = training.model_keys(0, cell.num_models)
+    groups = [slice(i, i + group) for i in range(0, cell.num_models, group)]
+    states = [training.init_ensemble(model, config, keys[g], preprocess(images[:1])) for g in groups]
+    sets = [splits.MemberSets(members.indices[g], members.counts[g]) for g in groups]
+    compiled, _, compile_s, flops_per_call = _compile_epoch(model, config, preprocess, states[0],
+                                                            images, labels, sets[0])
+
+    def run_epoch(states):
+        out = []
+        for state, s in zip(states, sets):
+            state, metrics = compiled(state, images, labels, jnp.asarray(s.indices),
+                                      jnp.asarray(s.counts), None, None, jnp.asarray(0, jnp.int32))
+            out.append(state)
+        jax.block_until_ready(out)
+        return out
+
+    states = run_epoch(states)  # warm-up (first-call allocation)
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        states = run_epoch(states)
+        times.append(time.perf_counter() - tick)
+    seconds = min(times)
+    device = jax.devices()[0]
+    flops = flops_per_call * len(groups)
+    peak = peak_flops(device, cell.precision)
+    model_epochs_per_s = cell.num_models / seconds
+    return {
+        **dataclasses.asdict(cell),
+        "conv_impl_resolved": models.resolve_conv_impl(cell.conv_impl),
+        "examples_per_model": examples_per_model,
+        "epoch_seconds": seconds,
+        "images_per_s": cell.num_models * examples_per_model / seconds,
+        "model_epochs_per_s": model_epochs_per_s,
+        "seconds_per_model_epoch": 1 / model_epochs_per_s,
+        "compile_seconds": compile_s,
+        "flops_per_epoch": flops,
+        "flop_per_s": flops / seconds if flops else None,
+        "fraction_of_peak": (flops / seconds / peak) if (flops and peak) else None,
+        "peak_flops": peak,
+        "peak_memory_bytes": _peak_memory(device),
+        "device": device.device_kind,
+        "backend": jax.default_backend(),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    """A table of the measured cells, with vmap's speed-up over the loop where both ran."""
+    loop = {(r["workload"], r["num_models"], r["conv_impl"], r["precision"]): r["images_per_s"]
+            for r in rows if r["strategy"] == "loop"}
+    lines = ["| workload | strategy | K | conv | precision | images/s | model-epochs/s | compile s | "
+             "TFLOP/s | % of peak | peak mem (GiB) | vmap / loop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        key = (r["workload"], r["num_models"], r["conv_impl"], r["precision"])
+        ratio = (f"{r['images_per_s'] / loop[key]:.2f}x" if r["strategy"] == "vmap" and key in loop else "")
+        tflops = f"{r['flop_per_s'] / 1e12:.2f}" if r["flop_per_s"] else "n/a"
+        frac = f"{100 * r['fraction_of_peak']:.1f}" if r["fraction_of_peak"] else "unknown"
+        mem = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r["peak_memory_bytes"] else "n/a"
+        lines.append(f"| {r['workload']} | {r['strategy']} | {r['num_models']} | {r['conv_impl_resolved']} | "
+                     f"{r['precision']} | {r['images_per_s']:.0f} | {r['model_epochs_per_s']:.3f} | "
+                     f"{r['compile_seconds']:.1f} | {tflops} | {frac} | {mem} | {ratio} |")
+    return "\n".join(lines) + "\n"
