@@ -7,9 +7,11 @@ Writes results.json, predictions.npz, roc.png and summary.md to --workdir.
 Flags given explicitly override the preset's values.
 """
 
+import sys
+
 from absl import app, flags, logging
 
-from jaxpet import membership
+from jaxpet import data, membership
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "cifar10", list(membership.DATASETS), "Dataset to attack.")
@@ -50,7 +52,10 @@ def main(argv):
         membership.check_workdir(config.workdir)
     except ValueError as e:
         raise app.UsageError(str(e))
-    results = membership.run(config)
+    try:
+        results = membership.run(config)
+    except data.DataError as e:  # a clear one-line error, not a traceback
+        sys.exit(f"error: {e}")
     logging.info("Done: %s", config.workdir)
     print(open(f"{config.workdir}/summary.md").read())
     del results

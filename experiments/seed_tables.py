@@ -8,11 +8,12 @@ target and shadow through a common phase folder. Each case's full outputs are
 in <workdir>/<case>/; the table is <workdir>/seed_tables.md.
 """
 
+import sys
 import time
 
 from absl import app, flags, logging
 
-from jaxpet import membership, reporting
+from jaxpet import data, membership, reporting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", ["cifar10", "mnist"], "Datasets whose tables to rerun.")
@@ -53,7 +54,10 @@ def main(argv):
             precision=FLAGS.precision, width_scale=FLAGS.width_scale, train_size=FLAGS.train_size,
             val_size=FLAGS.val_size, attack_epochs=FLAGS.attack_epochs)
         logging.info("Case %s", case.name)
-        results = membership.run(config)
+        try:
+            results = membership.run(config)
+        except data.DataError as e:
+            sys.exit(f"error: {e}")
         c = results["config"]
         note = (f"{FLAGS.preset}: {results['data']['members_per_model']} members, width x{c['width_scale']}, "
                 f"{c['attack_epochs']} attack epochs, {results['backend']} {results['devices'][0]}")

@@ -10,6 +10,8 @@ train in one vmapped, jitted program. Test accuracy is on the test split.
 import json
 import time
 
+import sys
+
 from absl import app, flags, logging
 import jax
 import numpy as np
@@ -33,7 +35,10 @@ flags.DEFINE_integer("seed", 0, "Seed for member sets and model keys.")
 
 def main(argv):
     del argv
-    dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    try:
+        dataset = data.load_dataset(FLAGS.dataset, FLAGS.data_dir)
+    except data.DataError as e:  # a clear one-line error, not a traceback
+        sys.exit(f"error: {e}")
     train, test = dataset.train, dataset.test
     if not 1 <= FLAGS.train_size <= len(train):
         raise app.UsageError(f"--train_size must be in [1, {len(train)}], got {FLAGS.train_size}.")
