@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxpet.data import IDENTITY, Normalize  # noqa: F401  (re-exported)
 from jaxpet.splits import MemberSets
@@ -323,6 +324,7 @@ def train_ensemble(
     start_epoch: int = 0,
     on_epoch_end: Callable[[int, ModelState, dict], None] | None = None,
     log_prefix: str = "",
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Trains ``members.num_models`` models at once, model k on ``members.member(k)``.
 
@@ -337,7 +339,64 @@ def train_ensemble(
       preprocess: jittable, hashable map from stored images to model inputs.
       state, start_epoch: resume from a saved ensemble state.
       on_epoch_end: called with (epoch, state, metrics) after every epoch, e.g. to checkpoint.
+      mesh: a mesh with a ``models`` axis (see :func:`model_mesh`): the model axis is
+        sharded over its devices, each holding K/devices models; K is padded up to a
+        multiple of the device count with copies of model 0, dropped from the result.
     """
+    num_models = members.num_models
+    if mesh is not None:
+        if "models" not in mesh.axis_names:
+            raise ValueError(f"mesh needs a 'models' axis, got axes {mesh.axis_names}; use model_mesh().")
+        if state is not None:
+            raise ValueError("Resuming a sharded run: pass the saved state without mesh, or re-init.")
+        padded = -(-num_models // mesh.shape["models"]) * mesh.shape["models"]
+        keys = model_keys(seed, num_models) if keys is None else keys
+        members, validation, keys = _pad_models(members, validation, keys, padded)
+        result = _train_ensemble(
+            model, images, labels, members, config, keys=keys, seed=seed, validation=validation,
+            preprocess=preprocess, state=None, start_epoch=start_epoch, on_epoch_end=on_epoch_end,
+            log_prefix=log_prefix, mesh=mesh)
+        return _unpad_result(result, num_models)
+    return _train_ensemble(model, images, labels, members, config, keys=keys, seed=seed,
+                           validation=validation, preprocess=preprocess, state=state,
+                           start_epoch=start_epoch, on_epoch_end=on_epoch_end,
+                           log_prefix=log_prefix, mesh=None)
+
+
+def model_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all) whose axis ``models`` carries the ensemble."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("models",))
+
+
+def _shard(tree, mesh: Mesh):
+    """Puts every leaf's leading (model) axis across the mesh's ``models`` axis."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("models")))
+
+
+def _pad_models(members: MemberSets, validation, keys, padded: int):
+    extra = padded - members.num_models
+    if extra == 0:
+        return members, validation, keys
+
+    def pad(sets):
+        if sets is None:
+            return None
+        return MemberSets(np.concatenate([sets.indices, np.repeat(sets.indices[:1], extra, 0)]),
+                          np.concatenate([sets.counts, np.repeat(sets.counts[:1], extra)]))
+
+    return pad(members), pad(validation), jnp.concatenate([keys, jnp.repeat(keys[:1], extra, 0)])
+
+
+def _unpad_result(result: "TrainResult", num_models: int) -> "TrainResult":
+    take = lambda tree: jax.tree.map(lambda x: x[:num_models], tree)
+    return TrainResult(state=take(result.state),
+                       history=[{k: v[:num_models] for k, v in h.items()} for h in result.history],
+                       seconds=result.seconds)
+
+
+def _train_ensemble(model, images, labels, members, config, *, keys, seed, validation, preprocess,
+                    state, start_epoch, on_epoch_end, log_prefix, mesh) -> TrainResult:
     num_models = members.num_models
     images = jnp.asarray(images)
     labels = jnp.asarray(labels, jnp.int32)
@@ -356,9 +415,16 @@ def train_ensemble(
         keys = model_keys(seed, num_models) if keys is None else keys
         if keys.shape[0] != num_models:
             raise ValueError(f"Got {keys.shape[0]} keys for {num_models} models.")
+        if mesh is not None:  # initialise each model on its own device
+            keys = _shard(keys, mesh)
         state = init_ensemble(model, config, keys, preprocess(images[:1]))
     member_indices = jnp.asarray(members.indices)
     member_counts = jnp.asarray(members.counts)
+    if mesh is not None:  # models across devices; the data replicated, once per device
+        state, member_indices, member_counts = _shard((state, member_indices, member_counts), mesh)
+        if val_indices is not None:
+            val_indices, val_counts = _shard((val_indices, val_counts), mesh)
+        images, labels = jax.device_put((images, labels), NamedSharding(mesh, PartitionSpec()))
 
     history = []
     start = time.perf_counter()
