@@ -166,6 +166,11 @@ def _shadow_sets(split: splits.QuarterSplit, num_shadow: int, val_size: int, see
     return _Role("shadow", members, [o[val_size:] for o in non_members], validation)
 
 
+def _mesh_if_many_devices():
+    """Shard the model axis when there is more than one device (no change on one chip)."""
+    return training.model_mesh() if jax.device_count() > 1 else None
+
+
 def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Dataset, preprocess, seed: int):
     """Trains all models of a role in one vmapped call; returns posteriors on balanced in/out sets."""
     train, test = dataset.train, dataset.test
@@ -176,7 +181,7 @@ def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Data
                  role.members.counts.tolist())
     result = training.train_ensemble(model, train.images, train.labels, role.members, train_config,
                                      seed=seed, validation=role.validation, preprocess=preprocess,
-                                     log_prefix=f"{role.name} ")
+                                     log_prefix=f"{role.name} ", mesh=_mesh_if_many_devices())
     variables = result.variables()
     train_eval = training.evaluate(model, variables, train.images, train.labels, role.members,
                                    preprocess=preprocess)
