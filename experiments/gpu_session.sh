@@ -2,6 +2,9 @@
 # One prepared GPU session (device machine): environment, throughput benchmark, seed tables.
 # Usage there: bash experiments/gpu_session.sh <data_dir> <out_dir> <benchmark_seconds> <tables_seconds>
 # Everything is time-boxed; results are packed into <out_dir>/gpu_results.tgz even if a step fails.
+# The device machine has no ../shared, so carry the data (ignored by git, 30 MB):
+#   mkdir -p .gpu_data/mnist && cp ../shared/data/cifar10-jpeg.tar.gz .gpu_data/ && cp ../shared/data/mnist/* .gpu_data/mnist/
+# then run there: bash experiments/gpu_session.sh .gpu_data $OUT 170 300   (carry: [".gpu_data"])
 set -uo pipefail
 DATA=${1:-.gpu_data}; OUTDIR=${2:-/tmp/gpu_out}; BENCH_S=${3:-150}; TABLES_S=${4:-300}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD JAXPET_DATA_DIR=$DATA JAXPET_CACHE_DIR=/tmp/jaxpet_cache
