@@ -189,12 +189,15 @@ def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Data
     test_eval = training.evaluate(model, variables, test.images, test.labels, test_sets,
                                   preprocess=preprocess)
     rng = np.random.default_rng(seed + 7)
+    chosen = [_balanced(role.members.member(k), role.non_members[k], rng)
+              for k in range(role.members.num_models)]
+    # One vmapped pass of all K models over every example any of them is evaluated on.
+    pool = np.unique(np.concatenate([np.concatenate(c) for c in chosen]))
+    pool_post = training.predict(model, variables, train.images[pool], preprocess=preprocess)
     post, labels, membership, indices, owner = [], [], [], [], []
-    for k in range(role.members.num_models):
-        ins, outs = _balanced(role.members.member(k), role.non_members[k], rng)
+    for k, (ins, outs) in enumerate(chosen):
         idx = np.concatenate([ins, outs])
-        k_vars = jax.tree.map(lambda x: x[k : k + 1], variables)
-        post.append(training.predict(model, k_vars, train.images[idx], preprocess=preprocess)[0])
+        post.append(pool_post[k, np.searchsorted(pool, idx)])
         labels.append(train.labels[idx])
         membership.append(np.r_[np.ones(len(ins), np.int32), np.zeros(len(outs), np.int32)])
         indices.append(idx)
