@@ -29,7 +29,17 @@ flags.DEFINE_integer("train_size", None, "Members per model (default: a quarter 
 flags.DEFINE_integer("val_size", None, "Validation slice of each out part, for early stopping (seed: 1000).")
 flags.DEFINE_integer("num_posteriors", None, "Sorted posteriors fed to the attack: 3 or 10.")
 flags.DEFINE_enum("defense", None, list(membership.DEFENSES),
-                  "none, or dropout_early_stopping (dropout 0.5 and early stopping on validation).")
+                  "none; dropout_early_stopping (dropout 0.5 and early stopping on validation); or "
+                  "dpsgd (DP-SGD: GroupNorm CNNs, per-example clipping, Gaussian noise; epsilon "
+                  "reported).")
+flags.DEFINE_float("dp_noise_multiplier", None, "DP-SGD noise std / clip norm (default 1.0).")
+flags.DEFINE_float("dp_clip_norm", None, "DP-SGD per-example gradient clip norm (default 1.0).")
+flags.DEFINE_float("dp_delta", None, "delta at which DP-SGD's epsilon is reported (default 1e-5).")
+flags.DEFINE_enum("strategy", None, ["auto", "vmap", "map", "loop"],
+                  "How the ensemble's models run: auto (fastest measured on this backend), vmap, "
+                  "map (lax.map), loop (one model at a time). Results do not depend on it.")
+flags.DEFINE_integer("checkpoint_every", None, "Epochs between checkpoints of a training phase "
+                     "(default 5); a rerun resumes an interrupted phase from its last checkpoint.")
 flags.DEFINE_integer("num_shadow", None, "Shadow models, trained together in one vmapped call (seed: 1).")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Compute precision; parameters stay float32.")
 flags.DEFINE_integer("batch_size", None, "Target/shadow batch size (seed: 128).")
@@ -37,7 +47,8 @@ flags.DEFINE_integer("patience", None, "Early-stopping patience in epochs.")
 flags.DEFINE_float("width_scale", None, "Multiplies the seed CNN widths (1.0 = the seed's).")
 
 _OVERRIDABLE = ("seed", "epochs", "attack_epochs", "train_size", "val_size", "num_posteriors", "defense",
-                "num_shadow", "precision", "batch_size", "patience", "width_scale", "data_dir")
+                "num_shadow", "precision", "batch_size", "patience", "width_scale", "data_dir",
+                "dp_noise_multiplier", "dp_clip_norm", "dp_delta", "strategy", "checkpoint_every")
 
 
 def main(argv):

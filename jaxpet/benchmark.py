@@ -3,7 +3,10 @@
 Strategies, measured in one process on the same synthetic data of the real shape:
 
 * ``vmap``: the product, K models in one jitted, vmapped epoch.
-* ``loop``: the same jitted single-model (K=1) epoch called K times.
+* ``map``: K models in one jitted epoch under ``lax.map`` (one after another on the device).
+* ``loop``: the same jitted single-model (K=1) epoch called K times from Python.
+* ``torch``: a plain PyTorch model of the same architecture and optimiser, trained
+  one model after another (:mod:`jaxpet.torch_reference`; skipped without torch).
 
 Each cell reports images/s, model-epochs/s, compile seconds (separately from
 the timed epoch), peak device memory and FLOP/s from XLA's cost analysis of
@@ -37,7 +40,10 @@ WORKLOADS = {
     "mnist_target": ("mnist", "target", (28, 28, 1)),
     "mnist_shadow": ("mnist", "shadow", (28, 28, 1)),
 }
-STRATEGIES = ("vmap", "loop")
+STRATEGIES = ("vmap", "map", "loop", "torch")
+_EPOCH_PROGRAMS = {"vmap": training.train_ensemble_epoch,
+                   "map": training.train_ensemble_epoch_mapped,
+                   "loop": training.train_ensemble_epoch}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,34 +104,49 @@ def step_flops(model, config, preprocess, state, images, labels) -> float:
     return _flops(jax.jit(step).lower(state, x, y, mask).compile())
 
 
-def _compile_epoch(model, config, preprocess, state, images, labels, members):
+def _compile_epoch(program, model, config, preprocess, state, images, labels, members):
     args = (model, config, preprocess, state, images, labels, jnp.asarray(members.indices),
             jnp.asarray(members.counts), None, None, jnp.asarray(0, jnp.int32))
     tick = time.perf_counter()
-    compiled = training.train_ensemble_epoch.lower(*args).compile()
+    compiled = program.lower(*args).compile()
     seconds = time.perf_counter() - tick
     steps = -(-int(members.indices.shape[1]) // config.batch_size)
     flops = step_flops(model, config, preprocess, state, images, labels) * steps
     return compiled, args[3:], seconds, flops
 
 
-def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats: int = 2) -> dict[str, Any]:
-    """Times one epoch of ``cell`` (after compiling); returns the cell's figures."""
+def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats: int = 2,
+            peak: float | None = None) -> dict[str, Any]:
+    """Times one epoch of ``cell`` (after compiling); returns the cell's figures.
+
+    ``peak``: the chip's peak FLOP/s, overriding :data:`PEAK_FLOPS` (None: look it up).
+    """
+    if cell.workload not in WORKLOADS:
+        raise ValueError(f"Unknown workload {cell.workload!r}; known: {sorted(WORKLOADS)}.")
+    if cell.strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {cell.strategy!r}; known: {STRATEGIES}.")
+    if cell.num_models < 1 or examples_per_model < 1:
+        raise ValueError("num_models and examples_per_model must be >= 1.")
+    if cell.strategy == "torch":
+        from jaxpet import torch_reference
+
+        return torch_reference.measure_torch(cell.workload, cell.num_models, examples_per_model,
+                                             batch_size, repeats)
     dataset, role, shape = WORKLOADS[cell.workload]
     model = models.seed_cnn(dataset, role, precision=cell.precision, conv_impl=cell.conv_impl)
     preprocess = data.normalizer(dataset)
     config = training.TrainConfig(epochs=1, batch_size=batch_size)
     images, labels = synthetic_pool(shape, 2 * examples_per_model)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
-    group = cell.num_models if cell.strategy == "vmap" else 1
+    group = 1 if cell.strategy == "loop" else cell.num_models
     members = splits.random_member_sets(np.arange(2 * examples_per_model), cell.num_models,
                                         examples_per_model, seed=1)
     keys = training.model_keys(0, cell.num_models)
     groups = [slice(i, i + group) for i in range(0, cell.num_models, group)]
     states = [training.init_ensemble(model, config, keys[g], preprocess(images[:1])) for g in groups]
     sets = [splits.MemberSets(members.indices[g], members.counts[g]) for g in groups]
-    compiled, _, compile_s, flops_per_call = _compile_epoch(model, config, preprocess, states[0],
-                                                            images, labels, sets[0])
+    compiled, _, compile_s, flops_per_call = _compile_epoch(
+        _EPOCH_PROGRAMS[cell.strategy], model, config, preprocess, states[0], images, labels, sets[0])
 
     def run_epoch(states):
         out = []
@@ -145,7 +166,7 @@ def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats:
     seconds = min(times)
     device = jax.devices()[0]
     flops = flops_per_call * len(groups)
-    peak = peak_flops(device, cell.precision)
+    peak = peak or peak_flops(device, cell.precision)
     model_epochs_per_s = cell.num_models / seconds
     return {
         **dataclasses.asdict(cell),
@@ -166,20 +187,45 @@ def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats:
     }
 
 
-def markdown(rows: list[dict]) -> str:
-    """A table of the measured cells, with vmap's speed-up over the loop where both ran."""
+def measure_inversion(num_classes: int = 40, iterations: int = 100, hidden: int = 3000,
+                      image_shape=(112, 92, 1), seed: int = 0) -> dict[str, Any]:
+    """mi_face over ``num_classes`` classes x ``iterations`` steps: vmapped vs a loop per class.
+
+    The face MLP of the seed's Task 2 with random weights: a fixed-budget run
+    costs the same whatever the weights, and the data is not needed.
+    """
+    from jaxpet import inversion  # the inversion module is only needed here
+
+    model = models.face_mlp(num_classes, hidden)
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape)))
+    attack = inversion.MIFaceConfig(max_iterations=iterations, loss="cross_entropy")
+    return inversion.time_vmap_vs_loop(inversion.flax_apply(model), params, attack, image_shape)
+
+
+def markdown(rows: list[dict], inversion: dict | None = None) -> str:
+    """A table of the measured cells; vmap's speed-up over the loop and over PyTorch, each a
+    ratio of images/s measured in the same run."""
     loop = {(r["workload"], r["num_models"], r["conv_impl"], r["precision"]): r["images_per_s"]
             for r in rows if r["strategy"] == "loop"}
+    torch = {(r["workload"], r["num_models"]): r["images_per_s"]
+             for r in rows if r["strategy"] == "torch"}
     lines = ["| workload | strategy | K | conv | precision | images/s | model-epochs/s | compile s | "
-             "TFLOP/s | % of peak | peak mem (GiB) | vmap / loop |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "TFLOP/s | % of peak | peak mem (GiB) | vmap / loop | vmap / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         key = (r["workload"], r["num_models"], r["conv_impl"], r["precision"])
-        ratio = (f"{r['images_per_s'] / loop[key]:.2f}x" if r["strategy"] == "vmap" and key in loop else "")
+        vmap = r["strategy"] == "vmap"
+        over_loop = f"{r['images_per_s'] / loop[key]:.2f}x" if vmap and key in loop else ""
+        torch_key = (r["workload"], r["num_models"])
+        over_torch = f"{r['images_per_s'] / torch[torch_key]:.2f}x" if vmap and torch_key in torch else ""
         tflops = f"{r['flop_per_s'] / 1e12:.2f}" if r["flop_per_s"] else "n/a"
         frac = f"{100 * r['fraction_of_peak']:.1f}" if r["fraction_of_peak"] else "unknown"
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r["peak_memory_bytes"] else "n/a"
         lines.append(f"| {r['workload']} | {r['strategy']} | {r['num_models']} | {r['conv_impl_resolved']} | "
                      f"{r['precision']} | {r['images_per_s']:.0f} | {r['model_epochs_per_s']:.3f} | "
-                     f"{r['compile_seconds']:.1f} | {tflops} | {frac} | {mem} | {ratio} |")
+                     f"{r['compile_seconds']:.1f} | {tflops} | {frac} | {mem} | {over_loop} | {over_torch} |")
+    if inversion:
+        lines += ["", f"mi_face, {inversion['classes']} classes x {inversion['iterations']} iterations "
+                  f"({inversion['backend']}): vmapped {inversion['vmap_seconds']:.2f} s, loop over "
+                  f"classes {inversion['loop_seconds']:.2f} s ({inversion['ratio']:.1f}x)."]
     return "\n".join(lines) + "\n"

@@ -12,16 +12,17 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
 import numpy as np
 
-from jaxpet import attacks, data, metrics, models, reporting, splits, training
+from jaxpet import attacks, data, metrics, models, privacy, reporting, splits, training
 
-DEFENSES = ("none", "dropout_early_stopping")
+DEFENSES = ("none", "dropout_early_stopping", "dpsgd")
 DATASETS = ("cifar10", "mnist")
 
 
@@ -46,6 +47,12 @@ class MembershipConfig:
     batch_size: int = 128
     width_scale: float = 1.0  # <1 shrinks the seed CNNs (quick CPU preset)
     phase_dir: str | None = None  # where finished phases are kept (default: <workdir>/phases)
+    # DP-SGD defence (--defense=dpsgd): GroupNorm CNNs, per-example clipping and noise.
+    dp_noise_multiplier: float = 1.0
+    dp_clip_norm: float = 1.0
+    dp_delta: float = 1e-5
+    strategy: str = "auto"  # how the ensemble runs (training.STRATEGIES); no effect on results
+    checkpoint_every: int = 5  # epochs between checkpoints of a phase still training
 
     def validate(self, pool_size: int | None = None) -> None:
         """Raises ValueError naming the bad flag; cheap checks run before any data is loaded."""
@@ -66,6 +73,17 @@ class MembershipConfig:
             raise ValueError(f"--val_size must be >= 0, got {self.val_size}.")
         if self.defense == "dropout_early_stopping" and self.val_size == 0:
             raise ValueError("--defense=dropout_early_stopping needs --val_size > 0 for early stopping.")
+        if self.defense == "dpsgd":
+            if not self.dp_noise_multiplier > 0:
+                raise ValueError(f"--dp_noise_multiplier must be > 0, got {self.dp_noise_multiplier}.")
+            if not self.dp_clip_norm > 0:
+                raise ValueError(f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
+            if not 0 < self.dp_delta < 1:
+                raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
+        if self.strategy not in training.STRATEGIES:
+            raise ValueError(f"--strategy must be one of {training.STRATEGIES}, got {self.strategy!r}.")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}.")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"--dropout_rate must be in [0, 1), got {self.dropout_rate}.")
         if pool_size is not None:
@@ -83,8 +101,12 @@ class MembershipConfig:
     def training_fingerprint(self) -> str:
         """Hash of everything that changes the trained target and shadows (not the attack's knobs),
         so runs that differ only in the attack share the trained models through ``phase_dir``."""
-        skip = ("data_dir", "workdir", "phase_dir", "num_posteriors", "attack_epochs")
+        skip = ("data_dir", "workdir", "phase_dir", "num_posteriors", "attack_epochs", "strategy",
+                "checkpoint_every")
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if self.defense != "dpsgd":  # older runs' fingerprints stay valid
+            for name in ("dp_noise_multiplier", "dp_clip_norm", "dp_delta"):
+                fields.pop(name)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -171,17 +193,23 @@ def _mesh_if_many_devices():
     return training.model_mesh() if jax.device_count() > 1 else None
 
 
-def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Dataset, preprocess, seed: int):
+def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Dataset, preprocess,
+                seed: int, checkpoint_dir: str | None = None):
     """Trains all models of a role in one vmapped call; returns posteriors on balanced in/out sets."""
     train, test = dataset.train, dataset.test
     early = config.defense == "dropout_early_stopping"
-    train_config = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
-                                        early_stopping=early, patience=config.patience)
+    train_config = training.TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, early_stopping=early,
+        patience=config.patience, dpsgd=config.defense == "dpsgd",
+        dp_clip_norm=config.dp_clip_norm, dp_noise_multiplier=config.dp_noise_multiplier)
     logging.info("Training %s: %d model(s), %s members each", role.name, role.members.num_models,
                  role.members.counts.tolist())
+    mesh = _mesh_if_many_devices() if training.resolve_strategy(config.strategy) == "vmap" else None
     result = training.train_ensemble(model, train.images, train.labels, role.members, train_config,
                                      seed=seed, validation=role.validation, preprocess=preprocess,
-                                     log_prefix=f"{role.name} ", mesh=_mesh_if_many_devices())
+                                     log_prefix=f"{role.name} ", mesh=mesh,
+                                     strategy=config.strategy, checkpoint_dir=checkpoint_dir,
+                                     checkpoint_every=config.checkpoint_every)
     variables = result.variables()
     train_eval = training.evaluate(model, variables, train.images, train.labels, role.members,
                                    preprocess=preprocess)
@@ -213,6 +241,10 @@ def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Data
         "best_epoch": np.asarray(result.state.best_epoch).tolist() if early else None,
         "final_loss": result.history[-1]["loss"].tolist(),
     }
+    if train_config.dpsgd:
+        info["privacy"] = privacy.training_epsilon(
+            config.dp_noise_multiplier, config.batch_size, int(role.members.counts.max()),
+            len(result.history), config.dp_delta)
     return arrays, info
 
 
@@ -237,10 +269,15 @@ def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[s
 
     preprocess = data.normalizer(config.dataset)
     dropout = config.dropout_rate if config.defense == "dropout_early_stopping" else 0.0
+    norm = "group" if config.defense == "dpsgd" else "batch"
     make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
-                                        precision=config.precision, width_scale=config.width_scale)
+                                        precision=config.precision, width_scale=config.width_scale,
+                                        norm=norm)
     phase_dir = pathlib.Path(config.phase_dir) if config.phase_dir else workdir / "phases"
-    phases = _Phases(phase_dir, config.training_fingerprint())
+    fingerprint = config.training_fingerprint()
+    phases = _Phases(phase_dir, fingerprint)
+    # Epoch checkpoints of a phase still training: a run that dies resumes mid-phase.
+    checkpoints = lambda name: str(phase_dir / f"checkpoints-{name}-{fingerprint}")
 
     target_role = _Role(
         "target", splits.MemberSets.from_lists([split.target_in]), [split.target_out_eval],
@@ -249,12 +286,15 @@ def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[s
 
     tick = time.perf_counter()
     target, target_info = phases.run(
-        "target", lambda: _train_role(target_role, make("target"), config, dataset, preprocess, config.seed))
+        "target", lambda: _train_role(target_role, make("target"), config, dataset, preprocess,
+                                      config.seed, checkpoints("target")))
+    shutil.rmtree(checkpoints("target"), ignore_errors=True)  # the phase file holds it now
     timings["target"] = time.perf_counter() - tick
     tick = time.perf_counter()
     shadow, shadow_info = phases.run(
         "shadow", lambda: _train_role(shadow_role, make("shadow"), config, dataset, preprocess,
-                                      config.seed + 1000))
+                                      config.seed + 1000, checkpoints("shadow")))
+    shutil.rmtree(checkpoints("shadow"), ignore_errors=True)
     timings["shadow"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -283,6 +323,7 @@ def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[s
                    "per_model_test_acc": shadow_info["test_acc"],
                    "epochs_run": shadow_info["epochs_run"]},
         "attacks": {name: out.report for name, out in outputs.items()},
+        "privacy": target_info.get("privacy"),
         "attack_train_acc": mlp_info["train_acc"],
         "seconds": {**timings, "target_training": target_info["seconds"],
                     "shadow_training": shadow_info["seconds"]},
@@ -332,7 +373,12 @@ def summary_markdown(results: dict) -> str:
         ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
          "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
     d = results["data"]
-    return (f"# Membership inference: {c['dataset']}\n\n"
+    p = results.get("privacy")
+    dp = (f"DP-SGD: noise multiplier {p['noise_multiplier']}, clip {c['dp_clip_norm']}, "
+          f"{p['steps']} steps at sampling rate {p['sampling_rate']:.4f}: "
+          f"**epsilon = {p['epsilon']:.2f}** at delta = {p['delta']:g} ({p['accountant']}).\n\n"
+          if p else "")
+    return (f"# Membership inference: {c['dataset']}\n\n{dp}"
             f"{d['members_per_model']} members per model, defence `{c['defense']}`, "
             f"{c['num_shadow']} shadow model(s), width x{c['width_scale']}, precision {c['precision']}; "
             f"attack tested on {d['attack_test_members']} members + {d['attack_test_non_members']} "
@@ -397,3 +443,63 @@ def seed_table_markdown(rows: list[tuple[SeedCase, dict, str]]) -> str:
         ["dataset", "posteriors", "epochs", "defence", "target train / test (%)",
          "shadow train / test (%)", "attack test acc (%) / P / R / F1", "attack AUC",
          "TPR@0.1%FPR (%)", "best AUC (any attack)", "configuration"], table)
+
+
+def privacy_curve(base: MembershipConfig, noise_multipliers: Sequence[float],
+                  dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """The DP-SGD trade-off users ask for: one undefended run and one per noise multiplier.
+
+    Each point is a full membership run in ``<base.workdir>/<name>/`` (finished
+    ones are reused on rerun); writes ``privacy_curve.json``, ``privacy_curve.png``
+    (attack AUC and TPR@0.1%FPR against epsilon and against target test accuracy)
+    and ``privacy_curve.md`` to ``base.workdir``.
+    """
+    if not noise_multipliers or any(not s > 0 for s in noise_multipliers):
+        raise ValueError(f"--noise_multipliers must be positive numbers, got {list(noise_multipliers)}.")
+    workdir = check_workdir(base.workdir)
+    if dataset is None:
+        dataset = data.load_dataset(base.dataset, base.data_dir)
+    runs = [("none", dataclasses.replace(base, defense="none", workdir=str(workdir / "none")))]
+    runs += [(f"dpsgd_sigma{s:g}", dataclasses.replace(
+        base, defense="dpsgd", dp_noise_multiplier=float(s), workdir=str(workdir / f"dpsgd_sigma{s:g}")))
+        for s in noise_multipliers]
+    points = []
+    for name, config in runs:
+        done = pathlib.Path(config.workdir) / "results.json"
+        if done.exists() and reporting.read_json(done)["config"] == _jsonable_config(config):
+            results = reporting.read_json(done)
+        else:
+            results = run(config, dataset)
+        privacy_info = results.get("privacy") or {}
+        points.append({
+            "name": name, "defense": config.defense,
+            "noise_multiplier": privacy_info.get("noise_multiplier"),
+            "epsilon": privacy_info.get("epsilon", float("inf")),
+            "target_test_acc": results["target"]["test_acc"],
+            "target_train_acc": results["target"]["train_acc"],
+            "attacks": {a: {"auc": r["auc"], "tpr_at_0.1%fpr": r["tpr_at_fpr"]["0.001"],
+                            "accuracy": r["accuracy"]} for a, r in results["attacks"].items()},
+        })
+        summary = {"config": dataclasses.asdict(base), "delta": base.dp_delta, "points": points}
+        reporting.write_json(workdir / "privacy_curve.json", summary)
+    reporting.plot_privacy_curve(points, workdir / "privacy_curve.png",
+                                 title=f"{base.dataset}: DP-SGD against membership inference")
+    reporting.write_text(workdir / "privacy_curve.md", privacy_curve_markdown(points, base.dp_delta))
+    return summary
+
+
+def _jsonable_config(config: MembershipConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def privacy_curve_markdown(points: list[dict], delta: float) -> str:
+    rows = []
+    for p in points:
+        eps = "inf (no DP)" if p["defense"] == "none" else f"{p['epsilon']:.2f}"
+        a = p["attacks"]
+        rows.append([p["name"], eps, _pct(p["target_train_acc"]), _pct(p["target_test_acc"]),
+                     f"{a['shadow_mlp']['auc']:.3f}", f"{a['loss']['auc']:.3f}",
+                     _pct(max(r["tpr_at_0.1%fpr"] for r in a.values()))])
+    return (f"epsilon at delta = {delta:g}\n\n" + reporting.markdown_table(
+        ["run", "epsilon", "target train (%)", "target test (%)", "shadow-MLP AUC", "loss AUC",
+         "best TPR@0.1%FPR (%)"], rows))

@@ -84,8 +84,21 @@ def _row_mask(mask, x):
     return jnp.reshape(mask, mask.shape + (1,) * (x.ndim - 1))
 
 
+NORMS = ("batch", "group", "none")
+
+
+def _group_count(width: int) -> int:
+    """GroupNorm groups for a layer: the largest of 8, 4, 2, 1 that divides its width."""
+    return next(g for g in (8, 4, 2, 1) if width % g == 0)
+
+
 class SeedCNN(nn.Module):
-    """conv3x3-BN-ReLU-maxpool(2), twice, then FC-ReLU and the class layer (seed Task 1)."""
+    """conv3x3-BN-ReLU-maxpool(2), twice, then FC-ReLU and the class layer (seed Task 1).
+
+    ``norm="group"`` swaps BatchNorm for GroupNorm: a per-example normalisation,
+    which DP-SGD needs (BatchNorm mixes examples, so per-example gradients and
+    their privacy accounting would be wrong).
+    """
 
     conv1: int = 128
     conv2: int = 256
@@ -94,15 +107,21 @@ class SeedCNN(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     conv_impl: str = "auto"  # see resolve_conv_impl
+    norm: str = "batch"  # one of NORMS
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, mask=None):
+        if self.norm not in NORMS:
+            raise ValueError(f"SeedCNN norm must be one of {NORMS}, got {self.norm!r}.")
         x = jnp.asarray(x, self.dtype)
         for i, width in enumerate((self.conv1, self.conv2)):
             # No conv bias: BatchNorm removes it, and its ~0 gradient only adds noise under Adam.
-            x = _conv(self.conv_impl, width, self.dtype, False, f"Conv_{i}")(x)
-            x = nn.BatchNorm(momentum=BATCHNORM_MOMENTUM, dtype=self.dtype)(
+            x = _conv(self.conv_impl, width, self.dtype, self.norm == "none", f"Conv_{i}")(x)
+            if self.norm == "batch":
+                x = nn.BatchNorm(momentum=BATCHNORM_MOMENTUM, dtype=self.dtype)(
                     x, use_running_average=not train, mask=_row_mask(mask, x))
+            elif self.norm == "group":
+                x = nn.GroupNorm(num_groups=_group_count(width), dtype=self.dtype)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
@@ -196,8 +215,11 @@ def compute_dtype(precision: str):
 
 def seed_cnn(dataset: str, role: str = "target", *, dropout_rate: float = 0.0,
              precision: str = "float32", width_scale: float = 1.0,
-             conv_impl: str = "auto") -> SeedCNN:
-    """The seed's target or shadow CNN for ``dataset``; ``width_scale`` shrinks it for tests."""
+             conv_impl: str = "auto", norm: str = "batch") -> SeedCNN:
+    """The seed's target or shadow CNN for ``dataset``; ``width_scale`` shrinks it for tests.
+
+    ``norm``: "batch" (the seed's), or "group" for DP-SGD (see :class:`SeedCNN`).
+    """
     key = (dataset, role)
     if key not in SEED_CNN_WIDTHS:
         raise ValueError(f"No seed CNN for dataset={dataset!r}, role={role!r}; "
@@ -206,8 +228,10 @@ def seed_cnn(dataset: str, role: str = "target", *, dropout_rate: float = 0.0,
         raise ValueError(f"width_scale must be positive, got {width_scale}.")
     conv1, conv2, fc = (max(1, round(w * width_scale)) for w in SEED_CNN_WIDTHS[key])
     resolve_conv_impl(conv_impl)  # validate early
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     return SeedCNN(conv1=conv1, conv2=conv2, fc=fc, num_classes=10, dropout_rate=dropout_rate,
-                   dtype=compute_dtype(precision), conv_impl=conv_impl)
+                   dtype=compute_dtype(precision), conv_impl=conv_impl, norm=norm)
 
 
 def attack_mlp(num_classes: int = 2, hidden_sizes: Sequence[int] = (128,),

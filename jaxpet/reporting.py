@@ -100,6 +100,49 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, title: s
     return path
 
 
+def plot_privacy_curve(points: Sequence[Mapping[str, Any]], path, title: str = "") -> pathlib.Path:
+    """Attack AUC and TPR@0.1%FPR against epsilon (left) and target test accuracy (right).
+
+    ``points``: dicts with ``epsilon`` (inf for no DP), ``target_test_acc`` and
+    ``attacks`` (name -> {"auc", "tpr_at_0.1%fpr"}).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    finite = [p["epsilon"] for p in points if np.isfinite(p["epsilon"])]
+    no_dp_x = 2 * max(finite) if finite else 1.0  # where the undefended run is drawn
+    xs_eps = [p["epsilon"] if np.isfinite(p["epsilon"]) else no_dp_x for p in points]
+    xs_acc = [100 * p["target_test_acc"] for p in points]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
+    for name in points[0]["attacks"]:
+        for row, (key, label) in enumerate((("auc", "attack AUC"),
+                                            ("tpr_at_0.1%fpr", "TPR at 0.1% FPR (%)"))):
+            scale = 1 if key == "auc" else 100
+            ys = [scale * p["attacks"][name][key] for p in points]
+            for col, xs in enumerate((xs_eps, xs_acc)):
+                order = np.argsort(xs)
+                axes[row, col].plot(np.asarray(xs)[order], np.asarray(ys)[order], "o-", label=name)
+            axes[row, 0].set_ylabel(label)
+    for col in range(2):
+        axes[0, col].axhline(0.5, color="gray", ls="--", lw=1)
+        axes[1, col].axhline(0.1, color="gray", ls="--", lw=1)
+    for row in range(2):
+        axes[row, 0].set_xscale("log")
+        axes[row, 0].axvline(no_dp_x, color="gray", ls=":", lw=1)
+    axes[1, 0].set_xlabel(f"epsilon (log; dotted line at {no_dp_x:.3g} = no DP)")
+    axes[1, 1].set_xlabel("target test accuracy (%)")
+    axes[0, 1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; floats printed as given (format them before)."""
     lines = ["| " + " | ".join(map(str, headers)) + " |",

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -39,7 +41,7 @@ from jaxpet.data import IDENTITY, Normalize  # noqa: F401  (re-exported)
 from jaxpet.splits import MemberSets
 
 # Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
-_INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM = 0, 1, 2
+_INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM, _NOISE_STREAM = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,11 @@ class TrainConfig:
     early_stopping: bool = False  # keep each model's best-validation weights, stop after `patience`
     patience: int = 10  # epochs without validation improvement before a model stops
     eval_batch_size: int = 1024
+    # DP-SGD (Abadi et al. 2016): clip each example's gradient to dp_clip_norm, add Gaussian
+    # noise of std dp_noise_multiplier * dp_clip_norm to the batch sum, divide by batch_size.
+    dpsgd: bool = False
+    dp_clip_norm: float = 1.0
+    dp_noise_multiplier: float = 1.0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -65,6 +72,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay}.")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.dpsgd and self.dp_clip_norm <= 0:
+            raise ValueError(f"TrainConfig.dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
+        if self.dpsgd and self.dp_noise_multiplier <= 0:
+            raise ValueError("TrainConfig.dp_noise_multiplier must be > 0 for DP-SGD, got "
+                             f"{self.dp_noise_multiplier}.")
 
     def learning_rate_at(self, epoch):
         return self.learning_rate * self.lr_decay**epoch
@@ -171,9 +183,13 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
         loss = jnp.sum(losses * weights) / jnp.maximum(num_real, 1)
         return loss, (logits, losses, mutated.get("batch_stats", {}))
 
-    (_, (logits, losses, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
+    if config.dpsgd:
+        logits, losses, batch_stats, grads = _private_gradient(
+            model, config, state, x, y, row_mask, dropout_key)
+    else:
+        (_, (logits, losses, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
     opt_state = state.opt_state._replace(
         hyperparams={**state.opt_state.hyperparams,
                      "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
@@ -192,6 +208,37 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
         "correct": jnp.sum(correct),
         "count": num_real,
     }
+
+
+def _private_gradient(model, config: TrainConfig, state: ModelState, x, y, row_mask, dropout_key):
+    """DP-SGD's gradient: per-example gradients, each clipped, summed, noised, averaged.
+
+    The noise is divided by the fixed batch size (not the number of real rows),
+    as the privacy accounting assumes.
+    """
+    if jax.tree.leaves(state.batch_stats):
+        raise ValueError("DP-SGD needs a model without BatchNorm (it mixes examples, so "
+                         "per-example gradients are not defined): build it with norm='group'.")
+
+    def example_loss(params, x1, y1, key):
+        logits = model.apply({"params": params}, x1[None], train=True, rngs={"dropout": key})
+        logits = logits.astype(jnp.float32)[0]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y1), logits
+
+    keys = jax.random.split(dropout_key, x.shape[0])
+    (losses, logits), grads = jax.vmap(
+        jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0, 0))(
+            state.params, x, y, keys)
+    weights = row_mask.astype(jnp.float32)
+    grads = jax.tree.map(lambda g: g * weights.reshape((-1,) + (1,) * (g.ndim - 1)), grads)
+    leaves, treedef = jax.tree.flatten(grads)
+    clipped_sum, _ = optax.per_example_global_norm_clip(leaves, config.dp_clip_norm)
+    noise_key = jax.random.fold_in(jax.random.fold_in(state.rng, _NOISE_STREAM), state.step)
+    noise_keys = jax.random.split(noise_key, len(clipped_sum))
+    std = config.dp_noise_multiplier * config.dp_clip_norm
+    noisy = [(g + std * jax.random.normal(k, g.shape, g.dtype)) / config.batch_size
+             for g, k in zip(clipped_sum, noise_keys)]
+    return logits, losses, state.batch_stats, jax.tree.unflatten(treedef, noisy)
 
 
 def _batch_positions(num_positions: int, batch_size: int):
@@ -287,6 +334,68 @@ def train_ensemble_epoch(
       val_indices, val_counts, epoch)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "config", "preprocess"), donate_argnums=(3,))
+def train_ensemble_epoch_mapped(
+    model, config, preprocess, state, images, labels,
+    member_indices, member_counts, val_indices, val_counts, epoch,
+):
+    """:func:`train_epoch` under ``lax.map`` over the model axis: models one after another
+    inside one jitted program (no batching across models, no host round trip per model)."""
+
+    def one(args):
+        one_state, indices, count, v_indices, v_count = args
+        return train_epoch(model, config, preprocess, one_state, images, labels, indices, count,
+                           v_indices, v_count, epoch)
+
+    return jax.lax.map(one, (state, member_indices, member_counts, val_indices, val_counts))
+
+
+# How the K models of one epoch are run; all give the same result (tested):
+#   vmap: one program, models batched (convolutions become grouped/batched ones);
+#   map:  one program, lax.map over models (sequential on the device);
+#   loop: the K=1 program called once per model from the host.
+STRATEGIES = ("auto", "vmap", "map", "loop")
+# "auto" per backend, from experiments/benchmark.py (README, Performance).
+AUTO_STRATEGY = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}
+
+
+def resolve_strategy(strategy: str, backend: str | None = None) -> str:
+    """Maps "auto" to the measured fastest strategy of ``backend`` (default: JAX's)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+    if strategy == "auto":
+        return AUTO_STRATEGY.get(backend or jax.default_backend(), "vmap")
+    return strategy
+
+
+def _slice_models(tree, start, stop):
+    return jax.tree.map(lambda x: None if x is None else x[start:stop], tree)
+
+
+def _run_epoch(strategy, model, config, preprocess, state, images, labels, member_indices,
+               member_counts, val_indices, val_counts, epoch):
+    """One epoch of the whole ensemble by ``strategy``; returns (state, [K] metrics)."""
+    # The epoch program does not depend on the number of epochs: one compile serves all runs.
+    config = dataclasses.replace(config, epochs=1)
+    if strategy == "vmap":
+        return train_ensemble_epoch(model, config, preprocess, state, images, labels,
+                                    member_indices, member_counts, val_indices, val_counts, epoch)
+    if strategy == "map":
+        return train_ensemble_epoch_mapped(model, config, preprocess, state, images, labels,
+                                           member_indices, member_counts, val_indices,
+                                           val_counts, epoch)
+    states, metrics = [], []
+    for k in range(member_indices.shape[0]):
+        one = lambda tree: _slice_models(tree, k, k + 1)
+        new_state, new_metrics = train_ensemble_epoch(
+            model, config, preprocess, one(state), images, labels, one(member_indices),
+            one(member_counts), one(val_indices), one(val_counts), epoch)
+        states.append(new_state)
+        metrics.append(new_metrics)
+    concat = lambda *xs: jnp.concatenate(xs)
+    return jax.tree.map(concat, *states), jax.tree.map(concat, *metrics)
+
+
 @dataclasses.dataclass
 class TrainResult:
     """The trained ensemble and its per-epoch history (each entry: name -> [K] numpy array)."""
@@ -325,6 +434,9 @@ def train_ensemble(
     on_epoch_end: Callable[[int, ModelState, dict], None] | None = None,
     log_prefix: str = "",
     mesh: Mesh | None = None,
+    strategy: str = "auto",
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 5,
 ) -> TrainResult:
     """Trains ``members.num_models`` models at once, model k on ``members.member(k)``.
 
@@ -342,8 +454,19 @@ def train_ensemble(
       mesh: a mesh with a ``models`` axis (see :func:`model_mesh`): the model axis is
         sharded over its devices, each holding K/devices models; K is padded up to a
         multiple of the device count with copies of model 0, dropped from the result.
+      strategy: how the models of an epoch run (see :data:`STRATEGIES`); "auto" picks the
+        fastest measured on this backend. The results do not depend on it.
+      checkpoint_dir: if given, the ensemble state and history are saved there (orbax) every
+        ``checkpoint_every`` epochs and at the end; a later call with the same directory and
+        the same run resumes from the last save (and refuses a different run's directory).
     """
     num_models = members.num_models
+    strategy = resolve_strategy(strategy)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
+    if mesh is not None and strategy != "vmap":
+        raise ValueError(f"A mesh shards the vmapped model axis; strategy {strategy!r} cannot "
+                         "use it. Pass strategy='vmap' or no mesh.")
     if mesh is not None:
         if "models" not in mesh.axis_names:
             raise ValueError(f"mesh needs a 'models' axis, got axes {mesh.axis_names}; use model_mesh().")
@@ -355,12 +478,14 @@ def train_ensemble(
         result = _train_ensemble(
             model, images, labels, members, config, keys=keys, seed=seed, validation=validation,
             preprocess=preprocess, state=None, start_epoch=start_epoch, on_epoch_end=on_epoch_end,
-            log_prefix=log_prefix, mesh=mesh)
+            log_prefix=log_prefix, mesh=mesh, strategy=strategy, checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every)
         return _unpad_result(result, num_models)
     return _train_ensemble(model, images, labels, members, config, keys=keys, seed=seed,
                            validation=validation, preprocess=preprocess, state=state,
                            start_epoch=start_epoch, on_epoch_end=on_epoch_end,
-                           log_prefix=log_prefix, mesh=None)
+                           log_prefix=log_prefix, mesh=None, strategy=strategy,
+                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
 
 
 def model_mesh(devices=None) -> Mesh:
@@ -396,7 +521,8 @@ def _unpad_result(result: "TrainResult", num_models: int) -> "TrainResult":
 
 
 def _train_ensemble(model, images, labels, members, config, *, keys, seed, validation, preprocess,
-                    state, start_epoch, on_epoch_end, log_prefix, mesh) -> TrainResult:
+                    state, start_epoch, on_epoch_end, log_prefix, mesh, strategy, checkpoint_dir,
+                    checkpoint_every) -> TrainResult:
     num_models = members.num_models
     images = jnp.asarray(images)
     labels = jnp.asarray(labels, jnp.int32)
@@ -418,6 +544,9 @@ def _train_ensemble(model, images, labels, members, config, *, keys, seed, valid
         if mesh is not None:  # initialise each model on its own device
             keys = _shard(keys, mesh)
         state = init_ensemble(model, config, keys, preprocess(images[:1]))
+    if config.dpsgd and jax.tree.leaves(state.batch_stats):
+        raise ValueError("DP-SGD needs a model without BatchNorm (it mixes examples, so "
+                         "per-example gradients are not defined): build it with norm='group'.")
     member_indices = jnp.asarray(members.indices)
     member_counts = jnp.asarray(members.counts)
     if mesh is not None:  # models across devices; the data replicated, once per device
@@ -427,24 +556,98 @@ def _train_ensemble(model, images, labels, members, config, *, keys, seed, valid
         images, labels = jax.device_put((images, labels), NamedSharding(mesh, PartitionSpec()))
 
     history = []
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = _Checkpoints(checkpoint_dir, _run_fingerprint(
+            model, config, images, labels, members, validation, state))
+        restored = checkpoints.restore(state)
+        if restored is not None:
+            state, history = restored
+            start_epoch = len(history)
+            logging.info("%sresumed from %s after epoch %d", log_prefix, checkpoint_dir,
+                         start_epoch)
     start = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+    stopped = bool(history) and config.early_stopping and not history[-1]["active"].any()
+    for epoch in range(start_epoch, config.epochs if not stopped else start_epoch):
         tick = time.perf_counter()
-        state, metrics = train_ensemble_epoch(
-            model, config, preprocess, state, images, labels, member_indices, member_counts,
-            val_indices, val_counts, jnp.asarray(epoch, jnp.int32),
+        state, metrics = _run_epoch(
+            strategy, model, config, preprocess, state, images, labels, member_indices,
+            member_counts, val_indices, val_counts, jnp.asarray(epoch, jnp.int32),
         )
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         history.append(metrics)
         logging.info("%s%s", log_prefix, _format_epoch(epoch, config.epochs, metrics,
                                                       time.perf_counter() - tick))
+        stopped = config.early_stopping and not metrics["active"].any()
+        if checkpoints is not None and ((epoch + 1) % checkpoint_every == 0
+                                        or epoch + 1 == config.epochs or stopped):
+            checkpoints.save(epoch + 1, state, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, state, metrics)
-        if not metrics["active"].any() and config.early_stopping:
+        if stopped:
             logging.info("%sall %d models stopped early after epoch %d", log_prefix, num_models,
                          epoch + 1)
             break
     return TrainResult(state=state, history=history, seconds=time.perf_counter() - start)
+
+
+def _run_fingerprint(model, config, images, labels, members, validation, keys_or_state) -> str:
+    """A digest of everything that decides a run's result (not the strategy or the mesh)."""
+    digest = hashlib.sha256()
+    digest.update(repr(model).encode())
+    digest.update(repr(config).encode())
+    digest.update(repr(tuple(images.shape)).encode())
+    digest.update(np.asarray(labels).tobytes())
+    step = max(1, images.shape[0] // 64)  # a strided sample of the images, not all of them
+    digest.update(np.asarray(images[::step]).tobytes())
+    for sets in (members, validation):
+        if sets is not None:
+            digest.update(np.asarray(sets.indices).tobytes())
+            digest.update(np.asarray(sets.counts).tobytes())
+    digest.update(np.asarray(jax.random.key_data(keys_or_state.rng)
+                             if jnp.issubdtype(keys_or_state.rng.dtype, jax.dtypes.prng_key)
+                             else keys_or_state.rng).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _Checkpoints:
+    """The ensemble's state and history in an orbax CheckpointManager (latest save kept)."""
+
+    def __init__(self, directory: str, fingerprint: str):
+        import orbax.checkpoint as ocp  # imported here: only runs that checkpoint need it
+
+        self._ocp = ocp
+        self.directory = os.path.abspath(directory)
+        self.fingerprint = fingerprint
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        )
+
+    def restore(self, template: ModelState):
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        ocp = self._ocp
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = meta["meta"]
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"{self.directory} holds checkpoints of a different run (fingerprint "
+                f"{meta.get('fingerprint')}, this run {self.fingerprint}): refusing to resume it. "
+                "Use another directory, or delete that one to start over.")
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))
+        history = [{k: np.asarray(v) for k, v in h.items()} for h in meta["history"]]
+        return restored["state"], history
+
+    def save(self, epochs_done: int, state: ModelState, history):
+        ocp = self._ocp
+        meta = {"fingerprint": self.fingerprint, "epochs_done": epochs_done,
+                "history": [{k: np.asarray(v).tolist() for k, v in h.items()} for h in history]}
+        self.manager.save(epochs_done, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
 
 
 def _format_epoch(epoch, epochs, metrics, seconds):

@@ -87,7 +87,10 @@ def test_several_shadow_models_train_together(tmp_path):
 @pytest.mark.parametrize("kwargs, flag", [
     (dict(num_posteriors=5), "num_posteriors"),
     (dict(epochs=0), "epochs"),
-    (dict(defense="dpsgd"), "defense"),
+    (dict(defense="laplace"), "defense"),
+    (dict(defense="dpsgd", dp_noise_multiplier=0.0), "dp_noise_multiplier"),
+    (dict(defense="dpsgd", dp_delta=1.5), "dp_delta"),
+    (dict(strategy="pmap"), "strategy"),
     (dict(dataset="svhn"), "dataset"),
     (dict(train_size=300), "train_size"),  # more than a quarter of 800
 ])
@@ -101,3 +104,19 @@ def test_unwritable_workdir_is_reported(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="workdir"):
         membership.check_workdir(str(blocker / "sub"))
+
+
+def test_dpsgd_curve_reports_epsilon_and_lowers_the_attack(tmp_path):
+    base = _config(tmp_path, epochs=8, attack_epochs=2, num_posteriors=10)
+    curve = membership.privacy_curve(base, [3.0], dataset=_tiny_dataset())
+    plain, private = curve["points"]
+    assert plain["defense"] == "none" and plain["epsilon"] == float("inf")
+    assert 0 < private["epsilon"] < 50
+    dp_results = json.loads((tmp_path / "run" / "dpsgd_sigma3" / "results.json").read_text())
+    assert dp_results["privacy"]["steps"] == 8 * 7  # ceil(100 / 16) steps per epoch
+    assert "epsilon" in (tmp_path / "run" / "dpsgd_sigma3" / "summary.md").read_text()
+    assert (tmp_path / "run" / "privacy_curve.png").stat().st_size > 10_000
+    # The overfit plain model leaks more than the noisy one.
+    assert private["attacks"]["loss"]["auc"] < plain["attacks"]["loss"]["auc"]
+    with pytest.raises(ValueError, match="noise_multipliers"):
+        membership.privacy_curve(base, [0.0], dataset=_tiny_dataset())

@@ -187,3 +187,104 @@ def test_bad_inputs_are_rejected_before_training():
     with pytest.raises(ValueError, match="differ in length"):
         training.train_ensemble(model, images, labels[:10], splits.MemberSets.from_lists([np.arange(5)]),
                                 training.TrainConfig(epochs=1))
+
+
+@pytest.mark.parametrize("strategy", ["map", "loop"])
+def test_strategies_equal_vmap(strategy):
+    """lax.map over models and a host loop over K=1 programs train exactly as vmap does."""
+    images, labels = _separable_images(200)
+    model = _tiny_cnn(dropout_rate=0.2)
+    config = training.TrainConfig(epochs=2, batch_size=32, early_stopping=True, patience=1)
+    sets = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(30, 160)])
+    val = splits.MemberSets.from_lists([np.arange(160, 200), np.arange(0, 30)])
+    runs = {s: training.train_ensemble(model, images, labels, sets, config, seed=3,
+                                       validation=val, preprocess=NORMALIZE, strategy=s)
+            for s in ("vmap", strategy)}
+    chex.assert_trees_all_close(runs["vmap"].state.params, runs[strategy].state.params,
+                                atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(runs["vmap"].state.best_batch_stats,
+                                runs[strategy].state.best_batch_stats, atol=1e-5, rtol=1e-5)
+    for a, b in zip(runs["vmap"].history, runs[strategy].history):
+        np.testing.assert_allclose(a["val_acc"], b["val_acc"], atol=1e-6)
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        training.resolve_strategy("pmap")
+    assert training.resolve_strategy("auto", "gpu") in training.STRATEGIES
+
+
+def _group_cnn(**kwargs):
+    return models.SeedCNN(conv1=4, conv2=8, fc=16, num_classes=2, norm="group", **kwargs)
+
+
+def test_dpsgd_without_clipping_or_noise_is_plain_sgd():
+    """Clip norm far above every gradient and ~0 noise: DP-SGD's step is the plain step."""
+    images, labels = _separable_images(128)
+    sets = splits.MemberSets.from_lists([np.arange(0, 128), np.arange(0, 128)])
+    base = training.TrainConfig(epochs=2, batch_size=32)
+    dp = training.TrainConfig(epochs=2, batch_size=32, dpsgd=True, dp_clip_norm=1e3,
+                              dp_noise_multiplier=1e-20)
+    plain = training.train_ensemble(_group_cnn(), images, labels, sets, base, seed=1, preprocess=NORMALIZE)
+    private = training.train_ensemble(_group_cnn(), images, labels, sets, dp, seed=1, preprocess=NORMALIZE)
+    chex.assert_trees_all_close(plain.state.params, private.state.params, atol=1e-5, rtol=1e-4)
+
+
+def test_dpsgd_gradient_is_clipped_and_noised():
+    images, labels = _separable_images(32)
+    model = _group_cnn()
+    x = NORMALIZE(jnp.asarray(images))
+    mask = jnp.arange(32) < 20  # 12 padded rows must add nothing
+
+    def gradient(clip, noise):
+        config = training.TrainConfig(batch_size=32, dpsgd=True, dp_clip_norm=clip, dp_noise_multiplier=noise)
+        state = training.init_model_state(model, config, jax.random.PRNGKey(0), x[:1])
+        return training._private_gradient(model, config, state, x, jnp.asarray(labels), mask,
+                                          jax.random.PRNGKey(1))[3]
+
+    norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(tree))))
+    # Each of the 20 real examples contributes at most `clip`; the sum is divided by 32.
+    assert norm(gradient(1e-3, 1e-12)) <= 20 * 1e-3 / 32 * (1 + 1e-4)
+    noisy = jnp.concatenate([g.ravel() for g in jax.tree.leaves(gradient(1e-3, 100.0))])
+    np.testing.assert_allclose(float(jnp.std(noisy)), 100.0 * 1e-3 / 32, rtol=0.1)
+
+
+def test_dpsgd_refuses_batchnorm_and_bad_noise():
+    images, labels = _separable_images(64)
+    sets = splits.MemberSets.from_lists([np.arange(64)])
+    with pytest.raises(ValueError, match="norm='group'"):
+        training.train_ensemble(_tiny_cnn(), images, labels, sets,
+                                training.TrainConfig(epochs=1, batch_size=32, dpsgd=True),
+                                preprocess=NORMALIZE)
+    with pytest.raises(ValueError, match="dp_noise_multiplier"):
+        training.TrainConfig(dpsgd=True, dp_noise_multiplier=0.0)
+
+
+def test_checkpointed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    images, labels = _separable_images(128)
+    model = _tiny_cnn(dropout_rate=0.1)
+    sets = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(20, 128)])
+    config = training.TrainConfig(epochs=4, batch_size=32)
+    whole = training.train_ensemble(model, images, labels, sets, config, seed=5, preprocess=NORMALIZE)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_two(epoch, state, metrics):
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        training.train_ensemble(model, images, labels, sets, config, seed=5, preprocess=NORMALIZE,
+                                checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1,
+                                on_epoch_end=stop_after_two)
+    resumed = training.train_ensemble(model, images, labels, sets, config, seed=5,
+                                      preprocess=NORMALIZE, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert len(resumed.history) == 4
+    chex.assert_trees_all_close(whole.state.params, resumed.state.params, atol=1e-6)
+    chex.assert_trees_all_close(whole.state.opt_state, resumed.state.opt_state, atol=1e-6)
+    np.testing.assert_allclose(whole.history[0]["loss"], resumed.history[0]["loss"])
+    # Another run's directory is refused, not silently resumed.
+    with pytest.raises(ValueError, match="different run"):
+        training.train_ensemble(model, images, labels, sets, config, seed=6, preprocess=NORMALIZE,
+                                checkpoint_dir=str(tmp_path / "ckpt"))
