@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging as stdlib_logging
 import math
 import os
 import time
@@ -610,11 +611,22 @@ def _run_fingerprint(model, config, images, labels, members, validation, keys_or
     return digest.hexdigest()[:16]
 
 
+class _QuietOrbax(stdlib_logging.Filter):
+    """Drops orbax's INFO chatter (several lines per save) from the absl log."""
+
+    def filter(self, record):
+        return record.levelno > stdlib_logging.INFO or "orbax" not in record.pathname
+
+
 class _Checkpoints:
     """The ensemble's state and history in an orbax CheckpointManager (latest save kept)."""
 
     def __init__(self, directory: str, fingerprint: str):
         import orbax.checkpoint as ocp  # imported here: only runs that checkpoint need it
+
+        absl_logger = stdlib_logging.getLogger("absl")
+        if not any(isinstance(f, _QuietOrbax) for f in absl_logger.filters):
+            absl_logger.addFilter(_QuietOrbax())
 
         self._ocp = ocp
         self.directory = os.path.abspath(directory)
