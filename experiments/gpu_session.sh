@@ -13,9 +13,15 @@ pack() { tar czf "$OUTDIR/gpu_results.tgz" --exclude='*.npz' -C /tmp gpu_results
 trap pack EXIT
 { nvidia-smi; python -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } > $R/env.txt 2>&1
 cat $R/env.txt
+# The product against the loop and PyTorch at K=1/8/64 (shadow width), both precisions, mi_face timing.
 timeout $((BENCH_S + 90)) python experiments/benchmark.py --workdir=$R/benchmark --max_seconds=$BENCH_S \
-  --workloads=cifar10_shadow,cifar10_target --num_models=1,16,64 --conv_impls=conv,patches \
-  --precisions=float32,bfloat16 --examples_per_model=2048 --alsologtostderr > $R/benchmark.log 2>&1
+  --workloads=cifar10_shadow --num_models=1,8,64 --strategies=vmap,loop,torch \
+  --precisions=bfloat16,float32 --examples_per_model=2048 --alsologtostderr > $R/benchmark.log 2>&1
+# Target width, many models: the rate behind the 256 x 50 epochs x 25,000 projection.
+timeout 240 python experiments/benchmark.py --workdir=$R/benchmark_target --max_seconds=120 \
+  --workloads=cifar10_target --num_models=64,256 --strategies=vmap --precisions=bfloat16 \
+  --examples_per_model=1024 --inversion_classes=0 --alsologtostderr > $R/benchmark_target.log 2>&1
+tail -30 $R/benchmark_target.log
 tail -30 $R/benchmark.log
 timeout $((TABLES_S + 150)) python experiments/seed_tables.py --workdir=$R/seed_tables --max_seconds=$TABLES_S \
   --alsologtostderr > $R/seed_tables.log 2>&1
