@@ -21,6 +21,9 @@ def _atomic_write(path: pathlib.Path, write) -> pathlib.Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
