@@ -8,6 +8,7 @@ target and shadow through a common phase folder. Each case's full outputs are
 in <workdir>/<case>/; the table is <workdir>/seed_tables.md.
 """
 
+import os
 import sys
 import time
 
@@ -58,13 +59,25 @@ def main(argv):
             results = membership.run(config)
         except data.DataError as e:
             sys.exit(f"error: {e}")
-        c = results["config"]
-        note = (f"{FLAGS.preset}: {results['data']['members_per_model']} members, width x{c['width_scale']}, "
-                f"{c['attack_epochs']} attack epochs, {results['backend']} {results['devices'][0]}")
-        rows.append((case, results, note))
-        table = membership.seed_table_markdown(rows)
+        rows.append(case)
+        # The table holds every case finished in this workdir, by this run or an earlier one.
+        table = membership.seed_table_markdown(_finished_cases(FLAGS.workdir, FLAGS.preset))
         reporting.write_text(f"{FLAGS.workdir}/seed_tables.md", "# Seed Tables 1-4, rerun\n\n" + table)
     print(open(f"{FLAGS.workdir}/seed_tables.md").read() if rows else "No case ran.")
+
+
+def _finished_cases(workdir, preset):
+    finished = []
+    for case in membership.SEED_CASES:
+        path = f"{workdir}/{case.name}/results.json"
+        if not os.path.exists(path):
+            continue
+        results = reporting.read_json(path)
+        c = results["config"]
+        note = (f"{preset}: {results['data']['members_per_model']} members, width x{c['width_scale']}, "
+                f"{c['attack_epochs']} attack epochs, {results['backend']} {results['devices'][0]}")
+        finished.append((case, results, note))
+    return finished
 
 
 if __name__ == "__main__":

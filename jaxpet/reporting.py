@@ -132,8 +132,12 @@ def plot_privacy_curve(points: Sequence[Mapping[str, Any]], path, title: str = "
     for col in range(2):
         axes[0, col].axhline(0.5, color="gray", ls="--", lw=1)
         axes[1, col].axhline(0.1, color="gray", ls="--", lw=1)
+    from matplotlib import ticker
+
     for row in range(2):
         axes[row, 0].set_xscale("log")
+        axes[row, 0].xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axes[row, 0].xaxis.set_minor_formatter(ticker.NullFormatter())
         axes[row, 0].axvline(no_dp_x, color="gray", ls=":", lw=1)
     axes[1, 0].set_xlabel(f"epsilon (log; dotted line at {no_dp_x:.3g} = no DP)")
     axes[1, 1].set_xlabel("target test accuracy (%)")
