@@ -575,16 +575,8 @@ class LiraConfig:
         if self.defense not in DEFENSES:
             raise ValueError(f"--defense must be one of {DEFENSES}, got {self.defense!r}.")
         if self.defense == "dpsgd":
-            if not self.dp_noise_multiplier > 0:
-                raise ValueError(f"--dp_noise_multiplier must be > 0, got {self.dp_noise_multiplier}.")
-            if not self.dp_clip_norm > 0:
-                raise ValueError(f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
-            if not 0 < self.dp_delta < 1:
-                raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
-        if self.strategy not in training.STRATEGIES:
-            raise ValueError(f"--strategy must be one of {training.STRATEGIES}, got {self.strategy!r}.")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}.")
+            privacy.check_dpsgd_flags(self.dp_noise_multiplier, self.dp_clip_norm, self.dp_delta)
+        training.check_run_flags(self.strategy, self.checkpoint_every)
         if self.num_models < 2:
             raise ValueError(f"--num_models must be >= 2 (a target and a reference), "
                              f"got {self.num_models}.")
@@ -859,12 +851,7 @@ def plot_sweep(sweep: Sequence[dict], baseline: dict, path, title: str = "") -> 
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return reporting.save_figure(fig, path)
 
 
 def _ms(stat: dict, pct: bool = False) -> str:

@@ -74,16 +74,8 @@ class MembershipConfig:
         if self.defense == "dropout_early_stopping" and self.val_size == 0:
             raise ValueError("--defense=dropout_early_stopping needs --val_size > 0 for early stopping.")
         if self.defense == "dpsgd":
-            if not self.dp_noise_multiplier > 0:
-                raise ValueError(f"--dp_noise_multiplier must be > 0, got {self.dp_noise_multiplier}.")
-            if not self.dp_clip_norm > 0:
-                raise ValueError(f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
-            if not 0 < self.dp_delta < 1:
-                raise ValueError(f"--dp_delta must be in (0, 1), got {self.dp_delta}.")
-        if self.strategy not in training.STRATEGIES:
-            raise ValueError(f"--strategy must be one of {training.STRATEGIES}, got {self.strategy!r}.")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}.")
+            privacy.check_dpsgd_flags(self.dp_noise_multiplier, self.dp_clip_norm, self.dp_delta)
+        training.check_run_flags(self.strategy, self.checkpoint_every)
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"--dropout_rate must be in [0, 1), got {self.dropout_rate}.")
         if pool_size is not None:

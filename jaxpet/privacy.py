@@ -21,6 +21,16 @@ def _check(noise_multiplier: float, sampling_rate: float, steps: int, delta: flo
         raise ValueError(f"delta must be in (0, 1), got {delta}.")
 
 
+def check_dpsgd_flags(noise_multiplier: float, clip_norm: float, delta: float) -> None:
+    """Raises ValueError naming the bad DP-SGD flag (the experiments' shared check)."""
+    if not noise_multiplier > 0:
+        raise ValueError(f"--dp_noise_multiplier must be > 0, got {noise_multiplier}.")
+    if not clip_norm > 0:
+        raise ValueError(f"--dp_clip_norm must be > 0, got {clip_norm}.")
+    if not 0 < delta < 1:
+        raise ValueError(f"--dp_delta must be in (0, 1), got {delta}.")
+
+
 def dpsgd_event(noise_multiplier: float, sampling_rate: float, steps: int):
     """The dp_accounting event of ``steps`` Poisson-subsampled Gaussian steps."""
     import dp_accounting  # imported lazily: only DP runs need it

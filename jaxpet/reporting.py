@@ -95,10 +95,17 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, title: s
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, which="major", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path, dpi: int | None = None) -> pathlib.Path:
+    """Lays out, writes (creating the folder) and closes a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -114,7 +121,6 @@ def plot_privacy_curve(points: Sequence[Mapping[str, Any]], path, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = pathlib.Path(path)
     finite = [p["epsilon"] for p in points if np.isfinite(p["epsilon"])]
     no_dp_x = 2 * max(finite) if finite else 1.0  # where the undefended run is drawn
     xs_eps = [p["epsilon"] if np.isfinite(p["epsilon"]) else no_dp_x for p in points]
@@ -136,18 +142,16 @@ def plot_privacy_curve(points: Sequence[Mapping[str, Any]], path, title: str = "
 
     for row in range(2):
         axes[row, 0].set_xscale("log")
-        axes[row, 0].xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         axes[row, 0].xaxis.set_minor_formatter(ticker.NullFormatter())
+        axes[row, 0].set_xticks(sorted(set(xs_eps)))  # one labelled tick per run
+        axes[row, 0].set_xticklabels([f"{x:.3g}" if x != no_dp_x else "no DP"
+                                      for x in sorted(set(xs_eps))])
         axes[row, 0].axvline(no_dp_x, color="gray", ls=":", lw=1)
-    axes[1, 0].set_xlabel(f"epsilon (log; dotted line at {no_dp_x:.3g} = no DP)")
+    axes[1, 0].set_xlabel("epsilon (log scale)")
     axes[1, 1].set_xlabel("target test accuracy (%)")
     axes[0, 1].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

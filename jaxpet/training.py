@@ -369,6 +369,14 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
     return strategy
 
 
+def check_run_flags(strategy: str, checkpoint_every: int) -> None:
+    """Raises ValueError naming a bad --strategy or --checkpoint_every (shared by experiments)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}.")
+    if checkpoint_every < 1:
+        raise ValueError(f"--checkpoint_every must be >= 1, got {checkpoint_every}.")
+
+
 def _slice_models(tree, start, stop):
     return jax.tree.map(lambda x: None if x is None else x[start:stop], tree)
 
