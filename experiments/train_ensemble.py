@@ -31,6 +31,11 @@ flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (decayed x0.96 per
 flags.DEFINE_float("dropout", 0.0, "Dropout rate in the CNN.")
 flags.DEFINE_enum("precision", "float32", sorted(models.PRECISIONS), "Compute precision (params stay float32).")
 flags.DEFINE_integer("seed", 0, "Seed for member sets and model keys.")
+flags.DEFINE_enum("strategy", "auto", list(training.STRATEGIES),
+                  "How the K models run: auto (the fastest measured on this backend), vmap, map "
+                  "(lax.map), loop (one model at a time). The result does not depend on it.")
+flags.DEFINE_string("checkpoint_dir", None, "If set, checkpoint the ensemble there every 5 epochs "
+                    "and resume from it on rerun.")
 
 
 def main(argv):
@@ -55,7 +60,8 @@ def main(argv):
                  FLAGS.num_models, FLAGS.role, FLAGS.dataset, FLAGS.train_size, jax.default_backend())
     start = time.perf_counter()
     result = training.train_ensemble(model, train.images, train.labels, members, config,
-                                     seed=FLAGS.seed, preprocess=preprocess)
+                                     seed=FLAGS.seed, preprocess=preprocess,
+                                     strategy=FLAGS.strategy, checkpoint_dir=FLAGS.checkpoint_dir)
     seconds = time.perf_counter() - start
     train_eval = training.evaluate(model, result.variables(), train.images, train.labels, members,
                                    preprocess=preprocess)
