@@ -47,6 +47,8 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
                   "How the ensemble's models run (results do not depend on it).")
 flags.DEFINE_integer("checkpoint_every", 5, "Epochs between checkpoints; a rerun of an "
                      "interrupted run resumes from the last one.")
+flags.DEFINE_bool("augment_training", False, "Train with random horizontal flips and 4-pixel "
+                  "crops (the published LiRA/RMIA models' recipe).")
 flags.DEFINE_bool("augment_queries", True, "Query each example's horizontal flip too and average "
                   "over both queries, as both papers do (scoring only: the logits hold both).")
 flags.DEFINE_integer("num_targets", None, "How many models (0, 1, ...) to score as the target in "
@@ -59,7 +61,8 @@ flags.DEFINE_integer("max_reference_sweep", None, "Largest number of reference m
 flags.DEFINE_integer("eval_batch_size", 256, "Images per prediction call (memory only).")
 
 _FIELDS = ("data_dir", "seed", "num_models", "pool_size", "population_size", "epochs", "batch_size",
-           "learning_rate", "width_scale", "precision", "defense", "augment_queries", "num_targets",
+           "learning_rate", "width_scale", "precision", "defense", "augment_training",
+           "augment_queries", "num_targets",
            "rmia_offline_a", "rmia_gamma", "max_reference_sweep", "eval_batch_size",
            "dp_noise_multiplier", "dp_clip_norm", "dp_delta", "strategy", "checkpoint_every")
 

@@ -561,6 +561,7 @@ class LiraConfig:
     dp_delta: float = 1e-5
     strategy: str = "auto"  # training.STRATEGIES; no effect on results
     checkpoint_every: int = 5  # epochs between orbax checkpoints while training
+    augment_training: bool = False  # random flips and crops while training (the papers' recipe)
     augment_queries: bool = True  # score with the horizontal flip as a second query
     num_targets: int | None = None  # models scored as the target in turn; None: all
     rmia_offline_a: float = 0.3
@@ -615,6 +616,8 @@ class LiraConfig:
         fields = {k: getattr(self, k) for k in (
             "dataset", "seed", "num_models", "epochs", "batch_size", "learning_rate", "width_scale",
             "precision", "defense")}
+        if self.augment_training:  # only when on, so earlier runs' fingerprints stay valid
+            fields["augment_training"] = True
         if self.defense == "dpsgd":
             fields.update(dp_noise_multiplier=self.dp_noise_multiplier, dp_clip_norm=self.dp_clip_norm)
         fields["pool_size"] = self.pool_size or len(dataset.train)
@@ -641,6 +644,7 @@ def _train_models(config: LiraConfig, model, images, labels, members: splits.Mem
     """Trains the K models in one ensemble call, checkpointed every ``checkpoint_every`` epochs."""
     train_config = training.TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        augment="flip_crop" if config.augment_training else "none",
         dpsgd=config.defense == "dpsgd", dp_clip_norm=config.dp_clip_norm,
         dp_noise_multiplier=config.dp_noise_multiplier)
     vmapped = training.resolve_strategy(config.strategy) == "vmap"
@@ -897,7 +901,8 @@ def summary_markdown(results: dict) -> str:
         f"# LiRA and RMIA: {c['dataset']}\n\n{dp}"
         f"{c['num_models']} seed CNNs (width x{c['width_scale']}, {c['precision']}, "
         f"{c['epochs']} epochs, "
-        f"Adam lr {c['learning_rate']}, batch {c['batch_size']}, no training augmentation), each "
+        f"Adam lr {c['learning_rate']}, batch {c['batch_size']}, "
+        f"{'random flips and crops' if c.get('augment_training') else 'no training augmentation'}), each "
         f"trained on a random half of a {d['pool_size']}-example pool from the train split "
         f"(balanced keep mask). Model accuracy: members {100 * m['train_acc']:.2f}%, pool non-members "
         f"{100 * m['pool_non_member_acc']:.2f}%, test {100 * m['test_acc']:.2f}%. "

@@ -42,7 +42,25 @@ from jaxpet.data import IDENTITY, Normalize  # noqa: F401  (re-exported)
 from jaxpet.splits import MemberSets
 
 # Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
-_INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM, _NOISE_STREAM = 0, 1, 2, 3
+_INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM, _NOISE_STREAM, _AUGMENT_STREAM = 0, 1, 2, 3, 4
+
+# "flip_crop": random horizontal flip and a random 32x32 crop of the 4-pixel reflect-padded
+# image, per example (the CIFAR-10 recipe of the LiRA and RMIA papers' models).
+AUGMENTATIONS = ("none", "flip_crop")
+_CROP_PAD = 4
+
+
+def augment_batch(key, x, pad: int = _CROP_PAD):
+    """Random horizontal flip and random crop of each [H, W, C] image of ``x`` (shape kept)."""
+    b, h, w, c = x.shape
+    flip_key, row_key, col_key = jax.random.split(key, 3)
+    flip = jax.random.bernoulli(flip_key, 0.5, (b,))
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    rows = jax.random.randint(row_key, (b,), 0, 2 * pad + 1)
+    cols = jax.random.randint(col_key, (b,), 0, 2 * pad + 1)
+    crop = lambda image, i, j: jax.lax.dynamic_slice(image, (i, j, 0), (h, w, c))
+    return jax.vmap(crop)(padded, rows, cols)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +77,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     # DP-SGD (Abadi et al. 2016): clip each example's gradient to dp_clip_norm, add Gaussian
     # noise of std dp_noise_multiplier * dp_clip_norm to the batch sum, divide by batch_size.
+    augment: str = "none"  # training-time augmentation, one of AUGMENTATIONS
     dpsgd: bool = False
     dp_clip_norm: float = 1.0
     dp_noise_multiplier: float = 1.0
@@ -73,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay}.")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"TrainConfig.augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
         if self.dpsgd and self.dp_clip_norm <= 0:
             raise ValueError(f"TrainConfig.dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
         if self.dpsgd and self.dp_noise_multiplier <= 0:
@@ -291,8 +312,11 @@ def train_epoch(
     def body(state, s):
         idx = jax.lax.dynamic_slice(perm, (s * batch,), (batch,))
         mask = jax.lax.dynamic_slice(valid, (s * batch,), (batch,))
-        return train_step(model, config, state, preprocess(images[idx]), labels[idx], mask,
-                          learning_rate)
+        x = preprocess(images[idx])
+        if config.augment == "flip_crop":
+            x = augment_batch(jax.random.fold_in(
+                jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step), x)
+        return train_step(model, config, state, x, labels[idx], mask, learning_rate)
 
     was_active = state.active
     state, sums = jax.lax.scan(body, state, jnp.arange(steps))

@@ -288,3 +288,36 @@ def test_checkpointed_run_resumes_to_the_uninterrupted_result(tmp_path):
     with pytest.raises(ValueError, match="different run"):
         training.train_ensemble(model, images, labels, sets, config, seed=6, preprocess=NORMALIZE,
                                 checkpoint_dir=str(tmp_path / "ckpt"))
+
+
+def test_augment_batch_flips_and_crops_each_image():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 8, 8, 2)), jnp.float32)
+    out = np.asarray(training.augment_batch(jax.random.PRNGKey(3), x, pad=2))
+    chex.assert_shape(out, x.shape)
+    padded = lambda im: np.pad(im, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+    flips = 0
+    for original, augmented in zip(np.asarray(x), out):
+        candidates = {(f, i, j): padded(original[:, ::-1] if f else original)[i:i + 8, j:j + 8]
+                      for f in (0, 1) for i in range(5) for j in range(5)}
+        matches = [k for k, c in candidates.items() if np.allclose(c, augmented)]
+        assert matches, "not a flipped/cropped view of its own image"
+        flips += matches[0][0]
+    assert 0 < flips < 16  # both flipped and unflipped images occur
+
+
+def test_augmented_ensemble_still_equals_independent_runs():
+    images, labels = _separable_images(96)
+    config = training.TrainConfig(epochs=1, batch_size=32, augment="flip_crop")
+    sets = splits.MemberSets.from_lists([np.arange(0, 64), np.arange(32, 96)])
+    keys = training.model_keys(2, 2)
+    both = training.train_ensemble(_tiny_cnn(), images, labels, sets, config, keys=keys, preprocess=NORMALIZE)
+    one = training.train_ensemble(_tiny_cnn(), images, labels, splits.MemberSets.from_lists([sets.member(1)]),
+                                  config, keys=keys[1:], preprocess=NORMALIZE)
+    chex.assert_trees_all_close(training.take_model(both.state.params, 1),
+                                training.take_model(one.state.params, 0), atol=1e-5, rtol=1e-5)
+    plain = training.train_ensemble(_tiny_cnn(), images, labels, sets, training.TrainConfig(epochs=1, batch_size=32),
+                                    keys=keys, preprocess=NORMALIZE)
+    assert _max_abs_diff(plain.state.params, both.state.params) > 1e-4  # augmentation did something
+    with pytest.raises(ValueError, match="augment"):
+        training.TrainConfig(augment="mixup")
