@@ -48,6 +48,8 @@ def main(argv):
         (FLAGS.examples_per_model >= 1, "--examples_per_model must be >= 1."),
         (FLAGS.batch_size >= 1, "--batch_size must be >= 1."),
         (FLAGS.peak_flops is None or FLAGS.peak_flops > 0, "--peak_flops must be > 0."),
+        (FLAGS.peak_flops is None or len(FLAGS.precisions) == 1,
+         "--peak_flops is one chip's peak for one precision: give a single --precisions with it."),
         (FLAGS.inversion_classes >= 0 and FLAGS.inversion_iterations >= 1,
          "--inversion_classes must be >= 0 and --inversion_iterations >= 1."),
     ]

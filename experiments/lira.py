@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxpet import data, lira, models
+from jaxpet import data, lira, models, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "cifar10", list(lira.DATASETS), "Dataset to attack.")
@@ -43,7 +43,7 @@ flags.DEFINE_enum("defense", "none", list(lira.DEFENSES),
 flags.DEFINE_float("dp_noise_multiplier", 1.0, "DP-SGD noise std / clip norm (> 0).")
 flags.DEFINE_float("dp_clip_norm", 1.0, "DP-SGD per-example gradient clip norm.")
 flags.DEFINE_float("dp_delta", 1e-5, "delta in (0, 1) at which DP-SGD's epsilon is reported.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "vmap", "map", "loop"],
+flags.DEFINE_enum("strategy", "auto", list(training.STRATEGIES),
                   "How the ensemble's models run (results do not depend on it).")
 flags.DEFINE_integer("checkpoint_every", 5, "Epochs between checkpoints; a rerun of an "
                      "interrupted run resumes from the last one.")

@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxpet import data, membership
+from jaxpet import data, membership, training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "cifar10", list(membership.DATASETS), "Dataset to attack.")
@@ -32,10 +32,13 @@ flags.DEFINE_enum("defense", None, list(membership.DEFENSES),
                   "none; dropout_early_stopping (dropout 0.5 and early stopping on validation); or "
                   "dpsgd (DP-SGD: GroupNorm CNNs, per-example clipping, Gaussian noise; epsilon "
                   "reported).")
+flags.DEFINE_enum("norm", None, ["batch", "group", "none"],
+                  "CNN normalisation (default: batch, the seed's; group under --defense=dpsgd, which "
+                  "refuses batch).")
 flags.DEFINE_float("dp_noise_multiplier", None, "DP-SGD noise std / clip norm (default 1.0).")
 flags.DEFINE_float("dp_clip_norm", None, "DP-SGD per-example gradient clip norm (default 1.0).")
 flags.DEFINE_float("dp_delta", None, "delta at which DP-SGD's epsilon is reported (default 1e-5).")
-flags.DEFINE_enum("strategy", None, ["auto", "vmap", "map", "loop"],
+flags.DEFINE_enum("strategy", None, list(training.STRATEGIES),
                   "How the ensemble's models run: auto (fastest measured on this backend), vmap, "
                   "map (lax.map), loop (one model at a time). Results do not depend on it.")
 flags.DEFINE_integer("checkpoint_every", None, "Epochs between checkpoints of a training phase "
@@ -48,7 +51,8 @@ flags.DEFINE_float("width_scale", None, "Multiplies the seed CNN widths (1.0 = t
 
 _OVERRIDABLE = ("seed", "epochs", "attack_epochs", "train_size", "val_size", "num_posteriors", "defense",
                 "num_shadow", "precision", "batch_size", "patience", "width_scale", "data_dir",
-                "dp_noise_multiplier", "dp_clip_norm", "dp_delta", "strategy", "checkpoint_every")
+                "dp_noise_multiplier", "dp_clip_norm", "dp_delta", "strategy", "checkpoint_every",
+                "norm")
 
 
 def main(argv):

@@ -217,7 +217,8 @@ def markdown(rows: list[dict], inversion: dict | None = None) -> str:
         vmap = r["strategy"] == "vmap"
         over_loop = f"{r['images_per_s'] / loop[key]:.2f}x" if vmap and key in loop else ""
         torch_key = (r["workload"], r["num_models"])
-        over_torch = f"{r['images_per_s'] / torch[torch_key]:.2f}x" if vmap and torch_key in torch else ""
+        over_torch = (f"{r['images_per_s'] / torch[torch_key]:.2f}x"  # float32 against float32
+                      if vmap and torch_key in torch and r["precision"] == "float32" else "")
         tflops = f"{r['flop_per_s'] / 1e12:.2f}" if r["flop_per_s"] else "n/a"
         frac = f"{100 * r['fraction_of_peak']:.1f}" if r["fraction_of_peak"] else "unknown"
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r["peak_memory_bytes"] else "n/a"

@@ -578,6 +578,9 @@ class LiraConfig:
         if self.defense == "dpsgd":
             privacy.check_dpsgd_flags(self.dp_noise_multiplier, self.dp_clip_norm, self.dp_delta)
         training.check_run_flags(self.strategy, self.checkpoint_every)
+        if self.augment_training and self.dataset == "mnist":
+            raise ValueError("--augment_training flips images, which does not preserve digit "
+                             "labels: use it with --dataset=cifar10 only.")
         if self.num_models < 2:
             raise ValueError(f"--num_models must be >= 2 (a target and a reference), "
                              f"got {self.num_models}.")
@@ -723,10 +726,6 @@ def train_and_save_logits(config: LiraConfig, dataset: data.Dataset) -> dict[str
         "training_fields": np.array(json.dumps(fields, sort_keys=True)),
         "fingerprint": np.array(stamp),
     }
-    if config.defense == "dpsgd":
-        spent = privacy.training_epsilon(config.dp_noise_multiplier, config.batch_size,
-                                         int(keep.sum(1).min()), len(result.history), config.dp_delta)
-        arrays["privacy"] = np.array(json.dumps(spent))
     reporting.write_npz(path, **arrays)
     shutil.rmtree(checkpoints, ignore_errors=True)  # logits.npz holds what the run needs now
     logging.info("Saved logits to %s", path)
@@ -799,7 +798,10 @@ def run(config: LiraConfig, dataset: data.Dataset | None = None) -> dict[str, An
         "per_target": main["per_target"],
         "sweep": sweep,
         "reused_logits": bool(saved["reused"]),
-        "privacy": json.loads(str(saved["privacy"])) if "privacy" in saved else None,
+        # At report time, for the smallest member set (the largest sampling rate).
+        "privacy": (privacy.training_epsilon(config.dp_noise_multiplier, config.batch_size,
+                                             int(keep.sum(1).min()), config.epochs, config.dp_delta)
+                    if config.defense == "dpsgd" else None),
         "seconds": {**timings, "training": float(saved["train_seconds"]),
                     "predict": float(saved["predict_seconds"])},
         "backend": jax.default_backend(),
@@ -895,7 +897,7 @@ def summary_markdown(results: dict) -> str:
     p = results.get("privacy")
     dp = (f"Trained with DP-SGD (GroupNorm CNNs): noise multiplier {p['noise_multiplier']}, clip "
           f"{c['dp_clip_norm']}, {p['steps']} steps at sampling rate {p['sampling_rate']:.4f}: "
-          f"**epsilon = {p['epsilon']:.2f}** at delta = {p['delta']:g} ({p['accountant']}).\n\n"
+          f"**epsilon ~ {p['epsilon']:.2f}** at delta = {p['delta']:g} ({p['accountant']}).\n\n"
           if p else "")
     return (
         f"# LiRA and RMIA: {c['dataset']}\n\n{dp}"
@@ -920,7 +922,9 @@ def summary_markdown(results: dict) -> str:
         f"## Published figures (CIFAR-10)\n\n{published_table}\n"
         "Not a like-for-like comparison: the published models are WideResNet-28-2 trained with "
         "augmentation (flips and crops) on 25,000 of 50,000 images for 100+ epochs; ours are the "
-        "seed's small CNN trained with Adam and no augmentation, on the pool above. Overfitting, "
+        f"seed's small CNN trained with Adam and "
+        f"{'flips and crops' if c.get('augment_training') else 'no augmentation'}, on the pool "
+        "above. Overfitting, "
         "and so leakage, differs accordingly.\n\n"
         f"## Number of reference models (AUC / TPR@0.1%FPR %, mean over targets)\n\n{sweep_table}\n"
         "With fewer than all other models the references are drawn at random per target; online "

@@ -51,6 +51,7 @@ class MembershipConfig:
     dp_noise_multiplier: float = 1.0
     dp_clip_norm: float = 1.0
     dp_delta: float = 1e-5
+    norm: str | None = None  # CNN normalisation: None = "group" under DP-SGD, else "batch"
     strategy: str = "auto"  # how the ensemble runs (training.STRATEGIES); no effect on results
     checkpoint_every: int = 5  # epochs between checkpoints of a phase still training
 
@@ -73,6 +74,10 @@ class MembershipConfig:
             raise ValueError(f"--val_size must be >= 0, got {self.val_size}.")
         if self.defense == "dropout_early_stopping" and self.val_size == 0:
             raise ValueError("--defense=dropout_early_stopping needs --val_size > 0 for early stopping.")
+        if self.norm is not None and self.norm not in models.NORMS:
+            raise ValueError(f"--norm must be one of {models.NORMS}, got {self.norm!r}.")
+        if self.defense == "dpsgd" and self.norm == "batch":
+            raise ValueError("--defense=dpsgd needs per-example normalisation: --norm=group or none.")
         if self.defense == "dpsgd":
             privacy.check_dpsgd_flags(self.dp_noise_multiplier, self.dp_clip_norm, self.dp_delta)
         training.check_run_flags(self.strategy, self.checkpoint_every)
@@ -96,8 +101,11 @@ class MembershipConfig:
         skip = ("data_dir", "workdir", "phase_dir", "num_posteriors", "attack_epochs", "strategy",
                 "checkpoint_every")
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        fields.pop("dp_delta")  # only changes the reported epsilon
+        if self.norm is None:  # the default: older runs' fingerprints stay valid
+            fields.pop("norm")
         if self.defense != "dpsgd":  # older runs' fingerprints stay valid
-            for name in ("dp_noise_multiplier", "dp_clip_norm", "dp_delta"):
+            for name in ("dp_noise_multiplier", "dp_clip_norm"):
                 fields.pop(name)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -233,10 +241,7 @@ def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Data
         "best_epoch": np.asarray(result.state.best_epoch).tolist() if early else None,
         "final_loss": result.history[-1]["loss"].tolist(),
     }
-    if train_config.dpsgd:
-        info["privacy"] = privacy.training_epsilon(
-            config.dp_noise_multiplier, config.batch_size, int(role.members.counts.max()),
-            len(result.history), config.dp_delta)
+    info["members_min"] = int(role.members.counts.min())  # what the DP accounting needs
     return arrays, info
 
 
@@ -261,7 +266,7 @@ def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[s
 
     preprocess = data.normalizer(config.dataset)
     dropout = config.dropout_rate if config.defense == "dropout_early_stopping" else 0.0
-    norm = "group" if config.defense == "dpsgd" else "batch"
+    norm = config.norm or ("group" if config.defense == "dpsgd" else "batch")
     make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
                                         precision=config.precision, width_scale=config.width_scale,
                                         norm=norm)
@@ -315,7 +320,9 @@ def run(config: MembershipConfig, dataset: data.Dataset | None = None) -> dict[s
                    "per_model_test_acc": shadow_info["test_acc"],
                    "epochs_run": shadow_info["epochs_run"]},
         "attacks": {name: out.report for name, out in outputs.items()},
-        "privacy": target_info.get("privacy"),
+        "privacy": (privacy.training_epsilon(  # at report time: --dp_delta needs no retraining
+            config.dp_noise_multiplier, config.batch_size, target_info.get("members_min", part),
+            target_info["epochs_run"], config.dp_delta) if config.defense == "dpsgd" else None),
         "attack_train_acc": mlp_info["train_acc"],
         "seconds": {**timings, "target_training": target_info["seconds"],
                     "shadow_training": shadow_info["seconds"]},
@@ -368,7 +375,7 @@ def summary_markdown(results: dict) -> str:
     p = results.get("privacy")
     dp = (f"DP-SGD: noise multiplier {p['noise_multiplier']}, clip {c['dp_clip_norm']}, "
           f"{p['steps']} steps at sampling rate {p['sampling_rate']:.4f}: "
-          f"**epsilon = {p['epsilon']:.2f}** at delta = {p['delta']:g} ({p['accountant']}).\n\n"
+          f"**epsilon ~ {p['epsilon']:.2f}** at delta = {p['delta']:g} ({p['accountant']}).\n\n"
           if p else "")
     return (f"# Membership inference: {c['dataset']}\n\n{dp}"
             f"{d['members_per_model']} members per model, defence `{c['defense']}`, "
@@ -451,14 +458,18 @@ def privacy_curve(base: MembershipConfig, noise_multipliers: Sequence[float],
     workdir = check_workdir(base.workdir)
     if dataset is None:
         dataset = data.load_dataset(base.dataset, base.data_dir)
-    runs = [("none", dataclasses.replace(base, defense="none", workdir=str(workdir / "none")))]
+    # Two undefended baselines: the seed's BatchNorm CNN, and the GroupNorm CNN the DP runs use,
+    # so the curve separates the effect of DP-SGD from that of the normalisation.
+    runs = [("none", dataclasses.replace(base, defense="none", workdir=str(workdir / "none"))),
+            ("none_groupnorm", dataclasses.replace(base, defense="none", norm="group",
+                                                   workdir=str(workdir / "none_groupnorm")))]
     runs += [(f"dpsgd_sigma{s:g}", dataclasses.replace(
         base, defense="dpsgd", dp_noise_multiplier=float(s), workdir=str(workdir / f"dpsgd_sigma{s:g}")))
         for s in noise_multipliers]
     points = []
     for name, config in runs:
         done = pathlib.Path(config.workdir) / "results.json"
-        if done.exists() and reporting.read_json(done)["config"] == _jsonable_config(config):
+        if done.exists() and _same_config(reporting.read_json(done)["config"], config):
             results = reporting.read_json(done)
         else:
             results = run(config, dataset)
@@ -466,7 +477,7 @@ def privacy_curve(base: MembershipConfig, noise_multipliers: Sequence[float],
         points.append({
             "name": name, "defense": config.defense,
             "noise_multiplier": privacy_info.get("noise_multiplier"),
-            "epsilon": privacy_info.get("epsilon", float("inf")),
+            "epsilon": privacy_info.get("epsilon"),  # None: no DP
             "target_test_acc": results["target"]["test_acc"],
             "target_train_acc": results["target"]["train_acc"],
             "attacks": {a: {"auc": r["auc"], "tpr_at_0.1%fpr": r["tpr_at_fpr"]["0.001"],
@@ -480,14 +491,17 @@ def privacy_curve(base: MembershipConfig, noise_multipliers: Sequence[float],
     return summary
 
 
-def _jsonable_config(config: MembershipConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+def _same_config(saved: dict, config: MembershipConfig) -> bool:
+    """Whether a saved run is ``config``'s; fields newer than the saved run must be at default."""
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(MembershipConfig())))
+    return all(saved[k] == v if k in saved else v == defaults[k] for k, v in current.items())
 
 
 def privacy_curve_markdown(points: list[dict], delta: float) -> str:
     rows = []
     for p in points:
-        eps = "inf (no DP)" if p["defense"] == "none" else f"{p['epsilon']:.2f}"
+        eps = "no DP" if p["epsilon"] is None else f"{p['epsilon']:.2f}"
         a = p["attacks"]
         rows.append([p["name"], eps, _pct(p["target_train_acc"]), _pct(p["target_test_acc"]),
                      f"{a['shadow_mlp']['auc']:.3f}", f"{a['loss']['auc']:.3f}",

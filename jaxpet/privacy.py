@@ -45,7 +45,6 @@ def dpsgd_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, del
                   accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` after ``steps`` DP-SGD steps ("rdp" or "pld" accountant)."""
     _check(noise_multiplier, sampling_rate, steps, delta)
-    import dp_accounting
     from dp_accounting import pld, rdp
 
     if accountant == "rdp":
@@ -55,7 +54,6 @@ def dpsgd_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, del
     else:
         raise ValueError(f"accountant must be 'rdp' or 'pld', got {accountant!r}.")
     acc.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
-    del dp_accounting
     return float(acc.get_epsilon(delta))
 
 
@@ -68,4 +66,5 @@ def training_epsilon(noise_multiplier: float, batch_size: int, dataset_size: int
     rate = min(1.0, batch_size / dataset_size)
     return {"epsilon": dpsgd_epsilon(noise_multiplier, rate, steps, delta), "delta": delta,
             "noise_multiplier": noise_multiplier, "sampling_rate": rate, "steps": steps,
-            "accountant": "RDP, Poisson-subsampled Gaussian (dp_accounting)"}
+            "accountant": "RDP, Poisson-subsampled Gaussian (dp_accounting); an approximation "
+                          "here, where batches are shuffled, not Poisson-sampled"}

@@ -113,7 +113,7 @@ def save_figure(fig, path, dpi: int | None = None) -> pathlib.Path:
 def plot_privacy_curve(points: Sequence[Mapping[str, Any]], path, title: str = "") -> pathlib.Path:
     """Attack AUC and TPR@0.1%FPR against epsilon (left) and target test accuracy (right).
 
-    ``points``: dicts with ``epsilon`` (inf for no DP), ``target_test_acc`` and
+    ``points``: dicts with ``epsilon`` (None for no DP), ``target_test_acc`` and
     ``attacks`` (name -> {"auc", "tpr_at_0.1%fpr"}).
     """
     import matplotlib
@@ -121,20 +121,30 @@ def plot_privacy_curve(points: Sequence[Mapping[str, Any]], path, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = [p["epsilon"] for p in points if np.isfinite(p["epsilon"])]
-    no_dp_x = 2 * max(finite) if finite else 1.0  # where the undefended run is drawn
-    xs_eps = [p["epsilon"] if np.isfinite(p["epsilon"]) else no_dp_x for p in points]
+    finite = [p["epsilon"] for p in points if p["epsilon"] is not None]
+    no_dp_x = 2 * max(finite) if finite else 1.0  # where the undefended runs are drawn
+    xs_eps = [no_dp_x if p["epsilon"] is None else p["epsilon"] for p in points]
     xs_acc = [100 * p["target_test_acc"] for p in points]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
-    for name in points[0]["attacks"]:
+    dp = [i for i, p in enumerate(points) if p["epsilon"] is not None]
+    baselines = [i for i, p in enumerate(points) if p["epsilon"] is None]
+    markers = "*sD^v"
+    for color, name in enumerate(points[0]["attacks"]):
         for row, (key, label) in enumerate((("auc", "attack AUC"),
                                             ("tpr_at_0.1%fpr", "TPR at 0.1% FPR (%)"))):
             scale = 1 if key == "auc" else 100
-            ys = [scale * p["attacks"][name][key] for p in points]
-            for col, xs in enumerate((xs_eps, xs_acc)):
-                order = np.argsort(xs)
-                axes[row, col].plot(np.asarray(xs)[order], np.asarray(ys)[order], "o-", label=name)
+            ys = np.asarray([scale * p["attacks"][name][key] for p in points])
+            for col, xs in enumerate((np.asarray(xs_eps), np.asarray(xs_acc))):
+                ax = axes[row, col]
+                order = sorted(dp, key=lambda i: xs[i])  # the DP runs as one line
+                ax.plot(xs[order], ys[order], "o-", color=f"C{color}", label=name)
+                for m, i in enumerate(baselines):  # each undefended run as its own marker
+                    ax.plot(xs[i], ys[i], markers[m % len(markers)], color=f"C{color}", ms=9,
+                            mfc="none")
             axes[row, 0].set_ylabel(label)
+    for m, i in enumerate(baselines):  # legend entries for the baseline markers
+        axes[0, 1].plot([], [], markers[m % len(markers)], color="gray", mfc="none", ms=9,
+                        label=f"{points[i].get('name', 'no DP')} (no DP)")
     for col in range(2):
         axes[0, col].axhline(0.5, color="gray", ls="--", lw=1)
         axes[1, col].axhline(0.1, color="gray", ls="--", lw=1)

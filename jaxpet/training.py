@@ -75,12 +75,15 @@ class TrainConfig:
     early_stopping: bool = False  # keep each model's best-validation weights, stop after `patience`
     patience: int = 10  # epochs without validation improvement before a model stops
     eval_batch_size: int = 1024
+    augment: str = "none"  # training-time augmentation, one of AUGMENTATIONS
     # DP-SGD (Abadi et al. 2016): clip each example's gradient to dp_clip_norm, add Gaussian
     # noise of std dp_noise_multiplier * dp_clip_norm to the batch sum, divide by batch_size.
-    augment: str = "none"  # training-time augmentation, one of AUGMENTATIONS
     dpsgd: bool = False
     dp_clip_norm: float = 1.0
     dp_noise_multiplier: float = 1.0
+    # Per-example gradients are formed this many examples at a time (0: the whole batch);
+    # bounds DP-SGD's memory (K x microbatch x parameters) without changing the result.
+    dp_microbatch_size: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -96,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
         if self.dpsgd and self.dp_clip_norm <= 0:
             raise ValueError(f"TrainConfig.dp_clip_norm must be > 0, got {self.dp_clip_norm}.")
+        if self.dp_microbatch_size < 0 or (self.dp_microbatch_size
+                                           and self.batch_size % self.dp_microbatch_size):
+            raise ValueError(f"TrainConfig.dp_microbatch_size must be 0 or divide batch_size "
+                             f"{self.batch_size}, got {self.dp_microbatch_size}.")
         if self.dpsgd and self.dp_noise_multiplier <= 0:
             raise ValueError("TrainConfig.dp_noise_multiplier must be > 0 for DP-SGD, got "
                              f"{self.dp_noise_multiplier}.")
@@ -247,14 +254,32 @@ def _private_gradient(model, config: TrainConfig, state: ModelState, x, y, row_m
         logits = logits.astype(jnp.float32)[0]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y1), logits
 
+    def clip_and_sum(xs, ys, mask, keys):
+        (losses, logits), grads = jax.vmap(
+            jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0, 0))(
+                state.params, xs, ys, keys)
+        weights = mask.astype(jnp.float32)  # padded rows contribute nothing
+        grads = jax.tree.map(lambda g: g * weights.reshape((-1,) + (1,) * (g.ndim - 1)), grads)
+        summed, _ = optax.per_example_global_norm_clip(jax.tree.leaves(grads), config.dp_clip_norm)
+        return summed, losses, logits
+
     keys = jax.random.split(dropout_key, x.shape[0])
-    (losses, logits), grads = jax.vmap(
-        jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0, 0))(
-            state.params, x, y, keys)
-    weights = row_mask.astype(jnp.float32)
-    grads = jax.tree.map(lambda g: g * weights.reshape((-1,) + (1,) * (g.ndim - 1)), grads)
-    leaves, treedef = jax.tree.flatten(grads)
-    clipped_sum, _ = optax.per_example_global_norm_clip(leaves, config.dp_clip_norm)
+    micro = config.dp_microbatch_size or x.shape[0]
+    if micro == x.shape[0]:
+        clipped_sum, losses, logits = clip_and_sum(x, y, row_mask, keys)
+    else:  # the batch in chunks, summing the clipped gradients: same result, less memory
+        chunks = x.shape[0] // micro
+        split = lambda a: a.reshape((chunks, micro) + a.shape[1:])
+
+        def body(total, chunk):
+            summed, losses, logits = clip_and_sum(*chunk)
+            return [t + g for t, g in zip(total, summed)], (losses, logits)
+
+        zeros = [jnp.zeros_like(p) for p in jax.tree.leaves(state.params)]
+        clipped_sum, (losses, logits) = jax.lax.scan(
+            body, zeros, (split(x), split(y), split(row_mask), split(keys)))
+        losses, logits = losses.reshape(x.shape[0]), logits.reshape((x.shape[0], -1))
+    treedef = jax.tree.structure(state.params)
     noise_key = jax.random.fold_in(jax.random.fold_in(state.rng, _NOISE_STREAM), state.step)
     noise_keys = jax.random.split(noise_key, len(clipped_sum))
     std = config.dp_noise_multiplier * config.dp_clip_norm
@@ -497,6 +522,15 @@ def train_ensemble(
     strategy = resolve_strategy(strategy)
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
+    fingerprint = None
+    if checkpoint_dir is not None:
+        if state is not None or start_epoch:
+            raise ValueError("checkpoint_dir resumes a run by itself; do not also pass state= or "
+                             "start_epoch=.")
+        keys = model_keys(seed, num_models) if keys is None else keys
+        # Of the unpadded run: the same run resumes on any number of devices.
+        fingerprint = _run_fingerprint(model, config, preprocess, images, labels, members,
+                                       validation, keys)
     if mesh is not None and strategy != "vmap":
         raise ValueError(f"A mesh shards the vmapped model axis; strategy {strategy!r} cannot "
                          "use it. Pass strategy='vmap' or no mesh.")
@@ -512,13 +546,14 @@ def train_ensemble(
             model, images, labels, members, config, keys=keys, seed=seed, validation=validation,
             preprocess=preprocess, state=None, start_epoch=start_epoch, on_epoch_end=on_epoch_end,
             log_prefix=log_prefix, mesh=mesh, strategy=strategy, checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every)
+            checkpoint_every=checkpoint_every, fingerprint=fingerprint)
         return _unpad_result(result, num_models)
     return _train_ensemble(model, images, labels, members, config, keys=keys, seed=seed,
                            validation=validation, preprocess=preprocess, state=state,
                            start_epoch=start_epoch, on_epoch_end=on_epoch_end,
                            log_prefix=log_prefix, mesh=None, strategy=strategy,
-                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                           fingerprint=fingerprint)
 
 
 def model_mesh(devices=None) -> Mesh:
@@ -555,7 +590,7 @@ def _unpad_result(result: "TrainResult", num_models: int) -> "TrainResult":
 
 def _train_ensemble(model, images, labels, members, config, *, keys, seed, validation, preprocess,
                     state, start_epoch, on_epoch_end, log_prefix, mesh, strategy, checkpoint_dir,
-                    checkpoint_every) -> TrainResult:
+                    checkpoint_every, fingerprint) -> TrainResult:
     num_models = members.num_models
     images = jnp.asarray(images)
     labels = jnp.asarray(labels, jnp.int32)
@@ -591,8 +626,7 @@ def _train_ensemble(model, images, labels, members, config, *, keys, seed, valid
     history = []
     checkpoints = None
     if checkpoint_dir is not None:
-        checkpoints = _Checkpoints(checkpoint_dir, _run_fingerprint(
-            model, config, images, labels, members, validation, state))
+        checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
         restored = checkpoints.restore(state)
         if restored is not None:
             state, history = restored
@@ -621,14 +655,17 @@ def _train_ensemble(model, images, labels, members, config, *, keys, seed, valid
             logging.info("%sall %d models stopped early after epoch %d", log_prefix, num_models,
                          epoch + 1)
             break
+    if checkpoints is not None:
+        checkpoints.close()
     return TrainResult(state=state, history=history, seconds=time.perf_counter() - start)
 
 
-def _run_fingerprint(model, config, images, labels, members, validation, keys_or_state) -> str:
+def _run_fingerprint(model, config, preprocess, images, labels, members, validation, keys) -> str:
     """A digest of everything that decides a run's result (not the strategy or the mesh)."""
     digest = hashlib.sha256()
     digest.update(repr(model).encode())
     digest.update(repr(config).encode())
+    digest.update(repr(preprocess).encode())
     digest.update(repr(tuple(images.shape)).encode())
     digest.update(np.asarray(labels).tobytes())
     step = max(1, images.shape[0] // 64)  # a strided sample of the images, not all of them
@@ -637,9 +674,9 @@ def _run_fingerprint(model, config, images, labels, members, validation, keys_or
         if sets is not None:
             digest.update(np.asarray(sets.indices).tobytes())
             digest.update(np.asarray(sets.counts).tobytes())
-    digest.update(np.asarray(jax.random.key_data(keys_or_state.rng)
-                             if jnp.issubdtype(keys_or_state.rng.dtype, jax.dtypes.prng_key)
-                             else keys_or_state.rng).tobytes())
+    keys = jnp.asarray(keys)
+    digest.update(np.asarray(jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+                             else keys).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -692,6 +729,9 @@ class _Checkpoints:
         self.manager.save(epochs_done, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
 
 
 def _format_epoch(epoch, epochs, metrics, seconds):

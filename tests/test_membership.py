@@ -109,8 +109,9 @@ def test_unwritable_workdir_is_reported(tmp_path):
 def test_dpsgd_curve_reports_epsilon_and_lowers_the_attack(tmp_path):
     base = _config(tmp_path, epochs=8, attack_epochs=2, num_posteriors=10)
     curve = membership.privacy_curve(base, [3.0], dataset=_tiny_dataset())
-    plain, private = curve["points"]
-    assert plain["defense"] == "none" and plain["epsilon"] == float("inf")
+    plain, plain_groupnorm, private = curve["points"]
+    assert plain["defense"] == plain_groupnorm["defense"] == "none" and plain["epsilon"] is None
+    assert json.loads((tmp_path / "run" / "none_groupnorm" / "results.json").read_text())["config"]["norm"] == "group"
     assert 0 < private["epsilon"] < 50
     dp_results = json.loads((tmp_path / "run" / "dpsgd_sigma3" / "results.json").read_text())
     assert dp_results["privacy"]["steps"] == 8 * 7  # ceil(100 / 16) steps per epoch

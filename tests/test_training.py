@@ -236,13 +236,18 @@ def test_dpsgd_gradient_is_clipped_and_noised():
     x = NORMALIZE(jnp.asarray(images))
     mask = jnp.arange(32) < 20  # 12 padded rows must add nothing
 
-    def gradient(clip, noise):
-        config = training.TrainConfig(batch_size=32, dpsgd=True, dp_clip_norm=clip, dp_noise_multiplier=noise)
+    def gradient(clip, noise, micro=0):
+        config = training.TrainConfig(batch_size=32, dpsgd=True, dp_clip_norm=clip,
+                                      dp_noise_multiplier=noise, dp_microbatch_size=micro)
         state = training.init_model_state(model, config, jax.random.PRNGKey(0), x[:1])
         return training._private_gradient(model, config, state, x, jnp.asarray(labels), mask,
                                           jax.random.PRNGKey(1))[3]
 
     norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(tree))))
+    # Forming per-example gradients 8 at a time changes the memory, not the gradient.
+    chex.assert_trees_all_close(gradient(1e-3, 1e-12), gradient(1e-3, 1e-12, micro=8), atol=1e-9)
+    with pytest.raises(ValueError, match="dp_microbatch_size"):
+        training.TrainConfig(batch_size=32, dpsgd=True, dp_microbatch_size=5)
     # Each of the 20 real examples contributes at most `clip`; the sum is divided by 32.
     assert norm(gradient(1e-3, 1e-12)) <= 20 * 1e-3 / 32 * (1 + 1e-4)
     noisy = jnp.concatenate([g.ravel() for g in jax.tree.leaves(gradient(1e-3, 100.0))])
