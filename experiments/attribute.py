@@ -22,6 +22,8 @@ flags.DEFINE_string("target_attribute", "gender", "Attribute the target model is
 flags.DEFINE_string("attribute", "race", "Attribute the attacker infers from the representation.")
 flags.DEFINE_enum("layer", "fc2", list(attribute.LAYERS),
                   "Target layer given to the attacker (fc2: the last hidden layer).")
+flags.DEFINE_list("compare_layers", [], "More target layers to attack the same way (e.g. "
+                  "conv3,fc1), reported beside --layer with their untrained-target controls.")
 flags.DEFINE_integer("image_size", 50, "Images are resized to this square size (seed: 50).")
 flags.DEFINE_float("test_fraction", 0.1, "Fraction held out for testing (seed: 0.1).")
 flags.DEFINE_integer("max_examples", None, "Use a seeded subset of this many examples (smoke runs).")
@@ -43,7 +45,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        config = attribute.AttributeConfig(**{name: FLAGS[name].value for name in _FIELDS})
+        config = attribute.AttributeConfig(**{name: FLAGS[name].value for name in _FIELDS},
+                                           compare_layers=tuple(FLAGS.compare_layers))
         config.validate()
         membership.check_workdir(config.workdir)
     except ValueError as e:

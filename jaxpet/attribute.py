@@ -46,6 +46,7 @@ class AttributeConfig:
     target_attribute: str = "gender"  # what the target is trained on
     attribute: str = "race"  # what the attacker infers
     layer: str = "fc2"  # the target's representation given to the attacker (last hidden layer)
+    compare_layers: tuple[str, ...] = ()  # more layers attacked the same way, for comparison
     image_size: int = 50
     test_fraction: float = 0.1
     max_examples: int | None = None  # seeded subset of the usable examples (smoke runs)
@@ -65,6 +66,9 @@ class AttributeConfig:
         """Raises InputError naming the bad flag; checks that need no data."""
         if self.layer not in LAYERS:
             raise InputError(f"--layer must be one of {LAYERS}, got {self.layer!r}.")
+        unknown = [x for x in self.compare_layers if x not in LAYERS]
+        if unknown:
+            raise InputError(f"--compare_layers: unknown {unknown}; known: {LAYERS}.")
         if self.image_size < MIN_IMAGE_SIZE:
             raise InputError(f"--image_size={self.image_size} is too small for the LeNet target "
                              f"({NUM_POOLS} 2x2 max-pools need at least {MIN_IMAGE_SIZE} pixels).")
@@ -288,35 +292,48 @@ def run(config: AttributeConfig, dataset: data.Dataset | None = None) -> dict[st
                                        preprocess=preprocess)
     timings["target"] = time.perf_counter() - tick
 
-    # Representations of the attacker's and the test images under each (un)trained target.
-    tick = time.perf_counter()
+    # Representations of the attacker's and the test images under each (un)trained target,
+    # then 2K attack MLPs (K on trained targets, K on untrained ones) in one call.
     used = np.concatenate([split.attack, split.test])
-    n_attack, n_used = len(split.attack), len(used)
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), trained, untrained)
-    features = standardize(extract_representations(target, both, images[used], config.layer,
-                                                   preprocess=preprocess), n_attack)
-    timings["representations"] = time.perf_counter() - tick
-
-    # Attack MLPs: 2K models on one pool of feature blocks (block j = target j's view), one call.
-    tick = time.perf_counter()
     attack = models.MLP(hidden_sizes=(128, 64), num_classes=len(prepared.class_names), dtype=dtype)
     attack_config = config.attack_train_config()
-    pool = features.reshape(-1, features.shape[-1])
-    pool_labels = np.tile(prepared.labels[used], 2 * k)
-    blocks = [j * n_used + np.arange(n_attack) for j in range(2 * k)]
-    attack_result = training.train_ensemble(
-        attack, pool, pool_labels, splits.MemberSets.from_lists(blocks), attack_config,
-        seed=config.seed + 2000, log_prefix="attack ")
-    attack_vars = attack_result.variables()
     train_labels = prepared.labels[split.attack]
     test_labels = prepared.labels[split.test]
-    reports = []
-    for j in range(2 * k):
-        rows = pool[j * n_used + n_attack:(j + 1) * n_used]
-        logits = training.predict(attack, jax.tree.map(lambda x: x[j:j + 1], attack_vars), rows)[0]
-        reports.append(attack_report(test_labels, logits.argmax(-1), train_labels,
-                                     prepared.class_names))
-    timings["attack"] = time.perf_counter() - tick
+
+    def attack_layer(layer: str):
+        tick = time.perf_counter()
+        n_attack, n_used = len(split.attack), len(used)
+        features = standardize(extract_representations(target, both, images[used], layer,
+                                                       preprocess=preprocess), n_attack)
+        timings[f"representations_{layer}"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        pool = features.reshape(-1, features.shape[-1])
+        pool_labels = np.tile(prepared.labels[used], 2 * k)
+        blocks = [j * n_used + np.arange(n_attack) for j in range(2 * k)]
+        attack_result = training.train_ensemble(
+            attack, pool, pool_labels, splits.MemberSets.from_lists(blocks), attack_config,
+            seed=config.seed + 2000, log_prefix=f"attack {layer} ")
+        attack_vars = attack_result.variables()
+        reports = []
+        for j in range(2 * k):
+            rows = pool[j * n_used + n_attack:(j + 1) * n_used]
+            logits = training.predict(attack, jax.tree.map(lambda x: x[j:j + 1], attack_vars), rows)[0]
+            reports.append(attack_report(test_labels, logits.argmax(-1), train_labels,
+                                         prepared.class_names))
+        timings[f"attack_{layer}"] = time.perf_counter() - tick
+        return reports, attack_result
+
+    reports, attack_result = attack_layer(config.layer)
+    # The same attack on other layers of the same targets: where does the attribute live?
+    by_layer = {}
+    for layer in config.compare_layers:
+        layer_reports, layer_result = attack_layer(layer)
+        train_acc = layer_result.history[-1]["train_acc"]
+        by_layer[layer] = {
+            "attack": aggregate(layer_reports[:k]), "untrained": aggregate(layer_reports[k:]),
+            "train_acc": float(train_acc[:k].mean()),
+            "untrained_train_acc": float(train_acc[k:].mean())}
 
     # Pixel control: the same attack MLP on the normalised raw pixels (K attack seeds).
     tick = time.perf_counter()
@@ -350,6 +367,7 @@ def run(config: AttributeConfig, dataset: data.Dataset | None = None) -> dict[st
             "untrained": {**aggregate(reports[k:]), "layer": config.layer,
                           "train_acc": float(attack_train_acc[k:].mean())},
         },
+        "layers": by_layer,
         "seconds": {**timings, "target_training": result.seconds,
                     "attack_training": attack_result.seconds,
                     "pixel_training": pixel_result.seconds},
@@ -451,4 +469,19 @@ def summary_markdown(results: dict) -> str:
             f"{c['num_targets']} target(s) (mean ± std over targets), {c['epochs']} target epochs, "
             f"{c['attack_epochs']} attack epochs. Backend: {results['backend']}.\n\n"
             f"## Accuracy\n\n{headline}\n## Per class (attack on the target representation)\n\n"
-            f"{per_class}")
+            f"{per_class}{_layers_markdown(results)}")
+
+
+def _layers_markdown(results: dict) -> str:
+    """The attack on every compared layer, trained target against untrained (if any)."""
+    layers = results.get("layers") or {}
+    if not layers:
+        return ""
+    a, u = results["attack"], results["controls"]["untrained"]
+    rows = [[f"`{results['config']['layer']}` (main)", _pm(a["accuracy"], a["std"]["accuracy"]),
+             _pm(u["accuracy"], u["std"]["accuracy"])]]
+    rows += [[f"`{name}`", _pm(r["attack"]["accuracy"], r["attack"]["std"]["accuracy"]),
+              _pm(r["untrained"]["accuracy"], r["untrained"]["std"]["accuracy"])]
+             for name, r in layers.items()]
+    return ("\n## Attack accuracy by layer (%)\n\n" + reporting.markdown_table(
+        ["layer", "trained target", "untrained target"], rows))

@@ -405,8 +405,10 @@ def train_ensemble_epoch_mapped(
 #   map:  one program, lax.map over models (sequential on the device);
 #   loop: the K=1 program called once per model from the host.
 STRATEGIES = ("auto", "vmap", "map", "loop")
-# "auto" per backend, from experiments/benchmark.py (README, Performance).
-AUTO_STRATEGY = {"cpu": "vmap", "gpu": "vmap", "tpu": "vmap"}
+# "auto" per backend, from experiments/benchmark.py (README, Performance). On a 2-core CPU
+# lax.map was the fastest for K >= 2 (e.g. CIFAR-10 shadow CNN, K=4: map 198 images/s, vmap
+# 178, loop 167); accelerators batch models (vmap) until measured otherwise.
+AUTO_STRATEGY = {"cpu": "map", "gpu": "vmap", "tpu": "vmap"}
 
 
 def resolve_strategy(strategy: str, backend: str | None = None) -> str:
@@ -519,7 +521,8 @@ def train_ensemble(
         the same run resumes from the last save (and refuses a different run's directory).
     """
     num_models = members.num_models
-    strategy = resolve_strategy(strategy)
+    # A mesh shards the vmapped model axis, so "auto" means vmap there.
+    strategy = "vmap" if (mesh is not None and strategy == "auto") else resolve_strategy(strategy)
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
     fingerprint = None

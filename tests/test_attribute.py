@@ -47,7 +47,7 @@ def _config(tmp_path, **kwargs):
 @pytest.fixture(scope="module")
 def two_targets(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("attribute")
-    results = attribute.run(_config(tmp_path), dataset=_planted_dataset())
+    results = attribute.run(_config(tmp_path, compare_layers=("conv3",)), dataset=_planted_dataset())
     return tmp_path / "run", results
 
 
@@ -69,6 +69,10 @@ def test_outputs_and_result_ranges(two_targets):
     assert saved["config"]["layer"] == "fc2" and saved["seconds"]["target_training"] > 0
     summary = (workdir / "summary.md").read_text()
     assert "Majority-class baseline" in summary and "Class 4 (Others)" in summary
+    conv3 = saved["layers"]["conv3"]  # a compared layer, with its own untrained control
+    assert 0 <= conv3["untrained"]["accuracy"] <= 1
+    assert conv3["attack"]["accuracy"] > conv3["attack"]["baseline_accuracy"] + 0.2
+    assert "Attack accuracy by layer" in summary and "`conv3`" in summary
 
 
 def test_attack_finds_planted_attribute(two_targets):
@@ -127,6 +131,7 @@ def test_attack_report_matches_sklearn_on_random_predictions():
     (dict(attribute="religion"), "--attribute='religion' is not an attribute"),
     (dict(target_attribute="eyes"), "--target_attribute='eyes'"),
     (dict(layer="fc9"), "--layer must be one of"),
+    (dict(compare_layers=("fc1", "fc7")), "--compare_layers: unknown"),
     (dict(image_size=6), "too small for the LeNet"),
     (dict(attribute="gender"), "both 'gender'"),
     (dict(num_targets=0), "--num_targets must be positive"),

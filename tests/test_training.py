@@ -36,7 +36,8 @@ def test_vmapped_ensemble_equals_independent_runs():
     # Different sizes: padding and masking must not change any model's training.
     sets = splits.MemberSets.from_lists([np.arange(0, 150), np.arange(60, 260), np.arange(40, 290)])
     keys = training.model_keys(7, 3)
-    ensemble = training.train_ensemble(model, images, labels, sets, config, keys=keys, preprocess=NORMALIZE)
+    ensemble = training.train_ensemble(model, images, labels, sets, config, keys=keys, preprocess=NORMALIZE,
+                                       strategy="vmap")
     ensemble_post = training.predict(model, ensemble.variables(), images, preprocess=NORMALIZE)
     chex.assert_shape(ensemble_post, (3, 300, 2))
     for k in range(3):
@@ -316,7 +317,8 @@ def test_augmented_ensemble_still_equals_independent_runs():
     config = training.TrainConfig(epochs=1, batch_size=32, augment="flip_crop")
     sets = splits.MemberSets.from_lists([np.arange(0, 64), np.arange(32, 96)])
     keys = training.model_keys(2, 2)
-    both = training.train_ensemble(_tiny_cnn(), images, labels, sets, config, keys=keys, preprocess=NORMALIZE)
+    both = training.train_ensemble(_tiny_cnn(), images, labels, sets, config, keys=keys, preprocess=NORMALIZE,
+                                   strategy="vmap")
     one = training.train_ensemble(_tiny_cnn(), images, labels, splits.MemberSets.from_lists([sets.member(1)]),
                                   config, keys=keys[1:], preprocess=NORMALIZE)
     chex.assert_trees_all_close(training.take_model(both.state.params, 1),
