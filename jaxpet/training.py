@@ -525,12 +525,13 @@ def train_ensemble(
     strategy = "vmap" if (mesh is not None and strategy == "auto") else resolve_strategy(strategy)
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
+    if state is None and keys is None:
+        keys = model_keys(seed, num_models)
     fingerprint = None
     if checkpoint_dir is not None:
         if state is not None or start_epoch:
             raise ValueError("checkpoint_dir resumes a run by itself; do not also pass state= or "
                              "start_epoch=.")
-        keys = model_keys(seed, num_models) if keys is None else keys
         # Of the unpadded run: the same run resumes on any number of devices.
         fingerprint = _run_fingerprint(model, config, preprocess, images, labels, members,
                                        validation, keys)
@@ -543,15 +544,14 @@ def train_ensemble(
         if state is not None:
             raise ValueError("Resuming a sharded run: pass the saved state without mesh, or re-init.")
         padded = -(-num_models // mesh.shape["models"]) * mesh.shape["models"]
-        keys = model_keys(seed, num_models) if keys is None else keys
         members, validation, keys = _pad_models(members, validation, keys, padded)
         result = _train_ensemble(
-            model, images, labels, members, config, keys=keys, seed=seed, validation=validation,
+            model, images, labels, members, config, keys=keys, validation=validation,
             preprocess=preprocess, state=None, start_epoch=start_epoch, on_epoch_end=on_epoch_end,
             log_prefix=log_prefix, mesh=mesh, strategy=strategy, checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every, fingerprint=fingerprint)
         return _unpad_result(result, num_models)
-    return _train_ensemble(model, images, labels, members, config, keys=keys, seed=seed,
+    return _train_ensemble(model, images, labels, members, config, keys=keys,
                            validation=validation, preprocess=preprocess, state=state,
                            start_epoch=start_epoch, on_epoch_end=on_epoch_end,
                            log_prefix=log_prefix, mesh=None, strategy=strategy,
@@ -591,7 +591,7 @@ def _unpad_result(result: "TrainResult", num_models: int) -> "TrainResult":
                        seconds=result.seconds)
 
 
-def _train_ensemble(model, images, labels, members, config, *, keys, seed, validation, preprocess,
+def _train_ensemble(model, images, labels, members, config, *, keys, validation, preprocess,
                     state, start_epoch, on_epoch_end, log_prefix, mesh, strategy, checkpoint_dir,
                     checkpoint_every, fingerprint) -> TrainResult:
     num_models = members.num_models
@@ -609,15 +609,11 @@ def _train_ensemble(model, images, labels, members, config, *, keys, seed, valid
         val_indices = jnp.asarray(validation.indices)
         val_counts = jnp.asarray(validation.counts)
     if state is None:
-        keys = model_keys(seed, num_models) if keys is None else keys
         if keys.shape[0] != num_models:
             raise ValueError(f"Got {keys.shape[0]} keys for {num_models} models.")
         if mesh is not None:  # initialise each model on its own device
             keys = _shard(keys, mesh)
         state = init_ensemble(model, config, keys, preprocess(images[:1]))
-    if config.dpsgd and jax.tree.leaves(state.batch_stats):
-        raise ValueError("DP-SGD needs a model without BatchNorm (it mixes examples, so "
-                         "per-example gradients are not defined): build it with norm='group'.")
     member_indices = jnp.asarray(members.indices)
     member_counts = jnp.asarray(members.counts)
     if mesh is not None:  # models across devices; the data replicated, once per device
