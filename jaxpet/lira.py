@@ -650,8 +650,7 @@ def _train_models(config: LiraConfig, model, images, labels, members: splits.Mem
         augment="flip_crop" if config.augment_training else "none",
         dpsgd=config.defense == "dpsgd", dp_clip_norm=config.dp_clip_norm,
         dp_noise_multiplier=config.dp_noise_multiplier)
-    vmapped = training.resolve_strategy(config.strategy) == "vmap"
-    mesh = training.model_mesh() if jax.device_count() > 1 and vmapped else None
+    mesh = training.default_mesh(config.strategy)
     return training.train_ensemble(model, images, labels, members, train_config, seed=config.seed,
                                    preprocess=preprocess, log_prefix="lira ", mesh=mesh,
                                    strategy=config.strategy, checkpoint_dir=checkpoint_dir,

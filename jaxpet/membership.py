@@ -188,11 +188,6 @@ def _shadow_sets(split: splits.QuarterSplit, num_shadow: int, val_size: int, see
     return _Role("shadow", members, [o[val_size:] for o in non_members], validation)
 
 
-def _mesh_if_many_devices():
-    """Shard the model axis when there is more than one device (no change on one chip)."""
-    return training.model_mesh() if jax.device_count() > 1 else None
-
-
 def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Dataset, preprocess,
                 seed: int, checkpoint_dir: str | None = None):
     """Trains all models of a role in one vmapped call; returns posteriors on balanced in/out sets."""
@@ -204,7 +199,7 @@ def _train_role(role: _Role, model, config: MembershipConfig, dataset: data.Data
         dp_clip_norm=config.dp_clip_norm, dp_noise_multiplier=config.dp_noise_multiplier)
     logging.info("Training %s: %d model(s), %s members each", role.name, role.members.num_models,
                  role.members.counts.tolist())
-    mesh = _mesh_if_many_devices() if training.resolve_strategy(config.strategy) == "vmap" else None
+    mesh = training.default_mesh(config.strategy)
     result = training.train_ensemble(model, train.images, train.labels, role.members, train_config,
                                      seed=seed, validation=role.validation, preprocess=preprocess,
                                      log_prefix=f"{role.name} ", mesh=mesh,

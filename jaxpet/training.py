@@ -565,6 +565,14 @@ def model_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("models",))
 
 
+def default_mesh(strategy: str = "auto") -> Mesh | None:
+    """The mesh an experiment should pass: all devices when there are several and the
+    strategy can shard (auto or vmap; with a mesh "auto" means vmap), else None."""
+    if jax.device_count() > 1 and strategy in ("auto", "vmap"):
+        return model_mesh()
+    return None
+
+
 def _shard(tree, mesh: Mesh):
     """Puts every leaf's leading (model) axis across the mesh's ``models`` axis."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("models")))

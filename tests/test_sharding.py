@@ -21,6 +21,9 @@ _SCRIPT = textwrap.dedent("""
     config = training.TrainConfig(epochs=2, batch_size=32)
     prep = training.Normalize((0.5,), (0.25,))
     mesh = training.model_mesh()
+    # Experiments shard whenever the strategy can (auto or vmap); map/loop stay on one device.
+    assert training.default_mesh("auto").shape["models"] == 4
+    assert training.default_mesh("map") is None and training.default_mesh("loop") is None
     for k in (8, 6):  # 6 is padded to 8 models
         sets = splits.random_member_sets(np.arange(200), k, 100 + k, seed=k)
         plain = training.train_ensemble(model, images, labels, sets, config, seed=3, preprocess=prep)
