@@ -1,0 +1,342 @@
+"""The run store: workdirs, atomic writes, one fingerprinted stage cache, provenance.
+
+Every experiment writes through this module:
+
+* :class:`Workdir` checks the folder is writable before any work and holds an
+  exclusive lock on it for the run, so a second writer is refused instead of
+  mixing two runs' files.
+* :func:`write_json`, :func:`write_npz`, :func:`write_text` and
+  :func:`save_figure` write through a temporary file and a rename, so a crash
+  never leaves half a file.
+* :class:`StageCache` keeps every reusable stage (trained phases, logits,
+  checkpoints of a stage still running) under a fingerprint of what the
+  stage's result depends on: its settings and the digest of the data it read.
+  A matching stage is reused, a different one recomputed, and a stage file
+  that does not load is discarded with a warning and recomputed.
+* :func:`provenance` is the block every ``results.json`` carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import jax
+import numpy as np
+
+from jaxpet import __version__
+from jaxpet.errors import UserError
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _canonical(obj) -> Any:
+    """A JSON-able, order-stable form of ``obj``; arrays by dtype, shape and content digest."""
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__,
+                **{f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return repr(obj)  # keeps nan/inf and every bit of precision
+    if hasattr(obj, "__array__") and hasattr(obj, "shape"):
+        arr = np.ascontiguousarray(np.asarray(obj))
+        return {"__array__": str(arr.dtype), "shape": list(arr.shape),
+                "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+    return repr(obj)
+
+
+def digest(*parts: Any, length: int = 16) -> str:
+    """Hex digest of ``parts`` (settings, arrays, dataclasses, nested containers).
+
+    The one fingerprint function of jaxpet: stage caches, checkpoints and the
+    data's content digest all use it, so equal inputs give equal keys everywhere.
+    """
+    text = json.dumps(_canonical(list(parts)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
+    """Writes through a temp file in the same folder, then renames: no half file on a crash.
+
+    A full disk is reported as one :class:`UserError` naming the folder, with the
+    temp file removed.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left to write {path} ({_free(path.parent)} free in "
+                            f"{path.parent}) — free some disk space or choose another "
+                            "--workdir; finished stages are kept, a rerun resumes.") from e
+        raise
+    return path
+
+
+def _free(folder) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def write_json(path, obj: Any) -> pathlib.Path:
+    text = json.dumps(_jsonable(obj), indent=2) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_npz(path, **arrays) -> pathlib.Path:
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz, loaded now (never unpickled)."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def write_text(path, text: str) -> pathlib.Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_figure(fig, path, dpi: int | None = None) -> pathlib.Path:
+    """Lays out and writes a ``matplotlib.figure.Figure`` atomically (PNG by the suffix).
+
+    Figures are built as ``Figure`` objects, never through pyplot, so nothing
+    here touches matplotlib's global backend or figure registry.
+    """
+    path = pathlib.Path(path)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+# ----------------------------------------------------------------------------- workdir
+
+
+class WorkdirError(UserError):
+    """The workdir cannot be used: not writable, or another run holds it."""
+
+
+class Workdir:
+    """A run's output folder, checked writable and locked for this process.
+
+    Use as a context manager (``with runs.Workdir(path) as workdir:``); the lock
+    is an ``flock`` on ``<path>/.jaxpet.lock``, released when the run ends or
+    its process dies, so ``kill -9`` never leaves a stale lock.
+    """
+
+    LOCK_NAME = ".jaxpet.lock"
+
+    def __init__(self, path, *, flag: str = "--workdir"):
+        self.path = pathlib.Path(path)
+        self.flag = flag
+        self._lock_file = None
+        check_writable(self.path, flag)
+
+    def __enter__(self) -> "Workdir":
+        self.lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    def __truediv__(self, name) -> pathlib.Path:
+        return self.path / name
+
+    def lock(self) -> None:
+        lock_path = self.path / self.LOCK_NAME
+        f = open(lock_path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise WorkdirError(
+                f"{self.flag}={self.path} is in use by another jaxpet run ({holder}) — wait for "
+                f"it to finish or choose another {self.flag}.") from e
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}\n")
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def check_writable(path, flag: str = "--workdir") -> pathlib.Path:
+    """Creates ``path`` and proves it writable, before any work; else a :class:`WorkdirError`."""
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"{flag}={path} is a file, not a folder — choose another {flag}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise WorkdirError(f"{flag}={path} is not writable ({e.strerror or e}) — choose a folder "
+                           "you can write to.") from e
+    return path
+
+
+# ----------------------------------------------------------------------------- stage cache
+
+
+class StageCache:
+    """Finished stages kept as ``<name>-<fingerprint>.npz`` (arrays) + ``.json`` (info).
+
+    ``key`` is everything the stage's result depends on (settings and the data's
+    digest); its fingerprint names the files, so a stage of other settings or
+    other data never matches. The JSON is written last and marks the stage done.
+    """
+
+    def __init__(self, directory):
+        self.directory = pathlib.Path(directory)
+
+    def paths(self, name: str, key) -> tuple[pathlib.Path, pathlib.Path]:
+        stem = f"{name}-{digest(key)}"
+        return self.directory / f"{stem}.npz", self.directory / f"{stem}.json"
+
+    def checkpoint_dir(self, name: str, key) -> pathlib.Path:
+        """Where the stage keeps checkpoints while it runs (removed once it is done)."""
+        return self.directory / f"checkpoints-{name}-{digest(key)}"
+
+    def load(self, name: str, key) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The finished stage, or None; a stage file that does not load is discarded."""
+        arrays_path, meta_path = self.paths(name, key)
+        if not meta_path.exists():
+            return None
+        try:
+            meta = read_json(meta_path)
+            if meta.get("fingerprint") != digest(key):
+                raise ValueError(f"fingerprint {meta.get('fingerprint')} is not {digest(key)}")
+            arrays = read_npz(arrays_path)
+            missing = set(meta.get("arrays", [])) - set(arrays)
+            if missing:
+                raise ValueError(f"arrays {sorted(missing)} are missing")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            logging.warning("Stage %s: discarding %s, which does not load (%s: %s); "
+                            "recomputing it.", name, arrays_path, type(e).__name__, e)
+            for p in (meta_path, arrays_path):
+                p.unlink(missing_ok=True)
+            return None
+        return arrays, meta["info"]
+
+    def run(self, name: str, key, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
+            ) -> tuple[dict[str, np.ndarray], dict]:
+        """The stage's (arrays, info): reused when finished with this key, else computed and saved."""
+        found = self.load(name, key)
+        if found is not None:
+            logging.info("Stage %s: reusing the finished result in %s", name,
+                         self.paths(name, key)[0])
+            return found
+        arrays, info = compute()
+        arrays_path, meta_path = self.paths(name, key)
+        write_npz(arrays_path, **arrays)
+        write_json(meta_path, {"fingerprint": digest(key), "key": _canonical(key),
+                               "arrays": sorted(arrays), "info": info})
+        shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
+        return arrays, info
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _git_commit() -> str | None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(started: str, argv=None) -> dict:
+    """Where and how a result was made: backend, devices, versions, commit, command, times."""
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "versions": {"jaxpet": __version__, "jax": jax.__version__,
+                     "flax": _version("flax"), "optax": _version("optax"),
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "git_commit": _git_commit(),
+        "command": list(sys.argv if argv is None else argv),
+        "started": started,
+        "finished": now(),
+    }
