@@ -18,6 +18,7 @@ Every experiment writes through this module:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -32,10 +33,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from typing import Any, Callable, Mapping
 
 from absl import logging
+from flax import traverse_util
 import jax
 import numpy as np
 
@@ -163,6 +166,11 @@ def save_figure(fig, path, dpi: int | None = None) -> pathlib.Path:
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+def save_image(image, path) -> pathlib.Path:
+    """Writes a PIL image as PNG atomically."""
+    return atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True))
+
+
 # ----------------------------------------------------------------------------- workdir
 
 
@@ -288,12 +296,42 @@ class StageCache:
                          self.paths(name, key)[0])
             return found
         arrays, info = compute()
+        self.save(name, key, arrays, info)
+        return arrays, info
+
+    def save(self, name: str, key, arrays: dict[str, np.ndarray], info: dict) -> None:
+        """Writes a finished stage (arrays first, the JSON that marks it done last) and removes
+        its checkpoints."""
         arrays_path, meta_path = self.paths(name, key)
         write_npz(arrays_path, **arrays)
         write_json(meta_path, {"fingerprint": digest(key), "key": _canonical(key),
                                "arrays": sorted(arrays), "info": info})
         shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
-        return arrays, info
+
+
+_EMPTY = "/__empty__"
+
+
+def tree_to_arrays(prefix: str, tree) -> dict[str, np.ndarray]:
+    """A pytree of arrays (e.g. Flax variables) as flat ``<prefix>/<path>`` arrays, to save in a
+    stage; :func:`arrays_to_tree` reads it back."""
+    flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/", keep_empty_nodes=True)
+    return {f"{prefix}/{k}" + (_EMPTY if v is traverse_util.empty_node else ""):
+            np.zeros(0) if v is traverse_util.empty_node else np.asarray(v)
+            for k, v in flat.items()}
+
+
+def arrays_to_tree(prefix: str, arrays: Mapping[str, np.ndarray]):
+    """The pytree that :func:`tree_to_arrays` saved under ``prefix`` (as device arrays)."""
+    mine = {}
+    for k, v in arrays.items():
+        if k.startswith(prefix + "/"):
+            k = k[len(prefix) + 1:]
+            if k.endswith(_EMPTY):  # an empty collection, e.g. a model's batch_stats without BN
+                mine[k[:-len(_EMPTY)]] = traverse_util.empty_node
+            else:
+                mine[k] = jax.numpy.asarray(v)
+    return traverse_util.unflatten_dict(mine, sep="/")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -340,3 +378,49 @@ def provenance(started: str, argv=None) -> dict:
         "started": started,
         "finished": now(),
     }
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class Run:
+    """One experiment run: its locked workdir, its config on disk, its stage cache, its timings.
+
+    ``with runs.Run(workdir, config) as run:`` checks and locks the workdir
+    before any work; :meth:`finish` writes ``config.json`` and ``results.json``
+    (the config, the results, the timings and the provenance block). A run
+    that fails early leaves no output files; the stages it finished stay.
+    """
+
+    def __init__(self, workdir, config, *, stage_dir=None, flag: str = "--workdir"):
+        self.workdir = Workdir(workdir, flag=flag)
+        self.path = self.workdir.path
+        self.config = config
+        self.stages = StageCache(stage_dir if stage_dir is not None else self.path / "stages")
+        self.started = now()
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> "Run":
+        self.workdir.lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.workdir.unlock()
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Adds the seconds spent in the block to ``seconds[name]``."""
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tick
+
+    def finish(self, results: dict) -> dict:
+        """Writes ``results.json``: the config, ``results``, the timings and the provenance."""
+        results = {"config": dataclasses.asdict(self.config), **results,
+                   "seconds": {**self.seconds, **results.get("seconds", {})},
+                   "provenance": provenance(self.started)}
+        write_json(self.path / "config.json", results["config"])
+        write_json(self.path / "results.json", results)
+        return results

@@ -1,4 +1,4 @@
-"""Metrics agree with scikit-learn on random inputs (with ties)."""
+"""Metrics agree with scikit-learn on random inputs (with ties); SSIM with a windowed oracle."""
 
 import numpy as np
 import pytest
@@ -75,3 +75,48 @@ def test_bad_metric_inputs():
         metrics.roc_auc([0, 1], [0.0, np.nan])
     with pytest.raises(ValueError, match="differ"):
         metrics.roc_auc([0, 1], [0.0])
+
+
+def _ssim_reference(a, b, win=11, sigma=1.5, data_range=1.0):
+    """SSIM computed window by window with an explicit 2-D gaussian weight."""
+    r = np.arange(win) - (win - 1) / 2
+    g = np.exp(-0.5 * (r / sigma) ** 2)
+    w2 = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    values = []
+    for i in range(a.shape[0] - win + 1):
+        for j in range(a.shape[1] - win + 1):
+            pa, pb = a[i:i + win, j:j + win], b[i:i + win, j:j + win]
+            ma, mb = (w2 * pa).sum(), (w2 * pb).sum()
+            va, vb = (w2 * (pa - ma) ** 2).sum(), (w2 * (pb - mb) ** 2).sum()
+            cov = (w2 * (pa - ma) * (pb - mb)).sum()
+            values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_and_mse():
+    rng = np.random.default_rng(0)
+    a = rng.random((13, 14))
+    b = np.clip(a + 0.2 * rng.normal(size=a.shape), 0, 1)
+    assert metrics.ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.ssim(a, b) == pytest.approx(_ssim_reference(a, b), abs=1e-10)
+    assert metrics.ssim(a, b) == pytest.approx(metrics.ssim(b, a), abs=1e-12)
+    assert metrics.ssim(a, b) < 0.9
+    batch = np.stack([a, b])[..., None]  # [N, H, W, C] gives one value per image
+    np.testing.assert_allclose(metrics.ssim(batch, np.stack([a, a])[..., None]),
+                               [1.0, metrics.ssim(b, a)], atol=1e-12)
+    assert metrics.mse(batch, batch).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        metrics.ssim(a, b[:, :-1])
+    with pytest.raises(ValueError):
+        metrics.ssim(a[:8], b[:8])
+
+
+def test_correlation_is_blind_to_brightness_and_contrast():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 6, 5, 1))
+    corr = metrics.correlation(a, np.concatenate([0.2 + 0.1 * a[:1], -a[1:2]]))
+    assert corr.shape == (3, 2)
+    np.testing.assert_allclose([corr[0, 0], corr[1, 1]], [1.0, -1.0], atol=1e-12)
+    expected = np.corrcoef(a[2].ravel(), a[0].ravel())[0, 1]
+    np.testing.assert_allclose(corr[2, 0], expected, atol=1e-12)

@@ -1,0 +1,198 @@
+"""Scoring reference-family membership attacks: leave-one-out over models, metrics, reference sweeps.
+
+Each model of an ensemble in turn is the target and the others its reference
+models (:func:`leave_one_out`); :func:`reference_sweep` repeats it with fewer
+references. The attacks are looked up by name in the registry, so one added
+there is scored here (and by the LiRA experiment) without further changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+from jaxpet import metrics
+from jaxpet.attacks import registry
+from jaxpet.attacks.lira import Signals, equalized_use
+from jaxpet.attacks.rmia import check_rmia_knobs
+from jaxpet.attacks.signals import negative_loss
+
+
+@registry.register("global_loss", family="reference", uses_references=False,
+                   description="Yeom et al.'s loss baseline: the target's log p_y, no reference used")
+def global_loss(signals: Signals, target, references, ref_keep, use, config) -> np.ndarray:
+    """The global-threshold baseline: minus the target's loss, averaged over queries."""
+    del references, ref_keep, use, config
+    return negative_loss(np.asarray(signals.log_p[target], np.float64))
+
+
+def _resolve(attacks: Sequence[str] | None) -> list[registry.MembershipAttack]:
+    """The registry's reference attacks named in ``attacks`` (None: all); ValueError on unknown names."""
+    if attacks is None:
+        return list(registry.list_attacks("reference"))
+    if isinstance(attacks, str):
+        raise TypeError(f"attacks must be a sequence of names, got the str {attacks!r}.")
+    return [registry.get_attack(name, "reference") for name in attacks]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """Knobs of the scoring (not of training): queries used and RMIA's a and gamma."""
+
+    num_queries: int = 2  # 1: the original image only; 2: also its horizontal flip
+    rmia_offline_a: float = 0.3
+    rmia_gamma: float = 2.0
+
+    def __post_init__(self):
+        if self.num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {self.num_queries}.")
+        check_rmia_knobs(self.rmia_gamma, self.rmia_offline_a)
+
+
+def attack_scores(signals: Signals, keep, target: int, references: Sequence[int],
+                  config: AttackConfig = AttackConfig(), *, use=None,
+                  attacks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Scores [N] of each attack on model ``target`` with models ``references`` as references.
+
+    ``attacks`` names reference-family attacks of the registry (default: all of them,
+    in registration order); ``use`` (bool [len(references), N]) picks the reference
+    scores used, default all.
+    """
+    keep = np.asarray(keep, bool)
+    references = np.asarray(references, np.int64)
+    if keep.shape != signals.phi.shape[:2]:
+        raise ValueError(f"keep mask {keep.shape} must be [models, examples] = {signals.phi.shape[:2]}.")
+    if not 0 <= target < keep.shape[0]:
+        raise ValueError(f"target must be in [0, {keep.shape[0]}), got {target}.")
+    if len(references) < 1 or target in references or references.min() < 0 \
+            or references.max() >= keep.shape[0] or len(set(references.tolist())) != len(references):
+        raise ValueError(f"references must be distinct models in [0, {keep.shape[0]}) other than the "
+                         f"target {target}, got {references.tolist()}.")
+    chosen = _resolve(attacks)
+    s = signals.queries(min(config.num_queries, signals.phi.shape[2]))
+    ref_keep = keep[references]
+    if use is not None and np.shape(use) != ref_keep.shape:
+        raise ValueError(f"use mask must be {ref_keep.shape} (references, examples), got "
+                         f"{np.shape(use)}.")
+    return {a.name: a.fn(s, target, references, ref_keep, use, config) for a in chosen}
+
+
+def attack_metrics(labels, scores, fpr_levels: Sequence[float] = metrics.FPR_LEVELS) -> dict:
+    """AUC, balanced accuracy at the best threshold and TPR at each FPR level."""
+    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+    return {"auc": metrics.roc_auc(labels, scores),
+            "balanced_accuracy": float(np.max(1 - (fpr + (1 - tpr)) / 2)),
+            "tpr_at_fpr": metrics.tpr_at_fpr(labels, scores, fpr_levels)}
+
+
+def _flatten(report: dict) -> dict[str, float]:
+    flat = {"auc": report["auc"], "balanced_accuracy": report["balanced_accuracy"]}
+    flat.update({f"tpr_at_fpr_{k}": v for k, v in report["tpr_at_fpr"].items()})
+    return flat
+
+
+def summarize(per_target: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Mean and std over targets of each metric in :func:`attack_metrics` reports."""
+    flats = [_flatten(r) for r in per_target]
+    return {k: {"mean": float(np.mean([f[k] for f in flats])),
+                "std": float(np.std([f[k] for f in flats]))} for k in flats[0]}
+
+
+def _check_keep(signals: Signals, keep) -> np.ndarray:
+    keep = np.asarray(keep)
+    if keep.ndim != 2 or keep.shape != signals.phi.shape[:2]:
+        raise ValueError(f"keep mask {keep.shape} must be [models, examples] = {signals.phi.shape[:2]}.")
+    if keep.shape[0] < 2:
+        raise ValueError(f"Leave-one-out needs num_models >= 2 (a target and a reference), "
+                         f"got {keep.shape[0]}.")
+    return keep.astype(bool)
+
+
+def _targets(num_models: int, targets) -> list[int]:
+    targets = list(range(num_models)) if targets is None else [int(t) for t in targets]
+    if not targets or min(targets) < 0 or max(targets) >= num_models:
+        raise ValueError(f"targets must be models in [0, {num_models}), got {targets}.")
+    return targets
+
+
+def _choose_references(num_models: int, target: int, count: int | None, seed: int) -> np.ndarray:
+    """Positions among the other models (all of them, or ``count`` drawn at random)."""
+    if count is None or count == num_models - 1:
+        return np.arange(num_models - 1)
+    rng = np.random.default_rng([seed, target, count])
+    return np.sort(rng.choice(num_models - 1, count, replace=False))
+
+
+def leave_one_out(signals: Signals, keep, *, targets: Sequence[int] | None = None,
+                  num_references: int | None = None, config: AttackConfig = AttackConfig(),
+                  attacks: Sequence[str] | None = None, seed: int = 0,
+                  keep_scores_of: int | None = None) -> dict:
+    """Each model of ``targets`` (default all) in turn is the target; the others are references.
+
+    The IN/OUT groups of the K-1 others are first equalized (:func:`equalized_use`);
+    ``num_references`` < K-1 then keeps that many of them, drawn at random (seeded by
+    ``seed``, the target and the count). Equalizing first makes each example's IN/OUT
+    counts independent of the target's membership for every subset size. ``attacks``
+    as in :func:`attack_scores` (default: every reference attack). Returns
+    ``per_target`` (attack -> list of :func:`attack_metrics`), ``summary`` (attack ->
+    metric -> mean/std over targets) and, for target ``keep_scores_of``, its ``scores``
+    and ``labels``.
+    """
+    keep = _check_keep(signals, keep)
+    num_models = keep.shape[0]
+    targets = _targets(num_models, targets)
+    if num_references is not None and not 1 <= num_references <= num_models - 1:
+        raise ValueError(f"num_references must be in [1, {num_models - 1}], got {num_references}.")
+    attacks = [a.name for a in _resolve(attacks)]
+    per_target: dict[str, list] = {name: [] for name in attacks}
+    result: dict[str, Any] = {}
+    for t in targets:
+        others = np.array([k for k in range(num_models) if k != t])
+        use = equalized_use(keep[others], seed=[seed, t])
+        chosen = _choose_references(num_models, t, num_references, seed)
+        scores = attack_scores(signals, keep, t, others[chosen], config, use=use[chosen],
+                               attacks=attacks)
+        for name, s in scores.items():
+            per_target[name].append(attack_metrics(keep[t], s))
+        if t == keep_scores_of:
+            result["scores"], result["labels"] = scores, keep[t]
+    result["per_target"] = per_target
+    result["summary"] = {name: summarize(reports) for name, reports in per_target.items()}
+    result["targets"] = targets
+    return result
+
+
+def sweep_counts(num_models: int, max_references: int | None = None) -> list[int]:
+    """Reference counts 1, 2, 4, ... below the largest, then the largest (default K-1)."""
+    if num_models < 2:
+        raise ValueError(f"A reference sweep needs num_models >= 2, got {num_models}.")
+    top = num_models - 1 if max_references is None else min(max_references, num_models - 1)
+    if top < 1:
+        raise ValueError(f"max_references must be >= 1, got {max_references}.")
+    counts, c = [], 1
+    while c < top:
+        counts.append(c)
+        c *= 2
+    return counts + [top]
+
+
+def reference_sweep(signals: Signals, keep, counts: Sequence[int], *, targets=None,
+                    config: AttackConfig = AttackConfig(), seed: int = 0) -> list[dict]:
+    """:func:`leave_one_out` summaries for each number of references in ``counts``.
+
+    Covers every registered reference attack that uses the references.
+    """
+    attacks = [a.name for a in registry.list_attacks("reference") if a.uses_references]
+    rows = []
+    for count in counts:
+        tick = time.perf_counter()
+        res = leave_one_out(signals, keep, targets=targets, num_references=count, config=config,
+                            attacks=attacks, seed=seed)
+        rows.append({"num_references": int(count), "attacks": res["summary"]})
+        logging.info("Sweep: %d reference model(s) scored in %.1fs; LiRA online AUC %.4f", count,
+                     time.perf_counter() - tick, res["summary"]["lira_online"]["auc"]["mean"])
+    return rows

@@ -1,0 +1,69 @@
+"""Every experiment's main: flags derived from its config, one run, one error path.
+
+An experiment module (``jaxpet.experiments.<name>``) exposes ``Config`` (a
+dataclass of :func:`jaxpet.config.setting` fields), ``PRESETS`` (named
+configs; may be empty), ``run(config) -> results`` and ``summary_path(config)``.
+``experiments/<name>.py`` is then just ``cli.main(module)``.
+
+User errors (:class:`jaxpet.errors.UserError`, or a ``ValueError`` raised by
+jaxpet's own input checks) end the program with one line
+``error: <what> — <how to fix>`` on stderr and exit status 1; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import types
+
+from absl import app, logging
+
+from jaxpet import config as config_lib
+from jaxpet.errors import UserError
+
+_PACKAGE = str(pathlib.Path(__file__).resolve().parent)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """A UserError, or a ValueError raised by a check inside jaxpet (not deep in a library)."""
+    if isinstance(error, UserError):
+        return True
+    if not isinstance(error, ValueError):
+        return False
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE)
+
+
+def guarded(fn, *args, **kwargs):
+    """Calls ``fn``; a user error becomes ``error: ...`` on stderr and exit status 1."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is the user's to fix
+        if is_user_error(e):
+            sys.exit(f"error: {e}")
+        raise
+
+
+def main(experiment: types.ModuleType) -> None:
+    """Defines the experiment's flags, parses them, runs it and prints its summary."""
+    presets = getattr(experiment, "PRESETS", None) or None
+    config_lib.define_flags(experiment.Config, presets=presets,
+                            preset_help=getattr(experiment, "PRESET_HELP", ""),
+                            module_name=sys.argv[0])
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}; flags are written "
+                                 "--name=value (see --help).")
+        config = guarded(config_lib.from_flags, experiment.Config, presets=presets)
+        guarded(experiment.run, config)
+        summary = pathlib.Path(experiment.summary_path(config))
+        logging.info("Done: %s", summary.parent)
+        if summary.exists():
+            print(summary.read_text())
+
+    app.run(_main)
+

@@ -1,0 +1,327 @@
+"""LiRA and RMIA from N models trained at once on a balanced keep mask, end to end.
+
+Stages: draw the candidate pool and RMIA's population, train N models on a
+balanced keep mask (every pool example in exactly half of them), save every
+model's logits on the pool and its horizontal flips (one stage of the run
+store, reused when the training settings and the data are unchanged), then
+score each model in turn as the target with the others as references, with
+every registered reference-family attack, and sweep the number of references.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from jaxpet import config as config_lib, data, dpsgd, metrics, models, report, runs, splits, training
+from jaxpet.attacks import lira as lira_attack
+from jaxpet.attacks import reference
+from jaxpet.config import setting
+from jaxpet.experiments import settings
+
+DEFENSES = ("none", "dpsgd")
+DATASETS = ("cifar10", "mnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every knob of one LiRA/RMIA run; the defaults are the full CIFAR-10 setting (16 models)."""
+
+    dataset: str = setting("cifar10", "Dataset to attack.", choices=DATASETS)
+    data_dir: str | None = settings.data_dir()
+    workdir: str | None = setting(None, "Output folder (default: runs/lira_<dataset>). Its "
+                                  "stages/ keeps the logits, reused while the training settings "
+                                  "and the data match.")
+    seed: int = setting(0, "Seed for the pool, the keep mask, initialisation and data order.",
+                        low=0)
+    num_models: int = setting(16, "N, models trained together in one ensemble call; even, since "
+                              "every example is a member of exactly half of them.", low=2)
+    pool_size: int | None = setting(None, "Candidate examples drawn at random from the train "
+                                    "split (default: all of it); each model trains on half.",
+                                    low=2)
+    population_size: int = setting(10_000, "Test-split examples used as RMIA's reference "
+                                   "population z (capped at the split's size).", low=1)
+    epochs: int = setting(50, "Training epochs of every model.", low=1)
+    batch_size: int = setting(128, "Batch size per model.", low=1)
+    learning_rate: float = setting(1e-3, "Adam learning rate (decayed x0.96 per epoch).", low=0,
+                                   low_open=True, high=10)
+    width_scale: float = settings.width_scale()
+    precision: str = settings.precision()
+    defense: str = setting("none", "Training defence: none, or dpsgd (GroupNorm CNNs, "
+                           "per-example clipping and Gaussian noise; epsilon reported).",
+                           choices=DEFENSES)
+    dp_noise_multiplier: float = settings.dp_noise_multiplier()
+    dp_clip_norm: float = settings.dp_clip_norm()
+    dp_delta: float = settings.dp_delta()
+    strategy: str = settings.strategy()
+    checkpoint_every: int = settings.checkpoint_every()
+    augment_training: bool = setting(False, "Train with random horizontal flips and 4-pixel "
+                                     "crops (the published LiRA/RMIA models' recipe).")
+    augment_queries: bool = setting(True, "Query each example's horizontal flip too and average "
+                                    "over both queries, as both papers do (scoring only).")
+    num_targets: int | None = setting(None, "How many models (0, 1, ...) to score as the target "
+                                      "in turn (default: all).", low=1)
+    rmia_offline_a: float = setting(0.3, "RMIA offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + "
+                                    "(1 - a)) / 2.", low=0, high=1)
+    rmia_gamma: float = setting(2.0, "RMIA: x dominates z when its likelihood ratio against z "
+                                "is at least gamma.", low=0, low_open=True)
+    max_reference_sweep: int | None = setting(None, "Largest number of reference models in the "
+                                              "sweep 1, 2, 4, ... (default: num_models - 1).",
+                                              low=1)
+    eval_batch_size: int = setting(256, "Images per prediction call (memory only).", low=1)
+
+    def __post_init__(self):
+        config_lib.check(self)
+        if self.num_models % 2:
+            raise config_lib.ConfigError(
+                f"--num_models must be even: the balanced keep mask puts every example in "
+                f"exactly half the models, got {self.num_models}.")
+        if self.num_targets is not None and self.num_targets > self.num_models:
+            raise config_lib.ConfigError(f"--num_targets must be at most --num_models="
+                                         f"{self.num_models}, got {self.num_targets}.")
+        if self.augment_training and self.dataset == "mnist":
+            raise config_lib.ConfigError("--augment_training flips images, which does not "
+                                         "preserve digit labels: use it with --dataset=cifar10.")
+
+    @property
+    def output_dir(self) -> str:
+        return self.workdir or f"runs/lira_{self.dataset}"
+
+    def check_sizes(self, dataset: data.Dataset) -> None:
+        if self.pool_size is not None and self.pool_size > len(dataset.train):
+            raise config_lib.ConfigError(f"--pool_size={self.pool_size} is larger than the train "
+                                         f"split ({len(dataset.train)}) — lower it.")
+        if dataset.test is None or len(dataset.test) == 0:
+            raise config_lib.ConfigError(f"{dataset.name} has no test split to draw RMIA's "
+                                         "population from.")
+
+    def attack_config(self) -> reference.AttackConfig:
+        return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
+                                      rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma)
+
+    def training_key(self, dataset: data.Dataset) -> dict:
+        """Everything the saved logits depend on (not the scoring knobs), sizes resolved."""
+        fields = {k: getattr(self, k) for k in (
+            "dataset", "seed", "num_models", "epochs", "batch_size", "learning_rate",
+            "width_scale", "precision", "defense", "augment_training", "dp_noise_multiplier",
+            "dp_clip_norm")}
+        return {**fields, "data": dataset.digest,
+                "pool_size": self.pool_size or len(dataset.train),
+                "population_size": min(self.population_size, len(dataset.test))}
+
+
+def summary_path(config: Config) -> str:
+    return f"{config.output_dir}/summary.md"
+
+
+def _query_logits(model, variables, images, preprocess, batch_size) -> np.ndarray:
+    """Logits [K, N, 2, C] of every model on the images and their horizontal flips."""
+    views = [training.predict(model, variables, x, preprocess=preprocess, batch_size=batch_size,
+                              logits=True) for x in (images, images[:, :, ::-1, :])]
+    return np.stack(views, axis=2).astype(np.float32)
+
+
+def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
+    """The logits stage: N models trained on a balanced keep mask, queried on pool + population."""
+    key = config.training_key(dataset)
+    rng = np.random.default_rng(config.seed)
+    pool = np.sort(rng.choice(len(dataset.train), key["pool_size"], replace=False))
+    population = np.sort(rng.choice(len(dataset.test), key["population_size"], replace=False))
+    keep = splits.balanced_keep_mask(len(pool), config.num_models, config.seed)
+    images, labels = dataset.train.images[pool], dataset.train.labels[pool]
+    model = models.seed_cnn(config.dataset, "target", precision=config.precision,
+                            width_scale=config.width_scale,
+                            norm="group" if config.defense == "dpsgd" else "batch")
+    preprocess = data.normalizer(config.dataset)
+    logging.info("Training %d models at once, each on about half (%d-%d) of %d pool examples",
+                 config.num_models, keep.sum(1).min(), keep.sum(1).max(), len(pool))
+    train_config = training.TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        augment="flip_crop" if config.augment_training else "none",
+        dpsgd=config.defense == "dpsgd", dp_clip_norm=config.dp_clip_norm,
+        dp_noise_multiplier=config.dp_noise_multiplier)
+    result = training.train_ensemble(
+        model, images, labels, splits.MemberSets.from_mask(keep), train_config, seed=config.seed,
+        preprocess=preprocess, log_prefix="lira ", mesh=training.default_mesh(config.strategy),
+        strategy=config.strategy, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=config.checkpoint_every)
+    tick = time.perf_counter()
+    variables = result.variables()
+    logits = _query_logits(model, variables, images, preprocess, config.eval_batch_size)
+    population_logits = _query_logits(model, variables, dataset.test.images[population],
+                                      preprocess, config.eval_batch_size)
+    predict_seconds = time.perf_counter() - tick
+    logging.info("Logits of %d models on %d pool + %d population examples (x2 queries) in %.1fs",
+                 config.num_models, len(pool), len(population), predict_seconds)
+    arrays = {"logits": logits, "population_logits": population_logits, "keep": keep,
+              "labels": labels, "population_labels": dataset.test.labels[population],
+              "pool_indices": pool.astype(np.int64),
+              "population_indices": population.astype(np.int64),
+              "final_loss": np.asarray(result.history[-1]["loss"], np.float32)}
+    return arrays, {"train_seconds": result.seconds, "predict_seconds": predict_seconds}
+
+
+def _accuracies(saved: dict) -> dict:
+    """Per-model accuracy (original query) on its members, pool non-members and the population."""
+    keep = saved["keep"].astype(bool)
+    hits = saved["logits"][:, :, 0].argmax(-1) == saved["labels"][None]
+    test = saved["population_logits"][:, :, 0].argmax(-1) == saved["population_labels"][None]
+    per = {"train_acc": [float(h[k].mean()) for h, k in zip(hits, keep)],
+           "pool_non_member_acc": [float(h[~k].mean()) for h, k in zip(hits, keep)],
+           "test_acc": test.mean(1).tolist()}
+    return {**{k: float(np.mean(v)) for k, v in per.items()}, "per_model": per}
+
+
+def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """Trains (or reuses) the logits, scores every attack, writes results.json, summary.md,
+    roc.png (every attack on target model 0) and sweep.png. ``dataset`` overrides loading."""
+    with runs.Run(config.output_dir, config) as run_:
+        with run_.timed("load_data"):
+            if dataset is None:
+                dataset = data.load_dataset(config.dataset, config.data_dir)
+        config.check_sizes(dataset)
+        key = config.training_key(dataset)
+        with run_.timed("train_and_logits"):
+            found = run_.stages.load("logits", key)
+            reused = found is not None
+            if reused:
+                logging.info("Reusing the saved logits (stage fingerprint %s)", runs.digest(key))
+                saved, info = found
+            else:
+                saved, info = train_and_query(config, dataset,
+                                              str(run_.stages.checkpoint_dir("logits", key)))
+                run_.stages.save("logits", key, saved, info)
+
+        with run_.timed("scoring"):
+            signals = lira_attack.Signals.from_logits(saved["logits"], saved["labels"],
+                                                      saved["population_logits"],
+                                                      saved["population_labels"])
+            keep = saved["keep"].astype(bool)
+            num_models = keep.shape[0]
+            targets = list(range(config.num_targets or num_models))
+            attack_config = config.attack_config()
+            main = reference.leave_one_out(signals, keep, targets=targets, config=attack_config,
+                                           seed=config.seed, keep_scores_of=0)
+        with run_.timed("sweep"):
+            sweep = reference.reference_sweep(
+                signals, keep, reference.sweep_counts(num_models, config.max_reference_sweep),
+                targets=targets, config=attack_config, seed=config.seed)
+        for name, s in main["summary"].items():
+            logging.info("%-28s AUC %.4f±%.4f  TPR@0.1%%FPR %.2f%%", name, s["auc"]["mean"],
+                         s["auc"]["std"], 100 * s["tpr_at_fpr_0.001"]["mean"])
+        results = run_.finish({
+            "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
+                     "digest": dataset.digest, "pool_size": int(keep.shape[1]),
+                     "population_size": int(saved["population_labels"].shape[0]),
+                     "members_per_model": keep.sum(1).tolist(),
+                     "non_members_per_target": int((~keep[0]).sum()),
+                     "queries": attack_config.num_queries},
+            "models": _accuracies(saved),
+            "targets": targets,
+            "attacks": main["summary"],
+            "per_target": main["per_target"],
+            "sweep": sweep,
+            "reused_logits": reused,
+            # At report time, for the smallest member set (the largest sampling rate).
+            "privacy": (dpsgd.training_epsilon(config.dp_noise_multiplier, config.batch_size,
+                                               int(keep.sum(1).min()), config.epochs,
+                                               config.dp_delta)
+                        if config.defense == "dpsgd" else None),
+            "seconds": {"training": float(info["train_seconds"]),
+                        "predict": float(info["predict_seconds"])},
+            "published": PUBLISHED,
+        })
+        runs.save_figure(report.roc_figure(
+            {name: (main["labels"], main["scores"][name]) for name in main["scores"]},
+            title=f"{config.dataset}: {num_models} models, target model 0"), run_.path / "roc.png")
+        runs.save_figure(report.reference_sweep_figure(
+            sweep, main["summary"]["global_loss"],
+            title=f"{config.dataset}: {len(targets)} target(s), {num_models} models"),
+            run_.path / "sweep.png")
+        runs.write_text(run_.path / "summary.md", summary_markdown(results))
+        logging.info("Results in %s", run_.path)
+        return results
+
+
+# Published CIFAR-10 figures the summary compares with (their models: WRN28-2 with augmentation).
+_LIRA_CODE = "LiRA code (Carlini et al.), 16 WRN28-2 models on CIFAR-10"
+PUBLISHED = {
+    "lira_online": {"auc": 0.668, "tpr_at_fpr_0.001": 0.017, "source": _LIRA_CODE},
+    "lira_online_fixed_variance": {"auc": 0.686, "tpr_at_fpr_0.001": 0.059, "source": _LIRA_CODE},
+    "rmia_online": {"auc": 0.7225, "tpr_at_fpr_0.001": None,
+                    "source": "RMIA paper (Zarifzadeh et al.), 254 reference models on CIFAR-10"},
+}
+
+
+def _mean_std(stat: dict, pct: bool = False) -> str:
+    return report.plus_minus(stat["mean"], stat["std"], scale=100 if pct else 1,
+                             digits=2 if pct else 4, show_zero=True)
+
+
+def summary_markdown(results: dict) -> str:
+    """Every attack (mean ± std over targets), the published figures and the reference sweep."""
+    c, d, m = results["config"], results["data"], results["models"]
+    rows = [[name, _mean_std(s["auc"]), _mean_std(s["balanced_accuracy"], True),
+             *(_mean_std(s[f"tpr_at_fpr_{level}"], True) for level in metrics.FPR_LEVELS)]
+            for name, s in results["attacks"].items()]
+    table = report.markdown_table(
+        ["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)", "TPR@0.1%FPR (%)",
+         "TPR@0.01%FPR (%)", "TPR@0%FPR (%)"], rows)
+    published = []
+    for name, p in results["published"].items():
+        ours = results["attacks"][name]
+        tpr = "-" if p["tpr_at_fpr_0.001"] is None else f"{100 * p['tpr_at_fpr_0.001']:.1f}"
+        published.append([name, p["source"], f"{p['auc']:.4f}", tpr, f"{ours['auc']['mean']:.4f}",
+                          f"{100 * ours['tpr_at_fpr_0.001']['mean']:.2f}"])
+    published_table = report.markdown_table(
+        ["attack", "published setting", "published AUC", "published TPR@0.1%FPR (%)", "our AUC",
+         "our TPR@0.1%FPR (%)"], published)
+
+    def cell(s):
+        return f"{s['auc']['mean']:.4f} / {100 * s['tpr_at_fpr_0.001']['mean']:.2f}"
+
+    sweep_rows = [[row["num_references"]] + [cell(s) for s in row["attacks"].values()]
+                  for row in results["sweep"]]
+    sweep_table = report.markdown_table(
+        ["references"] + list(results["sweep"][0]["attacks"]), sweep_rows)
+    negatives = d["non_members_per_target"]
+    secs = results["seconds"]
+    augment = "flips and crops" if c["augment_training"] else "no augmentation"
+    return (
+        f"# LiRA and RMIA: {c['dataset']}\n\n"
+        f"{report.epsilon_sentence(results.get('privacy'), c['dp_clip_norm'])}"
+        f"{c['num_models']} seed CNNs (width x{c['width_scale']}, {c['precision']}, "
+        f"{c['epochs']} epochs, Adam lr {c['learning_rate']}, batch {c['batch_size']}, "
+        f"{'random flips and crops' if c['augment_training'] else 'no training augmentation'}), "
+        f"each trained on a random half of a {d['pool_size']}-example pool from the train split "
+        f"(balanced keep mask). Model accuracy: members {100 * m['train_acc']:.2f}%, pool "
+        f"non-members {100 * m['pool_non_member_acc']:.2f}%, test {100 * m['test_acc']:.2f}%. "
+        f"{len(results['targets'])} model(s) scored as the target in turn with the other "
+        f"{c['num_models'] - 1} as references (leave-one-out); {d['queries']} "
+        f"quer{'ies' if d['queries'] > 1 else 'y'} per example "
+        f"({'original + horizontal flip' if d['queries'] > 1 else 'original only'}); RMIA "
+        f"a={c['rmia_offline_a']}, gamma={c['rmia_gamma']}, population {d['population_size']} "
+        f"test images. Backend {results['provenance']['backend']}; training "
+        f"{secs['training']:.0f} s, logits {secs['predict']:.0f} s"
+        f"{' (reused)' if results['reused_logits'] else ''}, scoring {secs['scoring']:.0f} s, "
+        f"sweep {secs['sweep']:.0f} s.\n\n"
+        f"## Attacks (mean ± std over target models)\n\n{table}\n"
+        f"Each target has about {negatives} non-members, so the smallest non-zero FPR is "
+        f"{100 / max(negatives, 1):.3f}%; TPR at lower FPR levels equals TPR@0%FPR.\n\n"
+        f"## Published figures (CIFAR-10)\n\n{published_table}\n"
+        "Not a like-for-like comparison: the published models are WideResNet-28-2 trained with "
+        "augmentation (flips and crops) on 25,000 of 50,000 images for 100+ epochs; ours are the "
+        f"seed's small CNN trained with Adam and {augment}, on the pool above. Overfitting, and "
+        "so leakage, differs accordingly.\n\n"
+        f"## Number of reference models (AUC / TPR@0.1%FPR %, mean over targets)\n\n{sweep_table}\n"
+        "With fewer than all other models the references are drawn at random per target; online "
+        "LiRA then fills examples missing IN or OUT references from the global IN/OUT gap, and "
+        "per-example variances fall back to the global one below two references per group. With "
+        "one reference, online LiRA thus compares the target's score with the reference's, "
+        "shifted by that global gap when the reference trained on the example: a "
+        "well-regularised estimate that can beat 2-8 references, whose per-example means come "
+        "from one or two scores each.\n")

@@ -1,0 +1,311 @@
+"""Membership inference with shadow models (seed Task 1): split, train, attack, report.
+
+Data flows one way: the dataset's train split is cut into the seed's four
+quarters; the target and the shadow model(s) are trained (each a stage of the
+run store, reused when its settings and data are unchanged, checkpointed
+while it trains); their posteriors on balanced member / non-member sets are
+the observations every registered shadow-family attack scores; the metrics
+and figures are written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from jaxpet import attacks, config as config_lib, data, dpsgd, models, report, runs, splits, training
+from jaxpet.config import setting
+from jaxpet.experiments import settings
+
+DEFENSES = ("none", "dropout_early_stopping", "dpsgd")
+DATASETS = ("cifar10", "mnist")
+_ES = ("dropout_early_stopping",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every knob of one membership run; defaults are the seed's full CIFAR-10 configuration."""
+
+    preset: str = setting("seed", "The preset this config came from (recorded).", flag=False)
+    dataset: str = setting("cifar10", "Dataset to attack.", choices=DATASETS)
+    data_dir: str | None = settings.data_dir()
+    workdir: str | None = setting(None, "Output folder (default: runs/membership_<dataset>"
+                                  "[_<preset>]). A rerun reuses the finished stages saved there.")
+    stage_dir: str | None = setting(None, "Where finished stages are kept (default: "
+                                    "<workdir>/stages).", flag=False)
+    seed: int = setting(0, "Seed for splits, model initialisation and data order.", low=0)
+    epochs: int = setting(50, "Target and shadow training epochs.", low=1)
+    attack_epochs: int = setting(50, "Attack MLP training epochs.", low=1)
+    train_size: int | None = setting(None, "Members per model (default: a quarter of the train "
+                                     "split).", low=2)
+    val_size: int = setting(1000, "Validation slice of each out part (early stopping).", low=0)
+    num_posteriors: int = setting(10, "Sorted posteriors fed to the attack MLP: 3 or 10.",
+                                  choices=(3, 10))
+    defense: str = setting("none", "none; dropout_early_stopping (dropout and early stopping on "
+                           "validation); or dpsgd (DP-SGD: GroupNorm CNNs, per-example clipping, "
+                           "Gaussian noise; epsilon reported).", choices=DEFENSES)
+    dropout_rate: float = setting(0.5, "Dropout rate of the dropout_early_stopping defence.",
+                                  low=0, high=1, high_open=True, when=("defense", _ES))
+    patience: int = setting(10, "Early-stopping patience in epochs.", low=1,
+                            when=("defense", _ES))
+    num_shadow: int = setting(1, "Shadow models, trained together in one vmapped call.", low=1)
+    precision: str = settings.precision()
+    batch_size: int = setting(128, "Target/shadow batch size.", low=1)
+    width_scale: float = settings.width_scale()
+    dp_noise_multiplier: float = settings.dp_noise_multiplier()
+    dp_clip_norm: float = settings.dp_clip_norm()
+    dp_delta: float = settings.dp_delta()
+    norm: str | None = setting(None, "CNN normalisation (default: batch, the seed's; group under "
+                               "--defense=dpsgd, which refuses batch).", choices=models.NORMS)
+    strategy: str = settings.strategy()
+    checkpoint_every: int = settings.checkpoint_every()
+
+    def __post_init__(self):
+        config_lib.check(self)
+        if self.defense == "dropout_early_stopping" and self.val_size == 0:
+            raise config_lib.ConfigError("--defense=dropout_early_stopping needs --val_size > 0 "
+                                         "for early stopping.")
+        if self.defense == "dpsgd" and self.norm == "batch":
+            raise config_lib.ConfigError("--defense=dpsgd needs per-example normalisation: "
+                                         "--norm=group or none.")
+
+    @property
+    def output_dir(self) -> str:
+        suffix = "" if self.preset == "seed" else f"_{self.preset}"
+        return self.workdir or f"runs/membership_{self.dataset}{suffix}"
+
+    @property
+    def model_norm(self) -> str:
+        return self.norm or ("group" if self.defense == "dpsgd" else "batch")
+
+    def part_size(self, pool_size: int) -> int:
+        return pool_size // 4 if self.train_size is None else self.train_size
+
+    def check_sizes(self, pool_size: int) -> None:
+        """The checks that need the data's size."""
+        quarter = pool_size // 4
+        if self.part_size(pool_size) > quarter:
+            raise config_lib.ConfigError(
+                f"--train_size={self.train_size} is larger than a quarter of the {pool_size} "
+                f"training examples ({quarter}) — use at most {quarter}.")
+        if self.val_size >= self.part_size(pool_size):
+            raise config_lib.ConfigError(
+                f"--val_size={self.val_size} leaves no non-member to evaluate with "
+                f"--train_size={self.part_size(pool_size)} — lower --val_size.")
+
+    def training_key(self, dataset: data.Dataset) -> dict:
+        """Everything the trained target and shadows depend on: the training settings and the
+        data's content (not the attack's knobs), so runs differing only in the attack share them."""
+        skip = ("preset", "data_dir", "workdir", "stage_dir", "num_posteriors", "attack_epochs",
+                "strategy", "checkpoint_every", "dp_delta", "norm")
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return {**fields, "norm": self.model_norm, "data": dataset.digest,
+                "train_size": self.part_size(len(dataset.train))}
+
+
+# Named configurations; explicit flags override them. "quick" fits a 2-core CPU in minutes.
+PRESETS = {
+    "seed": {},
+    "quick": dict(train_size=2500, val_size=500, epochs=15, attack_epochs=10, width_scale=0.25),
+}
+PRESET_HELP = ("seed: the write-up's full configuration; quick: a reduced run for a CPU "
+               "(quarter-width CNNs, 2,500 members, 15 epochs).")
+
+
+def get_config(preset: str = "seed", **overrides) -> Config:
+    """A preset's config with ``overrides`` applied."""
+    if preset not in PRESETS:
+        raise config_lib.ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    return Config(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+def summary_path(config: Config) -> str:
+    return f"{config.output_dir}/summary.md"
+
+
+def _balanced(members: np.ndarray, non_members: np.ndarray, rng: np.random.Generator):
+    """Equal numbers of members and non-members (chance = 50%), sampled without replacement."""
+    n = min(len(members), len(non_members))
+    return (np.sort(rng.choice(members, n, replace=False)),
+            np.sort(rng.choice(non_members, n, replace=False)))
+
+
+@dataclasses.dataclass
+class _Role:
+    """One role (target or shadows): its K member sets, non-member pools and validation sets."""
+
+    name: str
+    members: splits.MemberSets
+    non_members: list[np.ndarray]  # per model
+    validation: splits.MemberSets | None
+
+
+def _roles(split: splits.QuarterSplit, num_shadow: int, val_size: int, seed: int):
+    target = _Role("target", splits.MemberSets.from_lists([split.target_in]),
+                   [split.target_out_eval],
+                   splits.MemberSets.from_lists([split.target_val]) if val_size else None)
+    if num_shadow == 1:  # The seed: shadow-in are members, shadow-out non-members.
+        non_members = [split.shadow_out]
+        members = splits.MemberSets.from_lists([split.shadow_in])
+    else:  # Each shadow gets its own random half of the shadow pool.
+        pool = np.concatenate([split.shadow_in, split.shadow_out])
+        members = splits.random_member_sets(pool, num_shadow, len(split.shadow_in), seed=seed + 1)
+        rng = np.random.default_rng(seed + 2)
+        non_members = [rng.permutation(np.setdiff1d(pool, members.member(k)))
+                       for k in range(num_shadow)]
+    validation = (splits.MemberSets.from_lists([o[:val_size] for o in non_members])
+                  if val_size else None)
+    return target, _Role("shadow", members, [o[val_size:] for o in non_members], validation)
+
+
+def _train_role(role: _Role, model, config: Config, dataset: data.Dataset, preprocess, seed: int,
+                checkpoint_dir: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Trains all models of a role in one ensemble call; posteriors on balanced in/out sets."""
+    train, test = dataset.train, dataset.test
+    early = config.defense == "dropout_early_stopping"
+    train_config = training.TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, early_stopping=early,
+        patience=config.patience, dpsgd=config.defense == "dpsgd",
+        dp_clip_norm=config.dp_clip_norm, dp_noise_multiplier=config.dp_noise_multiplier)
+    logging.info("Training %s: %d model(s), %s members each", role.name, role.members.num_models,
+                 role.members.counts.tolist())
+    result = training.train_ensemble(
+        model, train.images, train.labels, role.members, train_config, seed=seed,
+        validation=role.validation, preprocess=preprocess, log_prefix=f"{role.name} ",
+        mesh=training.default_mesh(config.strategy), strategy=config.strategy,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every)
+    variables = result.variables()
+    train_eval = training.evaluate(model, variables, train.images, train.labels, role.members,
+                                   preprocess=preprocess)
+    test_sets = splits.MemberSets.replicate(np.arange(len(test)), role.members.num_models)
+    test_eval = training.evaluate(model, variables, test.images, test.labels, test_sets,
+                                  preprocess=preprocess)
+    rng = np.random.default_rng(seed + 7)
+    chosen = [_balanced(role.members.member(k), role.non_members[k], rng)
+              for k in range(role.members.num_models)]
+    # One vmapped pass of all K models over every example any of them is evaluated on.
+    pool = np.unique(np.concatenate([np.concatenate(c) for c in chosen]))
+    pool_post = training.predict(model, variables, train.images[pool], preprocess=preprocess)
+    post, labels, membership, indices, owner = [], [], [], [], []
+    for k, (ins, outs) in enumerate(chosen):
+        idx = np.concatenate([ins, outs])
+        post.append(pool_post[k, np.searchsorted(pool, idx)])
+        labels.append(train.labels[idx])
+        membership.append(np.r_[np.ones(len(ins), np.int32), np.zeros(len(outs), np.int32)])
+        indices.append(idx)
+        owner.append(np.full(len(idx), k, np.int32))
+    arrays = {"posteriors": np.concatenate(post), "labels": np.concatenate(labels),
+              "membership": np.concatenate(membership), "indices": np.concatenate(indices),
+              "model": np.concatenate(owner)}
+    info = {"train_acc": train_eval["accuracy"].tolist(), "test_acc": test_eval["accuracy"].tolist(),
+            "seconds": result.seconds, "epochs_run": len(result.history),
+            "best_epoch": np.asarray(result.state.best_epoch).tolist() if early else None,
+            "final_loss": result.history[-1]["loss"].tolist(),
+            "members_min": int(role.members.counts.min())}  # what the DP accounting needs
+    return arrays, info
+
+
+def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """The whole experiment; writes config.json, results.json, predictions.npz, roc.png and
+    summary.md to the workdir. ``dataset`` overrides loading (tests pass a small one)."""
+    with runs.Run(config.output_dir, config, stage_dir=config.stage_dir) as run_:
+        with run_.timed("load_data"):
+            if dataset is None:
+                dataset = data.load_dataset(config.dataset, config.data_dir)
+        pool_size = len(dataset.train)
+        config.check_sizes(pool_size)
+        part = config.part_size(pool_size)
+        split = splits.quarter_split(pool_size, config.seed, part_size=part,
+                                     val_size=config.val_size)
+        preprocess = data.normalizer(config.dataset)
+        dropout = config.dropout_rate if config.defense == "dropout_early_stopping" else 0.0
+        make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
+                                            precision=config.precision,
+                                            width_scale=config.width_scale, norm=config.model_norm)
+        target_role, shadow_role = _roles(split, config.num_shadow, config.val_size, config.seed)
+        key = config.training_key(dataset)
+        trained = {}
+        for role, seed in ((target_role, config.seed), (shadow_role, config.seed + 1000)):
+            with run_.timed(role.name):
+                trained[role.name] = run_.stages.run(role.name, key, lambda: _train_role(
+                    role, make(role.name), config, dataset, preprocess, seed,
+                    str(run_.stages.checkpoint_dir(role.name, key))))
+        (target, target_info), (shadow, shadow_info) = trained["target"], trained["shadow"]
+
+        with run_.timed("attacks"):
+            observed = lambda arrays: attacks.LabeledPosteriors(
+                arrays["posteriors"], arrays["labels"], arrays["membership"])
+            attack_config = attacks.ShadowAttackConfig(top_k=config.num_posteriors,
+                                                       epochs=config.attack_epochs)
+            outputs = {a.name: a.fn(observed(shadow), observed(target), config=attack_config,
+                                    seed=config.seed)
+                       for a in attacks.registry.list_attacks("shadow")}
+        results = run_.finish({
+            "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
+                     "digest": dataset.digest, "pool_size": pool_size, "members_per_model": part,
+                     "val_size": config.val_size,
+                     "attack_test_members": int(target["membership"].sum()),
+                     "attack_test_non_members": int((1 - target["membership"]).sum())},
+            "target": {"train_acc": target_info["train_acc"][0],
+                       "test_acc": target_info["test_acc"][0],
+                       "epochs_run": target_info["epochs_run"],
+                       "best_epoch": target_info["best_epoch"]},
+            "shadow": {"train_acc": float(np.mean(shadow_info["train_acc"])),
+                       "test_acc": float(np.mean(shadow_info["test_acc"])),
+                       "per_model_train_acc": shadow_info["train_acc"],
+                       "per_model_test_acc": shadow_info["test_acc"],
+                       "epochs_run": shadow_info["epochs_run"]},
+            "attacks": {name: out.report for name, out in outputs.items()},
+            # At report time, for the smallest member set: --dp_delta needs no retraining.
+            "privacy": (dpsgd.training_epsilon(
+                config.dp_noise_multiplier, config.batch_size, target_info["members_min"],
+                target_info["epochs_run"], config.dp_delta) if config.defense == "dpsgd" else None),
+            "attack_train_acc": outputs["shadow_mlp"].info["train_acc"],
+            "seconds": {"target_training": target_info["seconds"],
+                        "shadow_training": shadow_info["seconds"]},
+        })
+        runs.write_npz(run_.path / "predictions.npz", posteriors=target["posteriors"],
+                       labels=target["labels"], membership=target["membership"],
+                       indices=target["indices"],
+                       **{f"score_{name}": out.scores for name, out in outputs.items()})
+        runs.save_figure(report.roc_figure(
+            {name: (target["membership"], out.scores) for name, out in outputs.items()},
+            title=f"{config.dataset}: {part} members/model, {config.epochs} epochs, "
+                  f"top-{config.num_posteriors}, defence {config.defense}"), run_.path / "roc.png")
+        runs.write_text(run_.path / "summary.md", summary_markdown(results))
+        logging.info("Results in %s", run_.path)
+        return results
+
+
+def summary_markdown(results: dict) -> str:
+    """The seed's table shape (accuracies in %), then every attack with the modern metrics."""
+    c, pct = results["config"], report.pct
+    t, s, a = results["target"], results["shadow"], results["attacks"]["shadow_mlp"]
+    seed_row = report.markdown_table(
+        ["Posteriors", "Epochs", "Target acc (%)", "Shadow acc (%)", "Attack (%) and metrics"],
+        [[c["num_posteriors"], c["epochs"],
+          f"Train = {pct(t['train_acc'])} Test = {pct(t['test_acc'])}",
+          f"Train = {pct(s['train_acc'])} Test = {pct(s['test_acc'])}",
+          f"Train = {pct(results['attack_train_acc'])} Test = {pct(a['accuracy'])} "
+          f"Precision = {a['precision']:.2f} Recall = {a['recall']:.2f} F1 = {a['f1']:.2f}"]])
+    rows = []
+    for name, r in results["attacks"].items():
+        tpr = r["tpr_at_fpr"]
+        rows.append([name, pct(r["accuracy"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                     f"{r['f1']:.3f}", f"{r['auc']:.4f}", pct(tpr["0.01"]), pct(tpr["0.001"]),
+                     pct(tpr["0.0"])])
+    attacks_table = report.markdown_table(
+        ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
+         "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+    d, p = results["data"], results["provenance"]
+    return (f"# Membership inference: {c['dataset']}\n\n"
+            f"{report.epsilon_sentence(results.get('privacy'), c['dp_clip_norm'])}"
+            f"{d['members_per_model']} members per model, defence `{c['defense']}`, "
+            f"{c['num_shadow']} shadow model(s), width x{c['width_scale']}, precision "
+            f"{c['precision']}; attack tested on {d['attack_test_members']} members + "
+            f"{d['attack_test_non_members']} non-members of the target. Backend: "
+            f"{p['backend']} ({p['device_kind']}).\n\n"
+            f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{attacks_table}")

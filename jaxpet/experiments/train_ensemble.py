@@ -1,0 +1,109 @@
+"""K seed CNNs trained at once on real data: each model's accuracy, and the speed.
+
+Each model gets its own random member set from the train split, its own
+initialisation, data order and dropout stream; all K train in one program
+(checkpointed while training, reused on rerun). Test accuracy is on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from absl import logging
+import numpy as np
+
+from jaxpet import config as config_lib, data, models, report, runs, splits, training
+from jaxpet.config import setting
+from jaxpet.experiments import settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One ensemble: which CNN, how many, trained how."""
+
+    dataset: str = setting("mnist", "Dataset to train on.", choices=("mnist", "cifar10"))
+    data_dir: str | None = settings.data_dir()
+    workdir: str | None = setting(None, "Output folder (default: runs/train_ensemble_<dataset>).")
+    num_models: int = setting(4, "K, the number of models trained at once.", low=1)
+    role: str = setting("target", "Seed CNN width: target, or the half-width shadow.",
+                        choices=("target", "shadow"))
+    train_size: int = setting(15_000, "Members per model, drawn at random from the train split.",
+                              low=1)
+    epochs: int = setting(1, "Training epochs.", low=1)
+    batch_size: int = setting(128, "Batch size per model.", low=1)
+    learning_rate: float = setting(1e-3, "Adam learning rate (decayed x0.96 per epoch).", low=0,
+                                   low_open=True, high=10)
+    dropout: float = setting(0.0, "Dropout rate in the CNN.", low=0, high=1, high_open=True)
+    precision: str = settings.precision()
+    seed: int = setting(0, "Seed for member sets and model keys.", low=0)
+    strategy: str = settings.strategy()
+    checkpoint_every: int = settings.checkpoint_every()
+
+    def __post_init__(self):
+        config_lib.check(self)
+
+    @property
+    def output_dir(self) -> str:
+        return self.workdir or f"runs/train_ensemble_{self.dataset}"
+
+
+def summary_path(config: Config) -> str:
+    return f"{config.output_dir}/summary.md"
+
+
+def run(config: Config, dataset: data.Dataset | None = None) -> dict:
+    """Trains the ensemble (or reuses it), evaluates every model, writes results and summary."""
+    with runs.Run(config.output_dir, config) as run_:
+        if dataset is None:
+            dataset = data.load_dataset(config.dataset, config.data_dir)
+        train, test = dataset.train, dataset.test
+        if config.train_size > len(train):
+            raise config_lib.ConfigError(f"--train_size={config.train_size} is larger than the "
+                                         f"train split ({len(train)}) — lower it.")
+        key = {**dataclasses.asdict(config), "data": dataset.digest}
+        for name in ("data_dir", "workdir", "strategy", "checkpoint_every"):
+            key.pop(name)
+
+        def train_and_evaluate():
+            model = models.seed_cnn(config.dataset, config.role, dropout_rate=config.dropout,
+                                    precision=config.precision)
+            members = splits.random_member_sets(np.arange(len(train)), config.num_models,
+                                                config.train_size, seed=config.seed)
+            preprocess = data.normalizer(config.dataset)
+            logging.info("Training %d %s-width %s CNNs on %d examples each", config.num_models,
+                         config.role, config.dataset, config.train_size)
+            tick = time.perf_counter()
+            result = training.train_ensemble(
+                model, train.images, train.labels, members,
+                training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
+                                     learning_rate=config.learning_rate),
+                seed=config.seed, preprocess=preprocess, strategy=config.strategy,
+                checkpoint_dir=str(run_.stages.checkpoint_dir("ensemble", key)),
+                checkpoint_every=config.checkpoint_every)
+            seconds = time.perf_counter() - tick
+            test_sets = splits.MemberSets.replicate(np.arange(len(test)), config.num_models)
+            train_eval = training.evaluate(model, result.variables(), train.images, train.labels,
+                                           members, preprocess=preprocess)
+            test_eval = training.evaluate(model, result.variables(), test.images, test.labels,
+                                          test_sets, preprocess=preprocess)
+            return ({"train_acc": train_eval["accuracy"], "test_acc": test_eval["accuracy"]},
+                    {"seconds_incl_compile": seconds})
+
+        arrays, info = run_.stages.run("ensemble", key, train_and_evaluate)
+        seconds = info["seconds_incl_compile"]
+        results = run_.finish({
+            "models": {"train_acc": arrays["train_acc"].tolist(),
+                       "test_acc": arrays["test_acc"].tolist()},
+            "seconds_incl_compile": seconds,
+            "images_per_second": config.num_models * config.train_size * config.epochs / seconds,
+        })
+        rows = [[k, f"{a:.4f}", f"{b:.4f}"]
+                for k, (a, b) in enumerate(zip(arrays["train_acc"], arrays["test_acc"]))]
+        runs.write_text(summary_path(config), (
+            f"# {config.num_models} {config.role}-width {config.dataset} CNNs, trained at once\n\n"
+            + report.markdown_table(["model", "train acc", "test acc"], rows)
+            + f"\n{seconds:.1f} s with compilation, "
+              f"{results['images_per_second']:.1f} images/s in all "
+              f"({results['provenance']['backend']}).\n"))
+        return results

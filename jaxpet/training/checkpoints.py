@@ -1,0 +1,309 @@
+"""Checkpoints of a running ensemble (orbax), keyed by a fingerprint of the run.
+
+* :func:`run_fingerprint` digests everything that decides a run's result, with
+  :func:`jaxpet.runs.digest` (the one fingerprint of jaxpet); a directory that
+  holds another run's checkpoints is refused, never resumed.
+* :class:`Checkpoints` keeps the latest complete save. A save that does not fit
+  on the disk fails once, before writing when the free space is known to be
+  short, with a :class:`~jaxpet.errors.UserError` naming the directory and the
+  space needed; the partial save is removed and the last complete one kept. A
+  save that does not restore (truncated or corrupt files) is discarded with a
+  warning, and the run resumes from an older one or starts from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import json
+import logging as stdlib_logging
+import os
+import shutil
+import sys
+import threading
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxpet import runs
+from jaxpet.errors import UserError
+from jaxpet.splits import MemberSets
+from jaxpet.training.state import ModelState
+
+# Room for orbax's own metadata files on top of the state's and history's bytes.
+_OVERHEAD_BYTES = 1 << 20
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# In the name of a save orbax is still writing; it renames the folder to the step when done.
+_TMP_MARK = ".orbax-checkpoint-tmp"
+# After a failed orbax call, time for tensorstore to finish the operations it still runs.
+_SETTLE_SECONDS = 0.2
+
+
+def run_fingerprint(model, config, preprocess, images, labels, members: MemberSets,
+                    validation: MemberSets | None, keys) -> str:
+    """A digest of everything that decides a run's result (not the strategy or the mesh).
+
+    The full images and labels are hashed, so a run on other data with the same
+    shape never resumes this run's checkpoints.
+    """
+    keys = jnp.asarray(keys)
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    sets = lambda s: None if s is None else (np.asarray(s.indices), np.asarray(s.counts))
+    return runs.digest("training-checkpoint", repr(model), repr(config), repr(preprocess),
+                       np.asarray(images), np.asarray(labels), sets(members), sets(validation),
+                       np.asarray(keys))
+
+
+def state_bytes(state) -> int:
+    """Bytes of every array of ``state`` (an upper bound of its compressed checkpoint)."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or one it came from) is a full disk or an exceeded quota.
+
+    orbax writes arrays through tensorstore, which reports a full disk as a
+    ``ValueError`` whose message carries the OS error, not as an ``OSError``.
+    """
+    texts = [os.strerror(code) for code in _DISK_FULL]
+    texts += [f"os_error_code='{code}'" for code in _DISK_FULL]
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        if any(text in str(error) for text in texts):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_bytes(directory: str) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _join_new_threads(before: set, timeout: float = 30.0) -> None:
+    """Waits (at most ``timeout`` seconds) for the threads started since ``before`` to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = [t for t in threading.enumerate()
+                   if t not in before and t is not threading.current_thread()]
+        if not pending:
+            return
+        for thread in pending:
+            try:
+                thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+            except RuntimeError:  # created but not started yet
+                time.sleep(0.01)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def _mib(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB"
+
+
+class _DropLateReports(stdlib_logging.Filter):
+    """Drops asyncio's "exception was never retrieved" reports (logged with a traceback
+    when a failed orbax read or write is garbage-collected): all of them while a failed
+    call settles, and later ones of a folder whose failure was already reported."""
+
+    reported: set[str] = set()  # checkpoint folders whose failure was already reported
+
+    def __init__(self, everything: bool = False):
+        super().__init__()
+        self.everything = everything
+
+    def filter(self, record):
+        if "never retrieved" not in record.getMessage():
+            return True
+        if self.everything:
+            return False
+        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+        return not any(folder + os.sep in text for folder in self.reported)
+
+
+@contextlib.contextmanager
+def _settle_on_failure():
+    """Runs an orbax call; if it fails, lets the reads or writes it left running finish.
+
+    When one of orbax's concurrent writes (or reads) fails, orbax closes its
+    event loop while tensorstore still completes the others. Waiting for them
+    keeps them from writing into a partial save being removed. Their late
+    reports (an unraisable "Event loop is closed" RuntimeError per callback,
+    and asyncio's "exception was never retrieved" per failed future, each a
+    traceback) are dropped meanwhile: the failure itself reaches the caller.
+    """
+    threads = set(threading.enumerate())
+    previous = sys.unraisablehook
+    asyncio_logger = stdlib_logging.getLogger("asyncio")
+    late = _DropLateReports(everything=True)
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except Exception:
+        asyncio_logger.addFilter(late)
+        _join_new_threads(threads)
+        time.sleep(_SETTLE_SECONDS)  # tensorstore's own threads finish the other operations
+        gc.collect()  # and the failed futures are reported now, not later
+        raise
+    finally:
+        sys.unraisablehook = previous
+        asyncio_logger.removeFilter(late)
+
+
+class _QuietOrbax(stdlib_logging.Filter):
+    """Drops orbax's INFO chatter (several lines per save) from the absl log, and its
+    logged tracebacks of a failed write, which reaches the caller as one exception."""
+
+    def filter(self, record):
+        if "orbax" not in record.pathname:
+            return True
+        return record.levelno > stdlib_logging.INFO and "raised an exception" not in record.getMessage()
+
+
+def _install_log_filters() -> None:
+    for name, kind in (("absl", _QuietOrbax), ("asyncio", _DropLateReports)):
+        logger = stdlib_logging.getLogger(name)
+        if not any(type(f) is kind for f in logger.filters):
+            logger.addFilter(kind())
+
+
+class Checkpoints:
+    """The ensemble's state and history in an orbax CheckpointManager (latest save kept)."""
+
+    def __init__(self, directory, fingerprint: str):
+        _install_log_filters()
+        self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise UserError(f"checkpoint directory {self.directory} is a file — remove it or "
+                            "choose another workdir.")
+        self.fingerprint = fingerprint
+        if os.path.isdir(self.directory):  # a save cut short (kill -9) holds disk space
+            for name in os.listdir(self.directory):
+                if _TMP_MARK in name:
+                    _remove(os.path.join(self.directory, name))
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
+        )
+
+    def restore(self, template: ModelState):
+        """(state, history) of the latest save that restores, or None to start from scratch.
+
+        Raises a UserError if the directory holds another run's checkpoints.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                with _settle_on_failure():
+                    meta = self.manager.restore(
+                        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            except Exception as e:  # noqa: BLE001  (any unreadable save is discarded)
+                self._discard(step, e)
+                continue
+            if meta.get("fingerprint") != self.fingerprint:
+                raise UserError(
+                    f"checkpoint directory {self.directory} holds checkpoints of a different run "
+                    f"(fingerprint {meta.get('fingerprint')}, this run {self.fingerprint}) — "
+                    "use another directory, or delete that one to start over.")
+            try:
+                with _settle_on_failure():
+                    restored = self.manager.restore(
+                        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template)))
+                history = [{k: np.asarray(v) for k, v in h.items()} for h in meta["history"]]
+                if len(history) != step:
+                    raise ValueError(f"history has {len(history)} epochs, not {step}")
+            except Exception as e:  # noqa: BLE001
+                self._discard(step, e)
+                continue
+            return restored["state"], history
+        if steps:
+            logging.warning("No checkpoint in %s restores; training from scratch.", self.directory)
+        return None
+
+    def _discard(self, step: int, error: Exception) -> None:
+        logging.warning("Checkpoint %s of %s does not restore (%s: %s); discarding it.", step,
+                        self.directory, type(error).__name__, str(error)[:300])
+        _DropLateReports.reported.add(self.directory)
+        self.manager.close()
+        shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        self.manager = self._open()
+
+    def check_space(self, state: ModelState, history, epochs_done: int = 0) -> int:
+        """Raises a UserError unless the disk has room for a save; returns the bytes needed."""
+        need = (state_bytes(state) + len(json.dumps(self._meta(epochs_done, history)))
+                + _OVERHEAD_BYTES)
+        free = _free_bytes(self.directory)
+        if free is not None and free < need:
+            raise self._space_error(need, free)
+        return need
+
+    def _space_error(self, need: int, free: int | None) -> UserError:
+        last = self.manager.latest_step()
+        kept = (f"its last complete checkpoint (epoch {last}) is kept and a rerun resumes from it"
+                if last is not None else "a rerun starts over")
+        free_text = f", {_mib(free)} free" if free is not None else ""
+        return UserError(f"no space to save a checkpoint in {self.directory}: it needs about "
+                         f"{_mib(need)}{free_text} — free some disk space there or choose another "
+                         f"workdir; {kept}.")
+
+    def _meta(self, epochs_done: int, history) -> dict:
+        return {"fingerprint": self.fingerprint, "epochs_done": epochs_done,
+                "history": [{k: np.asarray(v).tolist() for k, v in h.items()} for h in history]}
+
+    def save(self, epochs_done: int, state: ModelState, history):
+        """Saves after ``epochs_done`` epochs; a full disk is one UserError, the last save kept."""
+        os.makedirs(self.directory, exist_ok=True)
+        need = self.check_space(state, history, epochs_done)
+        before = set(os.listdir(self.directory))
+        try:
+            with _settle_on_failure():
+                self.manager.save(epochs_done, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(self._meta(epochs_done, history))), force=True)
+                self.manager.wait_until_finished()
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            _DropLateReports.reported.add(self.directory)
+            self._remove_partial(before)
+            raise self._space_error(need, _free_bytes(self.directory)) from e
+
+    def _remove_partial(self, before: set[str]) -> None:
+        """Removes what a failed save left (all but finalised step folders), reopening orbax."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001  (the failed save may surface again; it is reported)
+            pass
+        for name in set(os.listdir(self.directory)) - before:
+            if name.isdigit():
+                continue  # orbax renames a save to its step only once it is complete
+            _remove(os.path.join(self.directory, name))
+        self.manager = self._open()
+
+    def close(self):
+        self.manager.close()

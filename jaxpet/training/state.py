@@ -1,0 +1,260 @@
+"""One model's training state and its optimiser step: config, state, init, step, augmentation.
+
+Everything here is about ONE model; the trainer (:mod:`jaxpet.training.trainer`)
+vmaps it over the ensemble's leading model axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxpet import dpsgd
+from jaxpet.errors import UserError
+
+# Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
+INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM, NOISE_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
+
+# "flip_crop": random horizontal flip and a random 32x32 crop of the 4-pixel reflect-padded
+# image, per example (the CIFAR-10 recipe of the LiRA and RMIA papers' models).
+AUGMENTATIONS = ("none", "flip_crop")
+_CROP_PAD = 4
+
+
+def augment_batch(key, x, pad: int = _CROP_PAD):
+    """Random horizontal flip and random crop of each [H, W, C] image of ``x`` (shape kept)."""
+    b, h, w, c = x.shape
+    flip_key, row_key, col_key = jax.random.split(key, 3)
+    flip = jax.random.bernoulli(flip_key, 0.5, (b,))
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    rows = jax.random.randint(row_key, (b,), 0, 2 * pad + 1)
+    cols = jax.random.randint(col_key, (b,), 0, 2 * pad + 1)
+    crop = lambda image, i, j: jax.lax.dynamic_slice(image, (i, j, 0), (h, w, c))
+    return jax.vmap(crop)(padded, rows, cols)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise UserError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_real(name: str, value, ok, what: str) -> None:
+    """Refuses a non-number, NaN, infinity, or a value ``ok`` rejects."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or not ok(value):
+        raise UserError(f"TrainConfig.{name} must be a finite number {what}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one ensemble run; defaults are the seed's Task 1 values.
+
+    Every field is checked on construction (NaN and infinity refused), so a bad
+    value fails before any work with a :class:`~jaxpet.errors.UserError`.
+    """
+
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.96  # learning rate multiplied by this once per epoch
+    weight_decay: float = 1e-4  # L2 added to the gradient (PyTorch Adam's weight_decay)
+    early_stopping: bool = False  # keep each model's best-validation weights, stop after `patience`
+    patience: int = 10  # epochs without validation improvement before a model stops
+    eval_batch_size: int = 1024
+    augment: str = "none"  # training-time augmentation, one of AUGMENTATIONS
+    # DP-SGD (Abadi et al. 2016, see jaxpet.dpsgd): clip each example's gradient to dp_clip_norm,
+    # add Gaussian noise of std dp_noise_multiplier * dp_clip_norm to the batch sum, divide by
+    # batch_size.
+    dpsgd: bool = False
+    dp_clip_norm: float = 1.0
+    dp_noise_multiplier: float = 1.0
+    # Per-example gradients are formed this many examples at a time (0: the whole batch);
+    # bounds DP-SGD's memory (K x microbatch x parameters) without changing the result.
+    dp_microbatch_size: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
+            _check_int(name, getattr(self, name), 1)
+        _check_real("learning_rate", self.learning_rate, lambda v: v > 0, "> 0")
+        _check_real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "in (0, 1]")
+        _check_real("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0")
+        for name in ("early_stopping", "dpsgd"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise UserError(f"TrainConfig.{name} must be True or False, got "
+                                f"{getattr(self, name)!r}.")
+        if self.augment not in AUGMENTATIONS:
+            raise UserError(f"TrainConfig.augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
+        # Unused without DP-SGD, so only their finiteness is checked then.
+        positive = (lambda v: v > 0, "> 0") if self.dpsgd else (lambda v: v >= 0, ">= 0")
+        _check_real("dp_clip_norm", self.dp_clip_norm, *positive)
+        _check_real("dp_noise_multiplier", self.dp_noise_multiplier, *positive)
+        _check_int("dp_microbatch_size", self.dp_microbatch_size, 0)
+        if self.dp_microbatch_size and self.batch_size % self.dp_microbatch_size:
+            raise UserError(f"TrainConfig.dp_microbatch_size must be 0 or divide batch_size "
+                            f"{self.batch_size}, got {self.dp_microbatch_size}.")
+
+    def learning_rate_at(self, epoch):
+        return self.learning_rate * self.lr_decay**epoch
+
+
+@flax.struct.dataclass
+class ModelState:
+    """One model's training state; with a leading [K] axis on every leaf, an ensemble's."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    step: jax.Array  # number of updates applied
+    active: jax.Array  # False once early stopping has fired
+    best_params: Any  # None unless early stopping is on
+    best_batch_stats: Any
+    best_val_acc: jax.Array
+    best_epoch: jax.Array
+    epochs_since_best: jax.Array
+
+    @property
+    def num_models(self) -> int:
+        return int(jax.tree.leaves(self.rng)[0].shape[0])
+
+    def variables(self, use_best: bool = False):
+        """Flax variables for ``model.apply``; the best-validation ones when asked and kept."""
+        if use_best and self.best_params is not None:
+            return {"params": self.best_params, "batch_stats": self.best_batch_stats}
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with coupled L2 (as PyTorch's ``Adam(weight_decay=...)``) and an injectable rate."""
+
+    def adam_l2(learning_rate, weight_decay):
+        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+
+    return optax.inject_hyperparams(adam_l2)(
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+def model_keys(seed: int, num_models: int) -> jax.Array:
+    """K independent model keys from one seed (model k's key depends only on seed and k)."""
+    if num_models < 1:
+        raise ValueError(f"num_models must be >= 1, got {num_models}.")
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda k: jax.random.fold_in(base, k))(jnp.arange(num_models))
+
+
+def init_model_state(model: nn.Module, config: TrainConfig, key, sample_input) -> ModelState:
+    """Initialises ONE model (vmap it for an ensemble)."""
+    variables = model.init(
+        {"params": jax.random.fold_in(key, INIT_STREAM)}, sample_input, train=False
+    )
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    keep_best = config.early_stopping
+    return ModelState(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=make_optimizer(config).init(params),
+        rng=key,
+        step=jnp.zeros((), jnp.int32),
+        active=jnp.ones((), bool),
+        best_params=params if keep_best else None,
+        best_batch_stats=batch_stats if keep_best else None,
+        best_val_acc=jnp.full((), -1.0, jnp.float32),
+        best_epoch=jnp.full((), -1, jnp.int32),
+        epochs_since_best=jnp.zeros((), jnp.int32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def init_ensemble(model: nn.Module, config: TrainConfig, keys, sample_input) -> ModelState:
+    """Initialises K models, one per key, as one [K]-leading pytree."""
+    return jax.vmap(init_model_state, in_axes=(None, None, 0, None))(
+        model, config, keys, sample_input
+    )
+
+
+def select(pred, new, old):
+    """``new`` where ``pred`` holds, else ``old``, leaf by leaf (a no-op update when False)."""
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def _example_loss(model):
+    """One example's cross-entropy in training mode, for DP-SGD's per-example gradients."""
+
+    def loss(params, x1, y1, key):
+        logits = model.apply({"params": params}, x1[None], train=True, rngs={"dropout": key})
+        logits = logits.astype(jnp.float32)[0]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y1), logits
+
+    return loss
+
+
+def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, learning_rate):
+    """One optimiser step of ONE model on a padded batch; returns (state, metric sums).
+
+    Under ``config.dpsgd`` the gradient is :func:`jaxpet.dpsgd.private_gradient`'s.
+    """
+    num_real = jnp.sum(row_mask)
+    weights = row_mask.astype(jnp.float32)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, DROPOUT_STREAM), state.step)
+
+    def loss_fn(params):
+        logits, mutated = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mask=row_mask,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
+        )
+        logits = logits.astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        loss = jnp.sum(losses * weights) / jnp.maximum(num_real, 1)
+        return loss, (logits, losses, mutated.get("batch_stats", {}))
+
+    if config.dpsgd:
+        if jax.tree.leaves(state.batch_stats):
+            raise ValueError("DP-SGD needs a model without BatchNorm (it mixes examples, so "
+                             "per-example gradients are not defined): build it with norm='group'.")
+        noise_key = jax.random.fold_in(jax.random.fold_in(state.rng, NOISE_STREAM), state.step)
+        grads, losses, logits = dpsgd.private_gradient(
+            _example_loss(model), state.params, x, y, row_mask, example_key=dropout_key,
+            noise_key=noise_key, clip_norm=config.dp_clip_norm,
+            noise_multiplier=config.dp_noise_multiplier, batch_size=config.batch_size,
+            microbatch_size=config.dp_microbatch_size)
+        batch_stats = state.batch_stats
+    else:
+        (_, (logits, losses, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+    opt_state = state.opt_state._replace(
+        hyperparams={**state.opt_state.hyperparams,
+                     "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
+    )
+    updates, opt_state = make_optimizer(config).update(grads, opt_state, state.params)
+    updated = state.replace(
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        step=state.step + 1,
+    )
+    state = select(state.active & (num_real > 0), updated, state)
+    correct = (jnp.argmax(logits, -1) == y) & row_mask
+    return state, {
+        "loss_sum": jnp.sum(losses * weights),
+        "correct": jnp.sum(correct),
+        "count": num_real,
+    }

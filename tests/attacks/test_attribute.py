@@ -1,0 +1,60 @@
+"""Attribute inference's pure parts: the report against scikit-learn, standardising, aggregating."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from jaxpet import models
+from jaxpet.attacks import attribute
+
+RACES = ("White", "Black", "Asian", "Indian", "Others")
+
+
+def test_attack_report_matches_sklearn_on_random_predictions():
+    rng = np.random.default_rng(1)
+    labels, preds = rng.integers(0, 5, 300), rng.integers(0, 4, 300)  # class 4 never predicted
+    report = attribute.attack_report(labels, preds, np.r_[labels, [2] * 300], RACES)
+    p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, labels=range(5), zero_division=0)
+    assert [report["per_class"][n]["f1"] for n in RACES] == pytest.approx(f)
+    assert [report["per_class"][n]["precision"] for n in RACES] == pytest.approx(p)
+    np.testing.assert_array_equal(report["confusion"], skm.confusion_matrix(labels, preds, labels=range(5)))
+    assert report["majority_class"] == "Asian"
+    assert report["baseline_accuracy"] == pytest.approx(np.mean(labels == 2))
+
+
+def test_standardize_uses_the_first_rows_statistics():
+    features = np.array([[[1.0, 10.0], [3.0, 10.0], [5.0, 7.0]]])  # [K=1, N=3, D=2]
+    z = attribute.standardize(features, num_fit=2)
+    # Feature 0: mean 2, std 1 over the first two rows; feature 1: std 0, floored at 1e-6.
+    np.testing.assert_allclose(z[0, :, 0], [-1.0, 1.0, 3.0])
+    np.testing.assert_allclose(z[0, :, 1], [0.0, 0.0, -3e6])
+    assert z.dtype == np.float32
+
+
+def test_aggregate_means_numbers_sums_confusions_and_keeps_reports():
+    a = {"accuracy": 0.5, "majority_class": "White", "confusion": [[1, 0], [0, 1]],
+         "per_class": {"White": {"f1": 0.2}}}
+    b = {"accuracy": 0.7, "majority_class": "White", "confusion": [[0, 1], [2, 0]],
+         "per_class": {"White": {"f1": 0.4}}}
+    out = attribute.aggregate([a, b])
+    assert out["accuracy"] == pytest.approx(0.6) and out["majority_class"] == "White"
+    assert out["confusion"] == [[1, 1], [2, 1]]
+    assert out["per_class"]["White"]["f1"] == pytest.approx(0.3)
+    assert out["std"]["accuracy"] == pytest.approx(0.1) and "majority_class" not in out["std"]
+    assert out["per_target"] == [a, b]
+
+
+def test_extract_representations_batches_equal_one_pass():
+    model = models.LeNet(features=(4, 4, 4), hidden_sizes=(8, 6), num_classes=3)
+    images = np.random.default_rng(0).random((7, 8, 8, 1)).astype(np.float32)
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *[  # K = 2 models' parameters, stacked
+        {"params": model.init(jax.random.PRNGKey(k), jnp.zeros((1, 8, 8, 1)))["params"]}
+        for k in range(2)])
+    whole = attribute.extract_representations(model, stacked, images, "fc2", batch_size=16)
+    batched = attribute.extract_representations(model, stacked, images, "fc2", batch_size=3)
+    assert whole.shape == (2, 7, 6) and whole.dtype == np.float32
+    np.testing.assert_allclose(batched, whole, atol=1e-6)
+    single = models.representation(model, jax.tree.map(lambda v: v[1], stacked), images, "fc2")
+    np.testing.assert_allclose(whole[1], single, atol=1e-6)

@@ -1,0 +1,116 @@
+"""The TFDS fallback: lazy import, the mocked data source, and the fast offline failure."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxpet import data
+from jaxpet.data import tfds as tfds_source
+
+
+def test_module_import_does_not_import_tfds():
+    code = "import sys, jaxpet.data; print('tensorflow_datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_data_source_path(tmp_path, monkeypatch, cache, name, shape):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.delitem(data.EXPECTED_COUNTS, name)  # 7 random mock examples: no count check
+    monkeypatch.setattr(tfds_source, "probe_download", lambda *a, **k: None)  # "online"
+    with tfds.testing.mock_data(num_examples=7):
+        ds = data.load_dataset(name, tmp_path, cache_dir=cache)
+        source = tfds.data_source(name, split="test")
+        want_images = np.stack([np.asarray(source[i]["image"]) for i in range(7)])
+        want_labels = np.array([source[i]["label"] for i in range(7)])
+        again = data.load_dataset(name, tmp_path, cache_dir=cache)
+    assert ds.info["source_kind"] == "tfds" and ds.info["tfds_name"] == name
+    assert ds.info["tfds_version"] and ds.info["from_cache"] is False
+    assert ds.train.images.shape == (7, *shape) and ds.train.images.dtype == np.uint8
+    assert ds.train.labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.test.images, want_images)
+    np.testing.assert_array_equal(ds.test.labels, want_labels)
+    assert again.info["from_cache"] is True and again.digest == ds.digest
+    np.testing.assert_array_equal(again.train.images, ds.train.images)
+
+
+def test_tfds_unavailable_or_disallowed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
+    with pytest.raises(data.DataError, match="tensorflow-datasets is not installed"):
+        data.load_dataset("cifar10", tmp_path)
+    with pytest.raises(data.DataError, match="allow the TFDS download"):
+        data.load_dataset("cifar10", tmp_path, allow_download=False)
+
+
+@pytest.mark.parametrize("name,layout", [("mnist", "t10k-labels-idx1-ubyte.gz"),
+                                         ("cifar10", "cifar-10-binary.tar.gz")])
+def test_tfds_offline_fails_within_seconds(tmp_path, monkeypatch, cache, name, layout):
+    """No local copy, no prepared TFDS copy, no network: one DataError at once, naming the
+    local layout, and TFDS's retrying download is never started."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: False)
+    monkeypatch.setattr(tfds, "data_source",
+                        lambda *a, **k: pytest.fail("the download must not start"))
+    monkeypatch.setattr(tfds_source, "probe_download",
+                        lambda *a, **k: "cannot connect to storage.googleapis.com:443 "
+                                        "(gaierror: [Errno -3] Temporary failure)")
+    start = time.perf_counter()
+    with pytest.raises(data.DataError) as err:
+        data.load_dataset(name, tmp_path, cache_dir=cache)
+    assert time.perf_counter() - start < 5
+    msg = str(err.value)
+    for needle in (layout, str(tmp_path), "JAXPET_DATA_DIR", "--data_dir",
+                   "cannot download", "cannot connect to storage.googleapis.com"):
+        assert needle in msg
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_tfds_cache_hit_needs_no_network(tmp_path, monkeypatch, cache):
+    """A TFDS dataset already in jaxpet's cache loads offline: the probe runs only to decode."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.delitem(data.EXPECTED_COUNTS, "mnist")
+    monkeypatch.setattr(tfds_source, "probe_download", lambda *a, **k: None)
+    with tfds.testing.mock_data(num_examples=3):
+        first = data.load_dataset("mnist", tmp_path, cache_dir=cache)
+        monkeypatch.setattr(tfds_source, "probe_download", lambda *a, **k: "offline")
+        again = data.load_dataset("mnist", tmp_path, cache_dir=cache)
+    assert again.info["from_cache"] is True and again.digest == first.digest
+
+
+def test_probe_download_open_refused_and_silent(monkeypatch):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    monkeypatch.setattr(tfds_source, "_targets", lambda name: [("127.0.0.1", port)])
+    try:
+        assert tfds_source.probe_download("mnist", timeout=2) is None
+    finally:
+        server.close()
+    why = tfds_source.probe_download("mnist", timeout=2)  # nothing listens now
+    assert why.startswith("cannot connect to 127.0.0.1:") and "Refused" in why
+
+    def hang(*args, **kwargs):  # a lookup or connect that answers far too late
+        time.sleep(30)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    why = tfds_source.probe_download("mnist", timeout=0.3)
+    assert time.perf_counter() - start < 2 and "not answering within 0.3s" in why
+
+
+def test_probe_targets_follow_the_https_proxy(monkeypatch):
+    for var in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert tfds_source._targets("cifar10") == [("storage.googleapis.com", 443),
+                                               ("www.cs.toronto.edu", 443)]
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert tfds_source._targets("mnist") == [("proxy.example", 3128)]
+    monkeypatch.setenv("no_proxy", "storage.googleapis.com")
+    assert tfds_source._targets("mnist") == [("storage.googleapis.com", 443)]

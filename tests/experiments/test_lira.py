@@ -1,0 +1,101 @@
+"""The LiRA/RMIA experiment end to end on a tiny synthetic dataset: outputs, reuse, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxpet import report, training
+from jaxpet.attacks import reference, registry
+from jaxpet.experiments import lira
+
+
+def _config(tmp_path, **kwargs):
+    values = dict(dataset="cifar10", workdir=str(tmp_path / "run"), num_models=4, pool_size=64,
+                  population_size=1000, epochs=2, batch_size=16, width_scale=0.05)
+    values.update(kwargs)
+    return lira.Config(**values)
+
+
+def _dataset(make_dataset, seed=0):
+    return make_dataset(n_train=96, n_test=32, seed=seed, name="cifar10", shape=(8, 8, 3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_models=5), "even"), (dict(num_models=1), "num_models must be >= 2"),
+    (dict(defense="laplace"), "defense"),
+    (dict(defense="dpsgd", dp_noise_multiplier=0.0), "dp_noise_multiplier must be > 0"),
+    (dict(defense="dpsgd", dp_delta=0.0), "dp_delta"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a finite number"),
+    (dict(dp_clip_norm=3.0), "dp_clip_norm=3.0 has no effect unless --defense is dpsgd"),
+    (dict(num_targets=17), "num_targets must be at most"),
+    (dict(dataset="mnist", augment_training=True), "augment_training"),
+])
+def test_bad_config_raises_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lira.Config(**kwargs)
+
+
+def test_scoring_knobs_make_the_attack_config():
+    assert lira.Config(augment_queries=False, rmia_gamma=1.5).attack_config() == \
+        reference.AttackConfig(num_queries=1, rmia_gamma=1.5)
+
+
+def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_dataset):
+    lira.run(_config(tmp_path), dataset=_dataset(make_dataset))
+    workdir = tmp_path / "run"
+    for name in ("results.json", "summary.md", "roc.png", "sweep.png", "config.json"):
+        assert (workdir / name).stat().st_size > 0, name
+    saved = json.loads((workdir / "results.json").read_text())
+    for key in ("config", "data", "models", "attacks", "per_target", "sweep", "seconds",
+                "provenance", "published", "reused_logits", "privacy", "targets"):
+        assert key in saved, key
+    assert tuple(saved["attacks"]) == registry.attack_names("reference")
+    for summary in saved["attacks"].values():
+        for metric in ("auc", "balanced_accuracy", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001",
+                       "tpr_at_fpr_0.0001", "tpr_at_fpr_0.0"):
+            assert 0 <= summary[metric]["mean"] <= 1 and summary[metric]["std"] >= 0, metric
+        assert summary["balanced_accuracy"]["mean"] >= 0.5
+    assert [row["num_references"] for row in saved["sweep"]] == [1, 2, 3]
+    assert saved["data"]["pool_size"] == 64 and saved["data"]["population_size"] == 32
+    assert sum(saved["data"]["members_per_model"]) == 2 * 64  # each example in 2 of 4 models
+    assert len(saved["per_target"]["lira_online"]) == 4 and not saved["reused_logits"]
+    logits_file = next((workdir / "stages").glob("logits-*.npz"))
+    logits = np.load(logits_file)
+    assert logits["logits"].shape == (4, 64, 2, 10)
+    assert logits["population_logits"].shape == (4, 32, 2, 10)
+    assert logits["keep"].sum(0).tolist() == [2] * 64
+    assert not list((workdir / "stages").glob("checkpoints-*"))
+
+    # The summary's attack table shows each attack's own numbers in the right columns.
+    text = (workdir / "summary.md").read_text()
+    rows = report.parse_markdown_table(text[text.index("## Attacks"):])
+    assert [r["attack"] for r in rows] == list(saved["attacks"])
+    for row in rows:
+        s = saved["attacks"][row["attack"]]
+        assert row["AUC"] == f"{s['auc']['mean']:.4f} ± {s['auc']['std']:.4f}"
+        assert row["TPR@0.1%FPR (%)"].startswith(f"{100 * s['tpr_at_fpr_0.001']['mean']:.2f} ±")
+        assert row["TPR@1%FPR (%)"].startswith(f"{100 * s['tpr_at_fpr_0.01']['mean']:.2f} ±")
+
+    # A rerun with other scoring knobs reuses the logits and trains nothing.
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained although the logits stage matches")
+
+    monkeypatch.setattr(training, "train_ensemble", no_training)
+    again = lira.run(_config(tmp_path, augment_queries=False, num_targets=2, rmia_gamma=1.0),
+                     dataset=_dataset(make_dataset))
+    assert again["reused_logits"] and again["data"]["queries"] == 1
+    assert len(again["per_target"]["rmia_online"]) == 2
+    # Other data of the same shapes in the same workdir is never scored with the old logits.
+    with pytest.raises(AssertionError, match="retrained"):
+        lira.run(_config(tmp_path), dataset=_dataset(make_dataset, seed=1))
+
+
+def test_dpsgd_run_reports_epsilon(tmp_path, make_dataset):
+    results = lira.run(_config(tmp_path, defense="dpsgd", dp_noise_multiplier=2.0, num_targets=1),
+                       dataset=_dataset(make_dataset))
+    spent = results["privacy"]
+    assert spent["noise_multiplier"] == 2.0 and 0 < spent["epsilon"] < float("inf")
+    assert "epsilon" in (tmp_path / "run" / "summary.md").read_text()

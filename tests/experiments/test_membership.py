@@ -1,0 +1,162 @@
+"""Membership pipeline end to end on a tiny synthetic dataset: outputs, stages, faults, reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from jaxpet import report, runs, training
+from jaxpet.attacks import registry
+from jaxpet.experiments import membership
+
+
+def _config(tmp_path, **kwargs):
+    values = dict(dataset="mnist", workdir=str(tmp_path / "run"), train_size=100, val_size=20,
+                  epochs=25, attack_epochs=3, width_scale=0.5, batch_size=16, num_posteriors=3)
+    values.update(kwargs)
+    return membership.Config(**values)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, make_dataset):
+    tmp_path = tmp_path_factory.mktemp("membership")
+    return tmp_path / "run", membership.run(_config(tmp_path), dataset=make_dataset())
+
+
+def test_membership_run_writes_every_output(finished):
+    workdir, results = finished
+    for name in ("results.json", "predictions.npz", "roc.png", "summary.md", "config.json"):
+        assert (workdir / name).stat().st_size > 0, name
+    saved = json.loads((workdir / "results.json").read_text())
+    assert list(saved["attacks"]) == list(registry.attack_names("shadow"))
+    assert list(saved["attacks"])[:5] == ["shadow_mlp", "loss", "confidence", "entropy",
+                                          "modified_entropy"]
+    for attack in saved["attacks"].values():
+        for key in ("accuracy", "precision", "recall", "f1", "auc"):
+            assert 0.0 <= attack[key] <= 1.0
+    # Random labels of 100 members are memorised: the target fits them, and the loss attack sees it.
+    assert saved["target"]["train_acc"] > 0.9
+    assert saved["attacks"]["loss"]["auc"] > 0.7
+    preds = np.load(workdir / "predictions.npz")
+    members = preds["indices"][preds["membership"] == 1]
+    non_members = preds["indices"][preds["membership"] == 0]
+    assert len(members) == len(non_members) == 80  # balanced: 100 in vs 100 - 20 validation out
+    assert not set(members) & set(non_members)
+    assert preds["posteriors"].shape == (160, 10)
+    assert results["data"]["attack_test_members"] == 80
+
+
+def test_results_schema(finished):
+    _, results = finished
+    assert {"config", "data", "target", "shadow", "attacks", "privacy", "attack_train_acc",
+            "seconds", "provenance"} <= set(results)
+    assert {"dataset", "digest", "pool_size", "members_per_model", "attack_test_members",
+            "attack_test_non_members"} <= set(results["data"])
+    assert {"train_acc", "test_acc", "epochs_run"} <= set(results["target"])
+    assert {"target", "shadow", "attacks"} <= set(results["seconds"])
+    for attack in results["attacks"].values():
+        assert set(attack["tpr_at_fpr"]) == {"0.01", "0.001", "0.0"}
+    assert results["privacy"] is None and results["config"]["train_size"] == 100
+
+
+def test_summary_table_shows_each_attack_under_the_right_column(finished):
+    workdir, results = finished
+    text = (workdir / "summary.md").read_text()
+    rows = report.parse_markdown_table(text[text.index("## All attacks"):])
+    assert [r["attack"] for r in rows] == list(results["attacks"])
+    for row in rows:
+        r = results["attacks"][row["attack"]]
+        assert row["AUC"] == f"{r['auc']:.4f}"
+        assert row["acc (%)"] == report.pct(r["accuracy"])
+        assert row["precision"] == f"{r['precision']:.3f}" and row["recall"] == f"{r['recall']:.3f}"
+        assert row["TPR@1%FPR (%)"] == report.pct(r["tpr_at_fpr"]["0.01"])
+        assert row["TPR@0.1%FPR (%)"] == report.pct(r["tpr_at_fpr"]["0.001"])
+    seed_row = report.parse_markdown_table(text)[0]
+    assert seed_row["Target acc (%)"].startswith(f"Train = {report.pct(results['target']['train_acc'])}")
+
+
+def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch, make_dataset):
+    tiny_dataset = make_dataset
+    config = _config(tmp_path, epochs=2, attack_epochs=1)
+    real_mlp = registry.get_attack("shadow_mlp")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the attack stage")
+
+    monkeypatch.setitem(registry._REGISTRY, "shadow_mlp", dataclasses.replace(real_mlp, fn=crash))
+    with pytest.raises(KeyboardInterrupt):
+        membership.run(config, dataset=tiny_dataset())
+    stages = tmp_path / "run" / "stages"
+    assert len(list(stages.glob("target-*.npz"))) == len(list(stages.glob("shadow-*.npz"))) == 1
+    monkeypatch.undo()
+
+    calls = []
+    real = training.train_ensemble
+    monkeypatch.setattr(training, "train_ensemble",
+                        lambda *a, **k: calls.append(k.get("log_prefix")) or real(*a, **k))
+    membership.run(config, dataset=tiny_dataset())
+    assert calls == ["attack "]  # target and shadow were not retrained
+    # Another attack on the same models reuses them; another training config does not.
+    calls.clear()
+    membership.run(_config(tmp_path, epochs=2, attack_epochs=1, num_posteriors=10),
+                   dataset=tiny_dataset())
+    assert calls == ["attack "]
+    calls.clear()
+    membership.run(_config(tmp_path, epochs=3, attack_epochs=1), dataset=tiny_dataset())
+    assert calls == ["target ", "shadow ", "attack "]
+    # The same workdir and settings on other data (same shapes and counts): retrained, not reused.
+    calls.clear()
+    other = membership.run(_config(tmp_path, epochs=3, attack_epochs=1),
+                           dataset=tiny_dataset(seed=1))
+    assert calls == ["target ", "shadow ", "attack "]
+    assert other["data"]["digest"] == tiny_dataset(seed=1).digest != tiny_dataset().digest
+    # A truncated stage file is discarded and that stage recomputed; the other is reused.
+    shadow_file = next(p for p in stages.glob("shadow-*.npz")
+                       if p.with_suffix(".json").exists()
+                       and json.loads(p.with_suffix(".json").read_text())["key"]["data"]
+                       == tiny_dataset(seed=1).digest)
+    shadow_file.write_bytes(shadow_file.read_bytes()[:100])
+    calls.clear()
+    membership.run(_config(tmp_path, epochs=3, attack_epochs=1), dataset=tiny_dataset(seed=1))
+    assert calls == ["shadow ", "attack "]
+
+
+def test_several_shadow_models_train_together(tmp_path, make_dataset):
+    results = membership.run(_config(tmp_path, num_shadow=3, epochs=2, attack_epochs=1),
+                             dataset=make_dataset())
+    assert len(results["shadow"]["per_model_train_acc"]) == 3
+
+
+def test_a_second_writer_is_refused_and_writes_nothing(tmp_path, make_dataset):
+    with runs.Workdir(tmp_path / "run"):  # another run holds the workdir
+        with pytest.raises(runs.WorkdirError, match="in use by another jaxpet run"):
+            membership.run(_config(tmp_path, epochs=1), dataset=make_dataset())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".jaxpet.lock"]
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(num_posteriors=5), "num_posteriors"),
+    (dict(epochs=0), "epochs"),
+    (dict(defense="laplace"), "defense"),
+    (dict(defense="dpsgd", dp_noise_multiplier=0.0), "dp_noise_multiplier"),
+    (dict(defense="dpsgd", dp_delta=1.5), "dp_delta"),
+    (dict(dp_noise_multiplier=2.0), "dp_noise_multiplier=2.0 has no effect unless --defense"),
+    (dict(dropout_rate=0.3), "dropout_rate=0.3 has no effect"),
+    (dict(strategy="pmap"), "strategy"),
+    (dict(dataset="svhn"), "dataset"),
+    (dict(width_scale=float("nan")), "width_scale must be a finite number"),
+    (dict(defense="dpsgd", norm="batch"), "per-example normalisation"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        _config(tmp_path, **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sizes_the_data_cannot_hold_fail_before_training(tmp_path, make_dataset):
+    with pytest.raises(ValueError, match="train_size=300 is larger than a quarter"):
+        membership.run(_config(tmp_path, train_size=300), dataset=make_dataset())
+    assert not list((tmp_path / "run").glob("stages/*"))

@@ -1,0 +1,68 @@
+"""Seed tables, the ensemble trainer's main and the benchmark sweep, each on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jaxpet import report
+from jaxpet.experiments import benchmark, seed_tables, train_ensemble
+
+
+def test_seed_tables_set_our_numbers_beside_the_seeds(tmp_path, make_dataset):
+    config = seed_tables.Config(datasets=("mnist",), cases=("mnist_p10_e30", "mnist_p3_e30"),
+                                workdir=str(tmp_path / "tables"), train_size=100, val_size=20,
+                                attack_epochs=2, width_scale=0.25)
+    results = seed_tables.run(config, {"mnist": make_dataset()})
+    assert results["cases_run"] == ["mnist_p10_e30", "mnist_p3_e30"]
+    # The two cases differ only in the attack: one trained target and shadow serve both.
+    assert len(list((tmp_path / "tables" / "stages").glob("target-*.npz"))) == 1
+    rows = report.parse_markdown_table((tmp_path / "tables" / "seed_tables.md").read_text())
+    assert [(r["posteriors"], r["epochs"]) for r in rows] == [("10", "30"), ("3", "30")]
+    for row, name in zip(rows, results["cases_run"]):
+        case = json.loads((tmp_path / "tables" / name / "results.json").read_text())
+        t, a = case["target"], case["attacks"]["shadow_mlp"]
+        assert row["target train / test (%)"] == (
+            f"seed 100.00 / {'98.88' if name.startswith('mnist_p10') else '98.86'}<br>ours "
+            f"{100 * t['train_acc']:.2f} / {100 * t['test_acc']:.2f}")
+        assert row["attack AUC"] == f"{a['auc']:.3f}"
+        assert row["configuration"].startswith("seed: 100 members, width x0.25, 2 attack epochs")
+
+
+def test_seed_tables_refuse_unknown_cases():
+    with pytest.raises(ValueError, match="--cases must be one of"):
+        seed_tables.Config(cases=("mnist_p7_e30",))
+
+
+def test_train_ensemble_reports_every_model_and_reuses_the_training(tmp_path, make_dataset):
+    config = train_ensemble.Config(workdir=str(tmp_path / "ens"), num_models=2, train_size=64,
+                                   epochs=2, batch_size=16)
+    results = train_ensemble.run(config, make_dataset(shape=(28, 28, 1)))
+    assert len(results["models"]["train_acc"]) == 2 and results["images_per_second"] > 0
+    rows = report.parse_markdown_table((tmp_path / "ens" / "summary.md").read_text())
+    assert [r["train acc"] for r in rows] == [f"{a:.4f}" for a in results["models"]["train_acc"]]
+    again = train_ensemble.run(config, make_dataset(shape=(28, 28, 1)))
+    assert again["models"] == results["models"]
+    assert again["seconds_incl_compile"] == results["seconds_incl_compile"]  # the stage, reused
+    with pytest.raises(ValueError, match="train_size=5000 is larger than the train split"):
+        train_ensemble.run(train_ensemble.Config(workdir=str(tmp_path / "e2"), train_size=5000),
+                           make_dataset(shape=(28, 28, 1)))
+
+
+def test_benchmark_sweep_writes_each_cell(tmp_path):
+    config = benchmark.Config(workloads=("mnist_shadow",), num_models=(2,),
+                              strategies=("vmap", "loop"), examples_per_model=32, batch_size=16,
+                              workdir=str(tmp_path / "bench"), inversion_classes=2,
+                              inversion_iterations=3)
+    results = benchmark.run(config)
+    assert [(c["strategy"], c["num_models"]) for c in results["cells"]] == [("vmap", 2), ("loop", 2)]
+    assert results["inversion"]["classes"] == 2
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert {"config", "cells", "inversion", "provenance"} <= set(saved)
+    rows = report.parse_markdown_table((tmp_path / "bench" / "benchmark.md").read_text())
+    vmap2 = next(r for r in rows if r["strategy"] == "vmap" and r["K"] == "2")
+    cells = {(c["strategy"], c["num_models"]): c for c in results["cells"]}
+    assert vmap2["vmap / loop"] == (
+        f"{cells['vmap', 2]['images_per_s'] / cells['loop', 2]['images_per_s']:.2f}x")
+    assert vmap2["images/s"] == f"{cells['vmap', 2]['images_per_s']:.0f}"

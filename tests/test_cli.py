@@ -1,0 +1,137 @@
+"""One error path for every experiment: a user error is one line naming the flag or file,
+a non-zero exit, and no output written; a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+import pytest
+
+from jaxpet import cli, config, runs
+from jaxpet.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+REAL_DATA = os.environ.get("JAXPET_DATA_DIR")
+
+
+def _main(name: str, argv: list[str]) -> str:
+    """Runs experiment ``name`` as its main would, in process; returns its error line."""
+    module = importlib.import_module(f"jaxpet.experiments.{name}")
+    values = flags.FlagValues()
+    presets = getattr(module, "PRESETS", None) or None
+    config.define_flags(module.Config, presets=presets, flag_values=values, module_name="t")
+    values(["prog", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.guarded(lambda: module.run(config.from_flags(module.Config, presets=presets,
+                                                         flag_values=values)))
+    return str(exit_.value.code)
+
+
+BAD = [  # (experiment, flags, what the one line must name)
+    ("membership", ["--epochs=0"], "--epochs must be >= 1"),
+    ("membership", ["--width_scale=nan"], "--width_scale must be a finite number"),
+    ("membership", ["--dp_noise_multiplier=2"], "--dp_noise_multiplier=2.0 has no effect unless --defense is dpsgd"),
+    ("membership", ["--defense=dpsgd", "--dp_delta=1"], "--dp_delta must be > 0 and < 1"),
+    ("membership", ["--defense=dpsgd", "--norm=batch"], "--norm=group or none"),
+    ("membership", ["--patience=3"], "--patience=3 has no effect unless --defense is dropout_early_stopping"),
+    ("membership", ["--defense=dropout_early_stopping", "--val_size=0"], "needs --val_size > 0"),
+    ("membership", ["--data_dir={tmp}/missing"], "does not exist"),
+    ("membership", ["--workdir={tmp}/file"], "--workdir={tmp}/file is a file"),
+    ("seed_tables", ["--max_seconds=-1"], "--max_seconds must be >= 0"),
+    ("seed_tables", ["--cases=cifar10_p4_e50"], "--cases must be one of"),
+    ("seed_tables", ["--train_size=1"], "--train_size must be >= 2"),
+    ("dp_curve", ["--noise_multipliers=0.5,-1"], "--noise_multipliers must be > 0"),
+    ("dp_curve", ["--noise_multipliers=0.5,x"], "--noise_multipliers must be a comma-separated list"),
+    ("dp_curve", ["--dp_delta=inf"], "--dp_delta must be a finite number"),
+    ("lira", ["--learning_rate=nan"], "--learning_rate must be a finite number"),
+    ("lira", ["--num_models=7"], "--num_models must be even"),
+    ("lira", ["--dp_clip_norm=2"], "--dp_clip_norm=2.0 has no effect"),
+    ("lira", ["--rmia_offline_a=1.5"], "--rmia_offline_a must be >= 0 and <= 1"),
+    ("lira", ["--num_targets=0"], "--num_targets must be >= 1"),
+    ("lira", ["--dataset=mnist", "--augment_training"], "--augment_training flips images"),
+    ("inversion", ["--step_size=-0.1"], "--step_size must be > 0"),
+    ("inversion", ["--iterations=5,0"], "--iterations must be >= 1"),
+    ("inversion", ["--val_per_person=10"], "--val_per_person must be >= 1 and <= 9"),
+    ("inversion", ["--variants=paper_cost_blue"], "--variants must be one of"),
+    ("inversion", ["--data_dir={tmp}/empty"], "att_faces: no local copy found"),
+    ("attribute", ["--attribute=gender"], "both 'gender'"),
+    ("attribute", ["--test_fraction=1"], "--test_fraction must be > 0 and < 1"),
+    ("attribute", ["--image_size=4"], "--image_size must be >= 8"),
+    ("attribute", ["--data_dir={tmp}/empty"], "utkface: no local copy found"),
+    ("train_ensemble", ["--dropout=1.5"], "--dropout must be >= 0 and < 1"),
+    ("train_ensemble", ["--learning_rate=inf"], "--learning_rate must be a finite number"),
+    ("train_ensemble", ["--num_models=0"], "--num_models must be >= 1"),
+    ("benchmark", ["--num_models=0"], "--num_models must be >= 1"),
+    ("benchmark", ["--peak_flops=-5"], "--peak_flops must be > 0"),
+    ("benchmark", ["--peak_flops=1e15", "--precisions=float32,bfloat16"], "a single --precisions"),
+    ("benchmark", ["--workdir={tmp}/file"], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("name, argv, expected", BAD, ids=[f"{b[0]}:{' '.join(b[1])}" for b in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, name, argv, expected):
+    monkeypatch.chdir(tmp_path)  # default workdirs (runs/...) land here, and must stay empty
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if not any(a.startswith("--workdir") for a in argv):
+        argv.append(f"--workdir={tmp_path}/out")
+    message = _main(name, argv)
+    assert message.startswith("error: ") and "\n" not in message
+    assert expected.format(tmp=tmp_path) in message
+    outputs = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in (".jaxpet.lock", "file")]
+    assert outputs == []
+
+
+@pytest.mark.skipif(not REAL_DATA, reason="needs JAXPET_DATA_DIR with the real MNIST")
+@pytest.mark.parametrize("name, argv, expected", [
+    ("membership", ["--dataset=mnist", "--train_size=20000"], "--train_size=20000 is larger than a quarter"),
+    ("membership", ["--dataset=mnist", "--train_size=500", "--val_size=500"], "--val_size=500 leaves no non-member"),
+    ("lira", ["--dataset=mnist", "--pool_size=70000"], "--pool_size=70000 is larger than the train split"),
+    ("train_ensemble", ["--train_size=60001"], "--train_size=60001 is larger than the train split"),
+])
+def test_sizes_the_real_data_cannot_hold(tmp_path, name, argv, expected):
+    message = _main(name, [*argv, f"--data_dir={REAL_DATA}", f"--workdir={tmp_path}/out"])
+    assert message.startswith("error: ") and expected in message and "\n" not in message
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".jaxpet.lock"]
+
+
+def test_a_bug_keeps_its_traceback():
+    def bug():
+        return {}["missing"]
+
+    with pytest.raises(KeyError):
+        cli.guarded(bug)
+    assert cli.is_user_error(UserError("x"))
+    assert not cli.is_user_error(ValueError("raised outside jaxpet"))
+
+
+def _script(name, *argv, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "experiments" / f"{name}.py"), *argv],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_the_real_main_exits_non_zero_with_one_line(tmp_path):
+    out = _script("membership", "--epochs=-3", f"--workdir={tmp_path}/out", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "error: --epochs must be >= 1, got -3."
+    assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+    # A flag value absl cannot parse is refused by absl, also without a traceback.
+    out = _script("lira", "--epochs=ten", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "--epochs" in out.stderr
+
+
+def test_a_second_writer_of_one_workdir_is_refused(tmp_path):
+    """Two processes on one workdir: the second exits at once, naming the first."""
+    with runs.Workdir(tmp_path / "busy"):
+        out = _script("benchmark", f"--workdir={tmp_path}/busy", "--inversion_classes=0",
+                      cwd=tmp_path)
+    assert out.returncode == 1
+    assert "is in use by another jaxpet run (pid" in out.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "busy" / "results.json").exists()

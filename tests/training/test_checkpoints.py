@@ -1,0 +1,180 @@
+"""Checkpoints: resume == uninterrupted, another run refused, full disk and corrupt saves handled."""
+
+import errno
+import logging
+import os
+
+import chex
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxpet import splits, training
+from jaxpet.errors import UserError
+from jaxpet.training import checkpoints
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def run(separable_images, tiny_cnn, normalize):
+    """``run(**kwargs)`` trains one fixed 4-epoch, K=2 run; ``run.whole`` is it uninterrupted."""
+    images, labels = separable_images(128)
+    model = tiny_cnn(dropout_rate=0.1)
+    sets = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(20, 128)])
+    config = training.TrainConfig(epochs=4, batch_size=32)
+
+    def train(**kwargs):
+        return training.train_ensemble(model, images, labels, sets, config, seed=5,
+                                       preprocess=normalize, **kwargs)
+
+    train.whole = train()
+    train.args = (model, config, normalize, images, labels, sets)
+    return train
+
+
+def _interrupt_after(epochs_done):
+    def callback(epoch, state, metrics):
+        if epoch + 1 == epochs_done:
+            raise Interrupted
+
+    return callback
+
+
+def _assert_same_run(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a.state, b.state)
+    assert len(a.history) == len(b.history)
+    for x, y in zip(a.history, b.history):
+        jax.tree.map(np.testing.assert_array_equal, x, y)
+
+
+def test_checkpointed_run_resumes_to_the_uninterrupted_result(run, tmp_path):
+    directory = tmp_path / "ckpt"
+    with pytest.raises(Interrupted):
+        run(checkpoint_dir=str(directory), checkpoint_every=1, on_epoch_end=_interrupt_after(2))
+    resumed = run(checkpoint_dir=directory)  # a pathlib.Path works as well
+    assert len(resumed.history) == 4
+    chex.assert_trees_all_close(run.whole.state.params, resumed.state.params, atol=1e-6)
+    chex.assert_trees_all_close(run.whole.state.opt_state, resumed.state.opt_state, atol=1e-6)
+    np.testing.assert_allclose(run.whole.history[0]["loss"], resumed.history[0]["loss"])
+    # Another run's directory is refused, not silently resumed.
+    model, config, normalize, images, labels, sets = run.args
+    with pytest.raises(UserError, match=f"{directory}.*different run.*another directory"):
+        training.train_ensemble(model, images, labels, sets, config, seed=6, preprocess=normalize,
+                                checkpoint_dir=str(directory))
+
+
+def test_fingerprint_covers_every_image_and_not_the_strategy(run):
+    model, config, normalize, images, labels, sets = run.args
+    keys = training.model_keys(5, 2)
+    fingerprint = lambda imgs, k=keys: checkpoints.run_fingerprint(
+        model, config, normalize, imgs, labels, sets, None, k)
+    assert fingerprint(images) == fingerprint(images.copy())
+    changed = images.copy()
+    changed[3, 2, 2, 0] ^= 1  # one pixel of an image a strided sample would skip
+    assert fingerprint(changed) != fingerprint(images)
+    assert fingerprint(images, training.model_keys(6, 2)) != fingerprint(images)
+
+
+def test_full_disk_before_a_save_fails_once_and_keeps_the_last_checkpoint(run, tmp_path,
+                                                                          monkeypatch):
+    directory = tmp_path / "ckpt"
+    real_disk_usage = checkpoints.shutil.disk_usage
+    full = []
+
+    def disk_usage(path):
+        usage = real_disk_usage(path)
+        return usage._replace(free=0) if full else usage
+
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", disk_usage)
+    with pytest.raises(UserError) as raised:  # the save after epoch 3 finds no space
+        run(checkpoint_dir=str(directory), checkpoint_every=1,
+            on_epoch_end=lambda epoch, *_: full.append(True) if epoch == 1 else None)
+    message = str(raised.value)
+    assert str(directory) in message and "needs about" in message and "MiB" in message
+    assert "epoch 2" in message and "\n" not in message
+    assert os.listdir(directory) == ["2"]
+    full.clear()
+    _assert_same_run(run(checkpoint_dir=str(directory)), run.whole)
+
+
+def test_full_disk_during_a_save_fails_once_and_removes_the_partial_save(run, tmp_path,
+                                                                         monkeypatch, caplog):
+    """orbax's writer runs out of space halfway through the save after epoch 3."""
+    directory = tmp_path / "ckpt"
+    handler = ocp.handlers.JsonCheckpointHandler
+    real_save = handler._save_fn
+
+    async def out_of_space(self, item, path):
+        (path / "metadata").write_text('{"fingerprint": "')  # half written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fill_disk(epoch, state, metrics):
+        if epoch == 1:
+            monkeypatch.setattr(handler, "_save_fn", out_of_space)
+
+    caplog.set_level(logging.INFO)
+    with pytest.raises(UserError, match=f"no space to save a checkpoint in {directory}.*epoch 2"):
+        run(checkpoint_dir=str(directory), checkpoint_every=1, on_epoch_end=fill_disk)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert os.listdir(directory) == ["2"]  # the partial save is gone, the last complete one kept
+    monkeypatch.setattr(handler, "_save_fn", real_save)
+    _assert_same_run(run(checkpoint_dir=str(directory)), run.whole)
+
+
+def test_disk_full_errors_are_recognised():
+    assert checkpoints.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert checkpoints.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    # tensorstore's form, as orbax raises it
+    tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0": Failed to write 2673027 '
+                             "bytes to file 7: No space left on device [os_error_code='28']")
+    assert checkpoints.is_disk_full(tensorstore)
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as e:
+            raise RuntimeError("save failed") from e
+    except RuntimeError as chained:
+        assert checkpoints.is_disk_full(chained)
+    assert not checkpoints.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not checkpoints.is_disk_full(ValueError("shapes differ"))
+
+
+def _truncate_arrays(step_dir):
+    for root, _, files in os.walk(step_dir / "state"):
+        for name in files:
+            if os.path.basename(root) == "d":  # the array data files
+                path = os.path.join(root, name)
+                os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _garble_history(step_dir):
+    (step_dir / "meta" / "metadata").write_bytes(b"\x00not json")
+
+
+@pytest.mark.parametrize("corrupt", [_truncate_arrays, _garble_history])
+def test_unreadable_checkpoint_is_discarded_and_the_run_still_finishes(run, tmp_path, caplog,
+                                                                       corrupt):
+    directory = tmp_path / "ckpt"
+    with pytest.raises(Interrupted):
+        run(checkpoint_dir=str(directory), checkpoint_every=1, on_epoch_end=_interrupt_after(2))
+    corrupt(directory / "2")
+    caplog.set_level(logging.WARNING)
+    result = run(checkpoint_dir=str(directory))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("does not restore" in w and str(directory) in w for w in warnings), warnings
+    _assert_same_run(result, run.whole)  # trained from scratch, to the same result
+    assert os.listdir(directory) == ["4"]
+
+
+def test_a_save_cut_short_is_removed_when_the_run_restarts(tmp_path):
+    partial = tmp_path / "ckpt" / "3.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp"
+    partial.mkdir(parents=True)
+    (partial / "data").write_bytes(b"\0" * 1000)
+    saves = training.Checkpoints(tmp_path / "ckpt", "fingerprint")
+    assert saves.restore(template=None) is None
+    saves.close()
+    assert os.listdir(tmp_path / "ckpt") == []
