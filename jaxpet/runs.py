@@ -82,6 +82,28 @@ def digest(*parts: Any, length: int = 16) -> str:
 
 # ----------------------------------------------------------------------------- atomic writes
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or one it came from) is a full disk or an exceeded quota.
+
+    orbax writes arrays through tensorstore, which reports a full disk as a
+    ``ValueError`` whose message carries the OS error, not as an ``OSError``.
+    """
+    texts = [os.strerror(code) for code in DISK_FULL]
+    texts += [f"os_error_code='{code}'" for code in DISK_FULL]
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        if any(text in str(error) for text in texts):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
 
 def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
     """Writes through a temp file in the same folder, then renames: no half file on a crash.
@@ -102,7 +124,7 @@ def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(e):
             raise UserError(f"no space left to write {path} ({_free(path.parent)} free in "
                             f"{path.parent}) — free some disk space or choose another "
                             "--workdir; finished stages are kept, a rerun resumes.") from e

@@ -49,6 +49,24 @@ def test_full_disk_is_one_user_error_naming_the_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_disk_full_errors_are_recognised():
+    assert runs.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert runs.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    # tensorstore's form, as orbax raises it
+    tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0": Failed to write 2673027 '
+                             "bytes to file 7: No space left on device [os_error_code='28']")
+    assert runs.is_disk_full(tensorstore)
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as e:
+            raise RuntimeError("save failed") from e
+    except RuntimeError as chained:
+        assert runs.is_disk_full(chained)
+    assert not runs.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not runs.is_disk_full(ValueError("shapes differ"))
+
+
 def test_a_second_writer_is_refused_until_the_first_finishes(tmp_path):
     with runs.Workdir(tmp_path / "run"):
         with pytest.raises(runs.WorkdirError, match=r"in use by another jaxpet run \(pid \d+"):

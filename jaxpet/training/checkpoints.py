@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import json
 import logging as stdlib_logging
@@ -37,7 +36,6 @@ from jaxpet.training.state import ModelState
 
 # Room for orbax's own metadata files on top of the state's and history's bytes.
 _OVERHEAD_BYTES = 1 << 20
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # In the name of a save orbax is still writing; it renames the folder to the step when done.
 _TMP_MARK = ".orbax-checkpoint-tmp"
 # After a failed orbax call, time for tensorstore to finish the operations it still runs.
@@ -63,25 +61,6 @@ def run_fingerprint(model, config, preprocess, images, labels, members: MemberSe
 def state_bytes(state) -> int:
     """Bytes of every array of ``state`` (an upper bound of its compressed checkpoint)."""
     return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or one it came from) is a full disk or an exceeded quota.
-
-    orbax writes arrays through tensorstore, which reports a full disk as a
-    ``ValueError`` whose message carries the OS error, not as an ``OSError``.
-    """
-    texts = [os.strerror(code) for code in _DISK_FULL]
-    texts += [f"os_error_code='{code}'" for code in _DISK_FULL]
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _DISK_FULL:
-            return True
-        if any(text in str(error) for text in texts):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def _free_bytes(directory: str) -> int | None:
@@ -287,7 +266,7 @@ class Checkpoints:
                     meta=ocp.args.JsonSave(self._meta(epochs_done, history))), force=True)
                 self.manager.wait_until_finished()
         except Exception as e:
-            if not is_disk_full(e):
+            if not runs.is_disk_full(e):
                 raise
             _DropLateReports.reported.add(self.directory)
             self._remove_partial(before)

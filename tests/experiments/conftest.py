@@ -25,3 +25,24 @@ def tiny_dataset(n_train=800, n_test=200, seed=0, name="mnist", shape=(8, 8, 1))
 def make_dataset():
     """``make_dataset(seed=..., n_train=...)``: a tiny synthetic dataset (see tiny_dataset)."""
     return tiny_dataset
+
+
+@pytest.fixture(scope="session")
+def check_common_schema():
+    """``check(results, workdir)``: what every experiment's results.json holds, on disk too."""
+    import json
+
+    def check(results, workdir):
+        saved = json.loads((workdir / "results.json").read_text())
+        assert json.loads((workdir / "config.json").read_text()) == saved["config"]
+        assert {"config", "seconds", "provenance"} <= set(saved)
+        prov = saved["provenance"]
+        assert {"backend", "device_kind", "device_count", "versions", "git_commit", "command",
+                "started", "finished"} <= set(prov)
+        assert {"jaxpet", "jax", "flax", "optax"} <= set(prov["versions"])
+        assert prov["started"] <= prov["finished"]
+        assert all(isinstance(v, (int, float)) and v >= 0 for v in saved["seconds"].values())
+        assert set(saved) == set(results)
+        return saved
+
+    return check

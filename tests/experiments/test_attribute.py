@@ -52,8 +52,9 @@ def two_targets(tmp_path_factory):
     return tmp_path / "run", results
 
 
-def test_outputs_and_result_ranges(two_targets):
-    workdir, _ = two_targets
+def test_outputs_and_result_ranges(two_targets, check_common_schema):
+    workdir, results = two_targets
+    check_common_schema(results, workdir)
     for name in ("results.json", "confusion.png", "summary.md"):
         assert (workdir / name).stat().st_size > 0, name
     saved = json.loads((workdir / "results.json").read_text())

@@ -1,6 +1,5 @@
 """The model-inversion experiment end to end on a tiny synthetic face set."""
 
-import json
 
 import numpy as np
 
@@ -8,7 +7,7 @@ from jaxpet import data
 from jaxpet.experiments import inversion
 
 
-def test_experiment_writes_every_output(tmp_path):
+def test_experiment_writes_every_output(tmp_path, check_common_schema):
     """The whole experiment on a tiny synthetic 4-person face set."""
     rng = np.random.default_rng(0)
     people = rng.integers(40, 215, (4, 16, 12, 1))
@@ -26,7 +25,7 @@ def test_experiment_writes_every_output(tmp_path):
     workdir = tmp_path / "run"
     for name in ("results.json", "summary.md", "inversions.npz", "iterations.png", "all_classes.png"):
         assert (workdir / name).stat().st_size > 0, name
-    saved = json.loads((workdir / "results.json").read_text())
+    saved = check_common_schema(results, workdir)
     assert set(saved["budgets"]) == {"2", "4", "stopping_rules"}
     for report in saved["budgets"].values():
         assert len(report["mse"]) == len(report["ssim"]) == len(report["stop_reason"]) == 4

@@ -43,9 +43,11 @@ def test_scoring_knobs_make_the_attack_config():
         reference.AttackConfig(num_queries=1, rmia_gamma=1.5)
 
 
-def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_dataset):
-    lira.run(_config(tmp_path), dataset=_dataset(make_dataset))
+def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_dataset,
+                                                    check_common_schema):
+    results = lira.run(_config(tmp_path), dataset=_dataset(make_dataset))
     workdir = tmp_path / "run"
+    check_common_schema(results, workdir)
     for name in ("results.json", "summary.md", "roc.png", "sweep.png", "config.json"):
         assert (workdir / name).stat().st_size > 0, name
     saved = json.loads((workdir / "results.json").read_text())

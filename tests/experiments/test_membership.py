@@ -49,8 +49,9 @@ def test_membership_run_writes_every_output(finished):
     assert results["data"]["attack_test_members"] == 80
 
 
-def test_results_schema(finished):
-    _, results = finished
+def test_results_schema(finished, check_common_schema):
+    workdir, results = finished
+    check_common_schema(results, workdir)
     assert {"config", "data", "target", "shadow", "attacks", "privacy", "attack_train_acc",
             "seconds", "provenance"} <= set(results)
     assert {"dataset", "digest", "pool_size", "members_per_model", "attack_test_members",

@@ -10,12 +10,13 @@ from jaxpet import report
 from jaxpet.experiments import benchmark, seed_tables, train_ensemble
 
 
-def test_seed_tables_set_our_numbers_beside_the_seeds(tmp_path, make_dataset):
+def test_seed_tables_set_our_numbers_beside_the_seeds(tmp_path, make_dataset, check_common_schema):
     config = seed_tables.Config(datasets=("mnist",), cases=("mnist_p10_e30", "mnist_p3_e30"),
                                 workdir=str(tmp_path / "tables"), train_size=100, val_size=20,
                                 attack_epochs=2, width_scale=0.25)
     results = seed_tables.run(config, {"mnist": make_dataset()})
     assert results["cases_run"] == ["mnist_p10_e30", "mnist_p3_e30"]
+    assert check_common_schema(results, tmp_path / "tables")["cases_finished"] == results["cases_run"]
     # The two cases differ only in the attack: one trained target and shadow serve both.
     assert len(list((tmp_path / "tables" / "stages").glob("target-*.npz"))) == 1
     rows = report.parse_markdown_table((tmp_path / "tables" / "seed_tables.md").read_text())
@@ -35,11 +36,13 @@ def test_seed_tables_refuse_unknown_cases():
         seed_tables.Config(cases=("mnist_p7_e30",))
 
 
-def test_train_ensemble_reports_every_model_and_reuses_the_training(tmp_path, make_dataset):
+def test_train_ensemble_reports_every_model_and_reuses_the_training(tmp_path, make_dataset,
+                                                                    check_common_schema):
     config = train_ensemble.Config(workdir=str(tmp_path / "ens"), num_models=2, train_size=64,
                                    epochs=2, batch_size=16)
     results = train_ensemble.run(config, make_dataset(shape=(28, 28, 1)))
     assert len(results["models"]["train_acc"]) == 2 and results["images_per_second"] > 0
+    check_common_schema(results, tmp_path / "ens")
     rows = report.parse_markdown_table((tmp_path / "ens" / "summary.md").read_text())
     assert [r["train acc"] for r in rows] == [f"{a:.4f}" for a in results["models"]["train_acc"]]
     again = train_ensemble.run(config, make_dataset(shape=(28, 28, 1)))
@@ -50,7 +53,7 @@ def test_train_ensemble_reports_every_model_and_reuses_the_training(tmp_path, ma
                            make_dataset(shape=(28, 28, 1)))
 
 
-def test_benchmark_sweep_writes_each_cell(tmp_path):
+def test_benchmark_sweep_writes_each_cell(tmp_path, check_common_schema):
     config = benchmark.Config(workloads=("mnist_shadow",), num_models=(2,),
                               strategies=("vmap", "loop"), examples_per_model=32, batch_size=16,
                               workdir=str(tmp_path / "bench"), inversion_classes=2,
@@ -58,8 +61,7 @@ def test_benchmark_sweep_writes_each_cell(tmp_path):
     results = benchmark.run(config)
     assert [(c["strategy"], c["num_models"]) for c in results["cells"]] == [("vmap", 2), ("loop", 2)]
     assert results["inversion"]["classes"] == 2
-    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
-    assert {"config", "cells", "inversion", "provenance"} <= set(saved)
+    assert {"cells", "inversion"} <= set(check_common_schema(results, tmp_path / "bench"))
     rows = report.parse_markdown_table((tmp_path / "bench" / "benchmark.md").read_text())
     vmap2 = next(r for r in rows if r["strategy"] == "vmap" and r["K"] == "2")
     cells = {(c["strategy"], c["num_models"]): c for c in results["cells"]}
