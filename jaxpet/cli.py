@@ -17,7 +17,7 @@ import pathlib
 import sys
 import types
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from jaxpet import config as config_lib
 from jaxpet.errors import UserError
@@ -54,10 +54,18 @@ def main(experiment: types.ModuleType) -> None:
                             preset_help=getattr(experiment, "PRESET_HELP", ""),
                             module_name=sys.argv[0])
 
+    def _parse(argv):
+        try:
+            rest = flags.FLAGS(argv)
+        except flags.Error as e:  # a value absl cannot parse, an unknown flag
+            sys.exit(f"error: {e} — see --help for every flag and its values.")
+        if len(rest) > 1:
+            sys.exit(f"error: unexpected arguments {rest[1:]} — flags are written --name=value "
+                     "(see --help).")
+        return rest
+
     def _main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments {argv[1:]}; flags are written "
-                                 "--name=value (see --help).")
+        del argv
         config = guarded(config_lib.from_flags, experiment.Config, presets=presets)
         guarded(experiment.run, config)
         summary = pathlib.Path(experiment.summary_path(config))
@@ -65,5 +73,5 @@ def main(experiment: types.ModuleType) -> None:
         if summary.exists():
             print(summary.read_text())
 
-    app.run(_main)
+    app.run(_main, flags_parser=_parse)
 

@@ -108,6 +108,9 @@ def _check_value(name: str, value, kind: _Kind, s: Spec) -> None:
         raise ConfigError(f"--{name} must be true or false, got {value!r}.")
     elif kind.base is str and not isinstance(value, str):
         raise ConfigError(f"--{name} must be a string, got {value!r}.")
+    elif kind.base is str and not value.strip():
+        raise ConfigError(f"--{name} is empty — give it a value, or leave the flag out for its "
+                          "default.")
     elif kind.base is float and not isinstance(value, (int, float)):
         raise ConfigError(f"--{name} must be a number, got {value!r}.")
     if s.choices is not None and value not in s.choices:
@@ -131,15 +134,21 @@ def check(config) -> None:
                 raise ConfigError(f"--{name} must be a list, got {value!r}.")
             for item in value:
                 _check_value(name, item, kind, s)
+            repeated = sorted({str(v) for v in value if value.count(v) > 1})
+            if repeated:
+                raise ConfigError(f"--{name} lists {', '.join(repeated)} more than once — give "
+                                  "each value once.")
         else:
             _check_value(name, value, kind, s)
         if s.when is not None and value != f.default:
             other, allowed = s.when
             if getattr(config, other) not in allowed:
-                raise ConfigError(
-                    f"--{name}={_show(value)} has no effect unless --{other} is "
-                    f"{' or '.join(map(str, allowed))} (it is {getattr(config, other)}); drop "
-                    f"--{name} or set --{other}.")
+                raise ConfigError(_no_effect(name, value, other, allowed, getattr(config, other)))
+
+
+def _no_effect(name, value, other, allowed, actual) -> str:
+    return (f"--{name}={_show(value)} has no effect unless --{other} is "
+            f"{' or '.join(map(str, allowed))} (it is {actual}) — drop --{name} or set --{other}.")
 
 
 def _show(value) -> str:
@@ -214,7 +223,15 @@ def from_flags(cls, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
         if f.metadata[_META].flag and flag_values[name].present:
             merged[name] = _convert(name, flag_values[name].value, kind)
     merged.update(values)
-    return cls(**merged)
+    config = cls(**merged)
+    for name, (f, _) in _fields(cls).items():  # a flag given has effect, even at its default
+        s = f.metadata[_META]
+        if s.when is not None and s.flag and flag_values[name].present:
+            other, allowed = s.when
+            if getattr(config, other) not in allowed:
+                raise ConfigError(_no_effect(name, getattr(config, name), other, allowed,
+                                             getattr(config, other)))
+    return config
 
 
 def inherit(cls, name: str, default=None, help: str | None = None):

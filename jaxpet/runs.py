@@ -124,6 +124,9 @@ def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, IsADirectoryError):
+            raise UserError(f"{path} is a folder where a file should be written — remove it or "
+                            "choose another --workdir.") from e
         if is_disk_full(e):
             raise UserError(f"no space left to write {path} ({_free(path.parent)} free in "
                             f"{path.parent}) — free some disk space or choose another "
@@ -414,13 +417,34 @@ class Run:
     that fails early leaves no output files; the stages it finished stay.
     """
 
-    def __init__(self, workdir, config, *, stage_dir=None, flag: str = "--workdir"):
+    def __init__(self, workdir, config, *, outputs=(), stage_dir=None, flag: str = "--workdir"):
         self.workdir = Workdir(workdir, flag=flag)
         self.path = self.workdir.path
         self.config = config
+        self.experiment = type(config).__module__.rsplit(".", 1)[-1]
         self.stages = StageCache(stage_dir if stage_dir is not None else self.path / "stages")
         self.started = now()
         self.seconds: dict[str, float] = {}
+        self._check_outputs(("config.json", "results.json", *outputs), flag)
+
+    def _check_outputs(self, outputs, flag: str) -> None:
+        """Refuses, before any work, a workdir whose output places are taken, or that holds
+        another experiment's results (which this run would mix with its own)."""
+        for name in outputs:
+            if (self.path / name).is_dir():
+                raise WorkdirError(f"{flag}={self.path} holds a folder {name} where this run "
+                                   f"writes a file — remove it or choose another {flag}.")
+        if self.stages.directory.exists() and not self.stages.directory.is_dir():
+            raise WorkdirError(f"{self.stages.directory} is a file where this run keeps its "
+                               f"stages — remove it or choose another {flag}.")
+        try:
+            previous = read_json(self.path / "results.json")["provenance"]["experiment"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no earlier results (or none that say whose they are)
+        if previous != self.experiment:
+            raise WorkdirError(f"{flag}={self.path} holds the results of a {previous} run; this "
+                               f"{self.experiment} run would mix its files with them — choose "
+                               f"another {flag}.")
 
     def __enter__(self) -> "Run":
         self.workdir.lock()
@@ -442,7 +466,7 @@ class Run:
         """Writes ``results.json``: the config, ``results``, the timings and the provenance."""
         results = {"config": dataclasses.asdict(self.config), **results,
                    "seconds": {**self.seconds, **results.get("seconds", {})},
-                   "provenance": provenance(self.started)}
+                   "provenance": {"experiment": self.experiment, **provenance(self.started)}}
         write_json(self.path / "config.json", results["config"])
         write_json(self.path / "results.json", results)
         return results

@@ -70,7 +70,40 @@ BAD = [  # (experiment, flags, what the one line must name)
     ("benchmark", ["--peak_flops=-5"], "--peak_flops must be > 0"),
     ("benchmark", ["--peak_flops=1e15", "--precisions=float32,bfloat16"], "a single --precisions"),
     ("benchmark", ["--workdir={tmp}/file"], "is a file, not a folder"),
+    ("benchmark", ["--examples_per_model=32"], "smaller than one batch (--batch_size=128)"),
+    ("benchmark", ["--workloads="], "--workloads, --num_models and --strategies each need"),
+    ("benchmark", ["--inversion_classes=0", "--inversion_iterations=50"], "has no effect with --inversion_classes=0"),
+    ("benchmark", ["--num_models=1,1"], "--num_models lists 1 more than once"),
+    ("dp_curve", ["--noise_multipliers=1,1"], "--noise_multipliers lists 1.0 more than once"),
+    ("membership", ["--workdir= "], "--workdir is empty"),
+    ("membership", ["--dp_clip_norm=1.0"], "--dp_clip_norm=1.0 has no effect unless --defense is dpsgd"),
+    ("seed_tables", ["--datasets="], "--datasets needs at least one"),
+    ("seed_tables", ["--datasets=cifar10", "--cases=mnist_p10_e30"], "are not of --datasets"),
+    ("lira", ["--num_models=2", "--max_reference_sweep=100"], "exceeds the 1 other models"),
+    ("inversion", ["--notime_loop", "--speed_iterations=2"], "--speed_iterations=2 has no effect unless --time_loop is True"),
+    ("attribute", ["--compare_layers=fc2"], "repeats --layer=fc2"),
+    ("train_ensemble", ["--batch_size=1000", "--train_size=200"], "larger than --train_size=200"),
 ]
+
+
+@pytest.mark.parametrize("name, setup, expected", [
+    ("lira", "foreign", "holds the results of a membership run"),
+    ("benchmark", "folder_output", "holds a folder benchmark.md where this run writes a file"),
+    ("train_ensemble", "stages_file", "is a file where this run keeps its stages"),
+])
+def test_a_workdir_this_run_cannot_use_is_refused_before_work(tmp_path, name, setup, expected):
+    out = tmp_path / "out"
+    out.mkdir()
+    if setup == "foreign":
+        runs.write_json(out / "results.json", {"provenance": {"experiment": "membership"}})
+    elif setup == "folder_output":
+        (out / "benchmark.md").mkdir()
+    else:
+        (out / "stages").write_text("x")
+    before = sorted(p.name for p in out.iterdir())
+    message = _main(name, [f"--workdir={out}"])
+    assert message.startswith("error: ") and expected in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir() if p.name != ".jaxpet.lock") == before
 
 
 @pytest.mark.parametrize("name, argv, expected", BAD, ids=[f"{b[0]}:{' '.join(b[1])}" for b in BAD])
@@ -94,6 +127,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, name, a
     ("membership", ["--dataset=mnist", "--train_size=500", "--val_size=500"], "--val_size=500 leaves no non-member"),
     ("lira", ["--dataset=mnist", "--pool_size=70000"], "--pool_size=70000 is larger than the train split"),
     ("train_ensemble", ["--train_size=60001"], "--train_size=60001 is larger than the train split"),
+    ("membership", ["--dataset=mnist", "--batch_size=100000"], "--batch_size=100000 is larger than a model's 15000 members"),
+    ("lira", ["--dataset=mnist", "--population_size=1000000"], "larger than the test split (10000)"),
+    ("inversion", ["--figure_people=100"], "--figure_people=100 is more than the 40 people"),
 ])
 def test_sizes_the_real_data_cannot_hold(tmp_path, name, argv, expected):
     message = _main(name, [*argv, f"--data_dir={REAL_DATA}", f"--workdir={tmp_path}/out"])

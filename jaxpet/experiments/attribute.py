@@ -73,6 +73,9 @@ class Config:
 
     def __post_init__(self):
         config_lib.check(self)
+        if self.layer in self.compare_layers:
+            raise config_lib.ConfigError(f"--compare_layers repeats --layer={self.layer}, which "
+                                         "is attacked anyway — drop it from the list.")
         if self.attribute == self.target_attribute:
             raise config_lib.ConfigError(
                 f"--attribute and --target_attribute are both {self.attribute!r}; the attack "
@@ -87,6 +90,10 @@ class Config:
         return training.TrainConfig(epochs=self.attack_epochs, batch_size=self.attack_batch_size,
                                     learning_rate=self.attack_learning_rate, lr_decay=self.lr_decay,
                                     weight_decay=self.attack_weight_decay)
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("confusion.png", "summary.md")
 
 
 def summary_path(config: Config) -> str:
@@ -140,6 +147,10 @@ def prepare(config: Config, dataset: data.Dataset) -> Prepared:
                                          f"{dataset.name}; known: {known}.")
     keep = (attrs[config.attribute] >= 0) & (attrs[config.target_attribute] >= 0)
     usable = np.flatnonzero(keep)
+    if config.max_examples is not None and config.max_examples > len(usable):
+        raise config_lib.ConfigError(f"--max_examples={config.max_examples} is more than the "
+                                     f"{len(usable)} usable examples — use at most that, or "
+                                     "leave it out for all of them.")
     if config.max_examples is not None and config.max_examples < len(usable):
         rng = np.random.default_rng(config.seed + 17)
         usable = np.sort(rng.choice(usable, config.max_examples, replace=False))
@@ -159,6 +170,11 @@ def prepare(config: Config, dataset: data.Dataset) -> Prepared:
             raise config_lib.ConfigError(
                 f"The split leaves class(es) {empty} empty in the {what} ({len(part)} examples "
                 f"of {len(usable)}); use more data (--max_examples) or another --seed.")
+    for flag, size, part in (("batch_size", config.batch_size, split.target),
+                             ("attack_batch_size", config.attack_batch_size, split.attack)):
+        if size > len(part):
+            raise config_lib.ConfigError(f"--{flag}={size} is larger than the {len(part)} "
+                                         "examples it trains on — lower it.")
     info = {
         "examples_total": len(dataset.train),
         "skipped_names": int(dataset.info.get("skipped_names", 0)),
@@ -181,7 +197,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
 
     ``dataset`` overrides loading ``config.dataset`` (tests pass a small synthetic one).
     """
-    with runs.Run(config.workdir, config) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
         with run_.timed("load_data"):
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)

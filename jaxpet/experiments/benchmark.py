@@ -48,9 +48,23 @@ class Config:
 
     def __post_init__(self):
         config_lib.check(self)
+        if not self.workloads or not self.num_models or not self.strategies:
+            raise config_lib.ConfigError("--workloads, --num_models and --strategies each need at "
+                                         "least one value — nothing would be measured.")
+        if self.examples_per_model < self.batch_size:
+            raise config_lib.ConfigError(
+                f"--examples_per_model={self.examples_per_model} is smaller than one batch "
+                f"(--batch_size={self.batch_size}) — raise it or lower --batch_size.")
+        if self.inversion_classes == 0 and self.inversion_iterations != 100:
+            raise config_lib.ConfigError("--inversion_iterations has no effect with "
+                                         "--inversion_classes=0 — drop one of them.")
         if self.peak_flops is not None and len(self.precisions) != 1:
             raise config_lib.ConfigError("--peak_flops is one chip's peak for one precision: give "
                                          "a single --precisions with it.")
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("benchmark.md",)
 
 
 def summary_path(config: Config) -> str:
@@ -76,8 +90,12 @@ def run(config: Config) -> dict:
         logging.warning("torch is not installed: skipping the PyTorch reference "
                         "(pip install %s to include it).", torch_reference.TORCH_PIN)
         strategies.remove("torch")
+        if not strategies:
+            raise config_lib.ConfigError(f"--strategies=torch needs torch, which is not "
+                                         f"installed — pip install {torch_reference.TORCH_PIN} "
+                                         "or add a JAX strategy.")
     start = time.perf_counter()
-    with runs.Run(config.workdir, config) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
         rows, inversion_row = [], None
 
         def write():

@@ -61,6 +61,10 @@ class Config:
                    for s in self.noise_multipliers])
 
 
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("privacy_curve.png", "privacy_curve.md")
+
+
 def summary_path(config: Config) -> str:
     return f"{config.output_dir}/privacy_curve.md"
 
@@ -68,7 +72,7 @@ def summary_path(config: Config) -> str:
 def run(config: Config, dataset=None) -> dict[str, Any]:
     """Every point of the curve (finished stages reused), then the figure and the table."""
     points_configs = config.run_configs()  # every run's flags are checked before any training
-    with runs.Run(config.output_dir, config) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS) as run_:
         points = []
         for name, point_config in points_configs:
             results = membership.run(point_config, dataset)

@@ -90,7 +90,7 @@ class Config:
     time_loop: bool = setting(True, "Also time a Python loop over classes against the vmapped "
                               "call.")
     speed_iterations: int = setting(100, "Iterations per class in the vmap-against-loop timing.",
-                                    low=1, high=1_000_000)
+                                    low=1, high=1_000_000, when=("time_loop", (True,)))
     variants: tuple[str, ...] = setting(tuple(VARIANTS), "Alternative settings run at 100 "
                                         "iterations for comparison (empty: none).",
                                         choices=tuple(VARIANTS))
@@ -108,6 +108,10 @@ class Config:
                           cost_threshold=self.cost_threshold if self.cost_threshold >= 0 else None)
         values.update(overrides)
         return mi_face.MIFaceConfig(**values)
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("iterations.png", "all_classes.png", "inversions.npz", "summary.md")
 
 
 def summary_path(config: Config) -> str:
@@ -246,13 +250,19 @@ def all_classes_figure(real, recon, class_names, predicted=None, columns: int = 
 
 def run(config: Config, dataset=None) -> dict:
     """The whole experiment; writes results.json, summary.md, inversions.npz and the figures."""
-    with runs.Run(config.workdir, config) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
         if dataset is None:
             dataset = data.load_dataset("att_faces", config.data_dir)
         split = dataset.train
         num_classes = len(dataset.class_names)
         image_shape = split.images.shape[1:]
         train_idx, val_idx = holdout_split(split.labels, config.val_per_person, config.seed)
+        if config.figure_people > num_classes:
+            raise config_lib.ConfigError(f"--figure_people={config.figure_people} is more than "
+                                         f"the {num_classes} people — use at most that.")
+        if config.batch_size > len(train_idx):
+            raise config_lib.ConfigError(f"--batch_size={config.batch_size} is larger than the "
+                                         f"{len(train_idx)} training faces — lower it.")
         target = models.face_mlp(num_classes=num_classes, hidden=config.target_hidden)
         evaluator = make_evaluator(config.evaluator, num_classes)
 

@@ -83,6 +83,10 @@ class Config:
         if self.num_targets is not None and self.num_targets > self.num_models:
             raise config_lib.ConfigError(f"--num_targets must be at most --num_models="
                                          f"{self.num_models}, got {self.num_targets}.")
+        if self.max_reference_sweep is not None and self.max_reference_sweep > self.num_models - 1:
+            raise config_lib.ConfigError(
+                f"--max_reference_sweep={self.max_reference_sweep} exceeds the "
+                f"{self.num_models - 1} other models a target has — use at most that.")
         if self.augment_training and self.dataset == "mnist":
             raise config_lib.ConfigError("--augment_training flips images, which does not "
                                          "preserve digit labels: use it with --dataset=cifar10.")
@@ -98,6 +102,14 @@ class Config:
         if dataset.test is None or len(dataset.test) == 0:
             raise config_lib.ConfigError(f"{dataset.name} has no test split to draw RMIA's "
                                          "population from.")
+        if self.population_size > len(dataset.test):
+            raise config_lib.ConfigError(
+                f"--population_size={self.population_size} is larger than the test split "
+                f"({len(dataset.test)}) it is drawn from — use at most {len(dataset.test)}.")
+        members = (self.pool_size or len(dataset.train)) // 2
+        if self.batch_size > members:
+            raise config_lib.ConfigError(f"--batch_size={self.batch_size} is larger than a "
+                                         f"model's ~{members} members — lower it.")
 
     def attack_config(self) -> reference.AttackConfig:
         return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
@@ -112,6 +124,10 @@ class Config:
         return {**fields, "data": dataset.digest,
                 "pool_size": self.pool_size or len(dataset.train),
                 "population_size": min(self.population_size, len(dataset.test))}
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("roc.png", "sweep.png", "summary.md")
 
 
 def summary_path(config: Config) -> str:
@@ -179,7 +195,7 @@ def _accuracies(saved: dict) -> dict:
 def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Trains (or reuses) the logits, scores every attack, writes results.json, summary.md,
     roc.png (every attack on target model 0) and sweep.png. ``dataset`` overrides loading."""
-    with runs.Run(config.output_dir, config) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS) as run_:
         with run_.timed("load_data"):
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)

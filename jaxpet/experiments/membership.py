@@ -91,6 +91,10 @@ class Config:
             raise config_lib.ConfigError(
                 f"--train_size={self.train_size} is larger than a quarter of the {pool_size} "
                 f"training examples ({quarter}) — use at most {quarter}.")
+        if self.batch_size > self.part_size(pool_size):
+            raise config_lib.ConfigError(
+                f"--batch_size={self.batch_size} is larger than a model's "
+                f"{self.part_size(pool_size)} members — lower it.")
         if self.val_size >= self.part_size(pool_size):
             raise config_lib.ConfigError(
                 f"--val_size={self.val_size} leaves no non-member to evaluate with "
@@ -120,6 +124,10 @@ def get_config(preset: str = "seed", **overrides) -> Config:
     if preset not in PRESETS:
         raise config_lib.ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
     return Config(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("predictions.npz", "roc.png", "summary.md")
 
 
 def summary_path(config: Config) -> str:
@@ -211,7 +219,7 @@ def _train_role(role: _Role, model, config: Config, dataset: data.Dataset, prepr
 def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """The whole experiment; writes config.json, results.json, predictions.npz, roc.png and
     summary.md to the workdir. ``dataset`` overrides loading (tests pass a small one)."""
-    with runs.Run(config.output_dir, config, stage_dir=config.stage_dir) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS, stage_dir=config.stage_dir) as run_:
         with run_.timed("load_data"):
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)

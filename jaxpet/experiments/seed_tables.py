@@ -77,18 +77,30 @@ class Config:
     train_size: int | None = inherit(membership.Config, "train_size")
     val_size: int | None = inherit(membership.Config, "val_size")
     attack_epochs: int | None = inherit(membership.Config, "attack_epochs")
+    batch_size: int | None = inherit(membership.Config, "batch_size")
 
     def __post_init__(self):
         config_lib.check(self)
+        if not self.datasets:
+            raise config_lib.ConfigError("--datasets needs at least one dataset.")
+        outside = [c for c in self.cases if c.split("_")[0] not in self.datasets]
+        if outside:
+            raise config_lib.ConfigError(f"--cases {outside} are not of --datasets "
+                                         f"{list(self.datasets)} — add their dataset or drop them.")
 
     def case_config(self, case: SeedCase) -> membership.Config:
         overrides = {k: getattr(self, k) for k in ("width_scale", "train_size", "val_size",
-                                                   "attack_epochs") if getattr(self, k) is not None}
+                                                   "attack_epochs", "batch_size")
+                     if getattr(self, k) is not None}
         return membership.get_config(
             self.preset, dataset=case.dataset, workdir=f"{self.workdir}/{case.name}",
             stage_dir=f"{self.workdir}/stages", data_dir=self.data_dir, seed=self.seed,
             epochs=case.epochs, num_posteriors=case.num_posteriors, defense=case.defense,
             precision=self.precision, **overrides)
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("seed_tables.md",)
 
 
 def summary_path(config: Config) -> str:
@@ -107,7 +119,7 @@ def run(config: Config, datasets: Mapping[str, data.Dataset] | None = None) -> d
     for case in cases:  # every case's flags are checked before any training
         config.case_config(case)
     start = time.perf_counter()
-    with runs.Run(config.workdir, config) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
         ran = []
         for case in cases:
             if config.max_seconds and time.perf_counter() - start > config.max_seconds:

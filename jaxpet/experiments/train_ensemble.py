@@ -42,10 +42,17 @@ class Config:
 
     def __post_init__(self):
         config_lib.check(self)
+        if self.batch_size > self.train_size:
+            raise config_lib.ConfigError(f"--batch_size={self.batch_size} is larger than "
+                                         f"--train_size={self.train_size} — lower it.")
 
     @property
     def output_dir(self) -> str:
         return self.workdir or f"runs/train_ensemble_{self.dataset}"
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("summary.md",)
 
 
 def summary_path(config: Config) -> str:
@@ -54,7 +61,7 @@ def summary_path(config: Config) -> str:
 
 def run(config: Config, dataset: data.Dataset | None = None) -> dict:
     """Trains the ensemble (or reuses it), evaluates every model, writes results and summary."""
-    with runs.Run(config.output_dir, config) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS) as run_:
         if dataset is None:
             dataset = data.load_dataset(config.dataset, config.data_dir)
         train, test = dataset.train, dataset.test

@@ -12,7 +12,8 @@ from jaxpet.experiments import dp_curve
 
 def test_curve_reports_epsilon_and_lowers_the_attack(tmp_path, make_dataset, check_common_schema):
     config = dp_curve.Config(dataset="mnist", workdir=str(tmp_path / "curve"), preset="quick",
-                             noise_multipliers=(3.0,), epochs=8, train_size=100, width_scale=0.5)
+                             noise_multipliers=(3.0,), epochs=8, train_size=100, width_scale=0.5,
+                             batch_size=16)
     # The quick preset's validation slice (500) does not fit 100 members: refused before work.
     with pytest.raises(ValueError, match="val_size=500 leaves no non-member"):
         dp_curve.run(config, make_dataset())

@@ -14,7 +14,7 @@ from jaxpet.experiments import lira
 
 def _config(tmp_path, **kwargs):
     values = dict(dataset="cifar10", workdir=str(tmp_path / "run"), num_models=4, pool_size=64,
-                  population_size=1000, epochs=2, batch_size=16, width_scale=0.05)
+                  population_size=32, epochs=2, batch_size=16, width_scale=0.05)
     values.update(kwargs)
     return lira.Config(**values)
 

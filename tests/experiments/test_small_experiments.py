@@ -13,7 +13,7 @@ from jaxpet.experiments import benchmark, seed_tables, train_ensemble
 def test_seed_tables_set_our_numbers_beside_the_seeds(tmp_path, make_dataset, check_common_schema):
     config = seed_tables.Config(datasets=("mnist",), cases=("mnist_p10_e30", "mnist_p3_e30"),
                                 workdir=str(tmp_path / "tables"), train_size=100, val_size=20,
-                                attack_epochs=2, width_scale=0.25)
+                                attack_epochs=2, width_scale=0.25, batch_size=32)
     results = seed_tables.run(config, {"mnist": make_dataset()})
     assert results["cases_run"] == ["mnist_p10_e30", "mnist_p3_e30"]
     assert check_common_schema(results, tmp_path / "tables")["cases_finished"] == results["cases_run"]
