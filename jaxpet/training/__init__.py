@@ -22,15 +22,16 @@ from jaxpet.data import IDENTITY, Normalize
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
 from jaxpet.training.inference import evaluate, evaluate_model, predict, stack_models, take_model
 from jaxpet.training.sharding import default_mesh, model_mesh
-from jaxpet.training.state import (AUGMENTATIONS, ModelState, TrainConfig, augment_batch,
-                                   init_ensemble, init_model_state, make_optimizer, model_keys,
-                                   train_step)
+from jaxpet.training.state import (AUGMENTATIONS, OPTIMIZERS, SCHEDULES, ModelState,
+                                   TrainConfig, accepts_mask, augment_batch, init_ensemble,
+                                   init_model_state, make_optimizer, model_keys, train_step)
 from jaxpet.training.trainer import (AUTO_STRATEGY, STRATEGIES, TrainResult, check_run_flags,
                                      resolve_strategy, train_ensemble, train_ensemble_epoch,
                                      train_ensemble_epoch_mapped, train_epoch)
 
 __all__ = [
     "AUGMENTATIONS", "AUTO_STRATEGY", "Checkpoints", "IDENTITY", "ModelState", "Normalize",
+    "OPTIMIZERS", "SCHEDULES", "accepts_mask",
     "STRATEGIES", "TrainConfig", "TrainResult", "augment_batch", "check_run_flags",
     "default_mesh", "evaluate", "evaluate_model", "init_ensemble", "init_model_state",
     "make_optimizer", "model_keys", "model_mesh", "predict", "resolve_strategy",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 from typing import Any
@@ -29,6 +30,10 @@ INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM, NOISE_STREAM, AUGMENT_STREAM = 0, 1
 # image, per example (the CIFAR-10 recipe of the LiRA and RMIA papers' models).
 AUGMENTATIONS = ("none", "flip_crop")
 _CROP_PAD = 4
+OPTIMIZERS = ("adam", "sgd")
+# exponential: learning_rate * lr_decay**epoch (the seed's); constant; cosine: from
+# learning_rate down to 0 over schedule_epochs (default: epochs), one value per epoch.
+SCHEDULES = ("exponential", "constant", "cosine")
 
 
 def augment_batch(key, x, pad: int = _CROP_PAD):
@@ -83,6 +88,10 @@ class TrainConfig:
     # Per-example gradients are formed this many examples at a time (0: the whole batch);
     # bounds DP-SGD's memory (K x microbatch x parameters) without changing the result.
     dp_microbatch_size: int = 0
+    optimizer: str = "adam"  # one of OPTIMIZERS; both with coupled L2 weight_decay
+    momentum: float = 0.9  # SGD's momentum (optimizer="sgd" only)
+    schedule: str = "exponential"  # one of SCHEDULES
+    schedule_epochs: int = 0  # the cosine schedule's length in epochs; 0: epochs
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -94,6 +103,14 @@ class TrainConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise UserError(f"TrainConfig.{name} must be True or False, got "
                                 f"{getattr(self, name)!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got "
+                            f"{self.optimizer!r}.")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"TrainConfig.schedule must be one of {SCHEDULES}, got "
+                            f"{self.schedule!r}.")
+        _check_real("momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+        _check_int("schedule_epochs", self.schedule_epochs, 0)
         if self.augment not in AUGMENTATIONS:
             raise UserError(f"TrainConfig.augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
         # Unused without DP-SGD, so only their finiteness is checked then.
@@ -106,7 +123,14 @@ class TrainConfig:
                             f"{self.batch_size}, got {self.dp_microbatch_size}.")
 
     def learning_rate_at(self, epoch):
-        return self.learning_rate * self.lr_decay**epoch
+        """The learning rate of epoch ``epoch`` (an int or a traced int32) under the schedule."""
+        if self.schedule == "constant":
+            return jnp.asarray(self.learning_rate, jnp.float32)
+        epoch = jnp.asarray(epoch).astype(jnp.float32)
+        if self.schedule == "cosine":
+            horizon = self.schedule_epochs or self.epochs
+            return self.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch / horizon, 1)))
+        return self.learning_rate * self.lr_decay ** epoch
 
 
 @flax.struct.dataclass
@@ -137,14 +161,28 @@ class ModelState:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam with coupled L2 (as PyTorch's ``Adam(weight_decay=...)``) and an injectable rate."""
+    """Adam, or SGD with momentum, with coupled L2 (as PyTorch's ``weight_decay=``) and an
+    injectable rate (set per epoch by the schedule)."""
 
-    def adam_l2(learning_rate, weight_decay):
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+    def with_l2(learning_rate, weight_decay):
+        if config.optimizer == "sgd":
+            step = optax.sgd(learning_rate, momentum=config.momentum or None)
+        else:
+            step = optax.adam(learning_rate)
+        return optax.chain(optax.add_decayed_weights(weight_decay), step)
 
-    return optax.inject_hyperparams(adam_l2)(
+    return optax.inject_hyperparams(with_l2)(
         learning_rate=config.learning_rate, weight_decay=config.weight_decay
     )
+
+
+def accepts_mask(model: nn.Module) -> bool:
+    """Whether ``model(x, train, mask=...)`` takes jaxpet's row mask (the seed's models do)."""
+    try:
+        parameters = inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "mask" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def model_keys(seed: int, num_models: int) -> jax.Array:
@@ -209,6 +247,10 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
     """
     num_real = jnp.sum(row_mask)
     weights = row_mask.astype(jnp.float32)
+    masked = accepts_mask(model)
+    # A module that cannot mask padded rows out of its BatchNorm statistics trains on full
+    # batches only: a partial batch (the end of a member set) is skipped, as drop_last does.
+    full_batches_only = not masked and bool(jax.tree.leaves(state.batch_stats))
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, DROPOUT_STREAM), state.step)
 
     def loss_fn(params):
@@ -216,9 +258,9 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
             {"params": params, "batch_stats": state.batch_stats},
             x,
             train=True,
-            mask=row_mask,
             rngs={"dropout": dropout_key},
             mutable=["batch_stats"],
+            **({"mask": row_mask} if masked else {}),
         )
         logits = logits.astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -251,7 +293,8 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
         opt_state=opt_state,
         step=state.step + 1,
     )
-    state = select(state.active & (num_real > 0), updated, state)
+    applies = num_real == x.shape[0] if full_batches_only else num_real > 0
+    state = select(state.active & applies, updated, state)
     correct = (jnp.argmax(logits, -1) == y) & row_mask
     return state, {
         "loss_sum": jnp.sum(losses * weights),

@@ -49,7 +49,7 @@ def train_epoch(
     order = jnp.argsort(jnp.where(positions < member_count, draws, 2.0))  # real members first
     perm = jnp.pad(member_indices[order], (0, padded - member_indices.shape[0]))
     valid = jnp.arange(padded) < member_count
-    learning_rate = config.learning_rate * config.lr_decay ** epoch.astype(jnp.float32)
+    learning_rate = config.learning_rate_at(epoch)
 
     def body(state, s):
         idx = jax.lax.dynamic_slice(perm, (s * batch,), (batch,))
@@ -153,7 +153,9 @@ def _run_epoch(strategy, model, config, preprocess, state, images, labels, membe
                member_counts, val_indices, val_counts, epoch):
     """One epoch of the whole ensemble by ``strategy``; returns (state, [K] metrics)."""
     # The epoch program does not depend on the number of epochs: one compile serves all runs.
-    config = dataclasses.replace(config, epochs=1)
+    # (A cosine schedule keeps its length in schedule_epochs.)
+    config = dataclasses.replace(config, epochs=1, schedule_epochs=(
+        config.schedule_epochs or config.epochs) if config.schedule == "cosine" else 0)
     if strategy == "vmap":
         return train_ensemble_epoch(model, config, preprocess, state, images, labels,
                                     member_indices, member_counts, val_indices, val_counts, epoch)

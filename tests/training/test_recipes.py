@@ -1,0 +1,124 @@
+"""Training recipes beyond the seed's (SGD with momentum, constant and cosine schedules) and
+ordinary Flax modules (no ``mask`` keyword; with BatchNorm or dropout) in the ensemble trainer."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxpet import splits, training
+from jaxpet.errors import UserError
+
+
+class PlainCNN(nn.Module):
+    """A user's module: ``__call__(x, train)``, BatchNorm and dropout, no ``mask`` keyword."""
+
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x).reshape((x.shape[0], -1))
+        x = nn.Dropout(0.2, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class PlainMLP(nn.Module):
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Dense(16)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.num_classes)(nn.Dropout(0.1, deterministic=not train)(x))
+
+
+def _data(n=40, shape=(4, 4, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, *shape)).astype(np.float32),
+            rng.integers(0, 3, n).astype(np.int32))
+
+
+def test_schedules_give_the_stated_learning_rates():
+    exp = training.TrainConfig(learning_rate=0.1, lr_decay=0.5)
+    assert float(exp.learning_rate_at(2)) == pytest.approx(0.025)
+    const = training.TrainConfig(learning_rate=0.1, schedule="constant")
+    assert float(const.learning_rate_at(7)) == pytest.approx(0.1)
+    cos = training.TrainConfig(learning_rate=0.1, schedule="cosine", epochs=4)
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(5)]
+    assert [float(cos.learning_rate_at(e)) for e in range(5)] == pytest.approx(expected, abs=1e-7)
+
+
+def test_the_trainer_follows_the_cosine_schedule_across_epochs():
+    images, labels = _data()
+    config = training.TrainConfig(epochs=3, batch_size=8, learning_rate=0.05, schedule="cosine")
+    result = training.train_ensemble(PlainMLP(), images, labels,
+                                     splits.MemberSets.from_lists([np.arange(40)]), config)
+    rates = [float(h["learning_rate"][0]) for h in result.history]
+    assert rates == pytest.approx([float(config.learning_rate_at(e)) for e in range(3)])
+    assert rates[0] > rates[1] > rates[2] > 0
+
+
+def test_sgd_with_momentum_matches_optax_by_hand():
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    config = training.TrainConfig(optimizer="sgd", momentum=0.9, learning_rate=0.1,
+                                  weight_decay=0.01)
+    opt = training.make_optimizer(config)
+    state = opt.init(params)
+    for _ in range(2):
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    # By hand: g' = g + wd * w; v = 0.9 v + g'; w -= lr * v.
+    w, v = np.ones(3), np.zeros(3)
+    for _ in range(2):
+        g = np.asarray(grads["w"]) + 0.01 * w
+        v = 0.9 * v + g
+        w = w - 0.1 * v
+    np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+
+
+def test_bad_recipes_are_refused():
+    for kwargs, match in ((dict(optimizer="rmsprop"), "optimizer"),
+                          (dict(schedule="step"), "schedule"),
+                          (dict(momentum=1.0), "momentum"),
+                          (dict(momentum=float("nan")), "momentum")):
+        with pytest.raises(UserError, match=match):
+            training.TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("model", [PlainCNN(), PlainMLP()], ids=["batchnorm", "dropout"])
+def test_a_module_without_mask_trains_and_vmap_equals_one_by_one(model):
+    assert not training.accepts_mask(model)
+    images, labels = _data()
+    members = splits.MemberSets.from_lists([np.arange(0, 24), np.arange(10, 40)])
+    config = training.TrainConfig(epochs=2, batch_size=8, optimizer="sgd", schedule="cosine",
+                                  learning_rate=0.05)
+    keys = training.model_keys(0, 2)
+    together = training.train_ensemble(model, images, labels, members, config, keys=keys,
+                                       strategy="vmap")
+    for k in range(2):
+        alone = training.train_ensemble(
+            model, images, labels, splits.MemberSets.from_lists([members.member(k)]), config,
+            keys=keys[k:k + 1], strategy="vmap")
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[0], rtol=1e-5, atol=1e-6),
+                     together.state.params, alone.state.params)
+
+
+def test_batchnorm_without_mask_trains_on_full_batches_only():
+    """30 members in batches of 8: three full batches train, the partial fourth is skipped."""
+    images, labels = _data()
+    config = training.TrainConfig(epochs=1, batch_size=8)
+    result = training.train_ensemble(PlainCNN(), images, labels,
+                                     splits.MemberSets.from_lists([np.arange(30)]), config)
+    assert int(result.state.step[0]) == 3
+    # A module that masks (or has no BatchNorm) also learns from the partial batch.
+    result = training.train_ensemble(PlainMLP(), images, labels,
+                                     splits.MemberSets.from_lists([np.arange(30)]), config)
+    assert int(result.state.step[0]) == 4
