@@ -1,0 +1,408 @@
+"""Audit your own model: the membership-inference risk of any Flax classifier on your data.
+
+Stages: load the data (a jaxpet dataset, or your ``.npz`` of images or feature
+vectors); draw the candidate pool and RMIA's population (from the held-out
+part); take the target (trained here on a recorded half of the pool, or yours,
+loaded from a Flax checkpoint with the indices of its training examples);
+train N reference models at once on random halves of the pool (a balanced keep
+mask: every candidate in exactly half of them); query every model once (one
+stage of the run store, reused while settings and data are unchanged); score
+the target with every reference-family attack of the registry (LiRA, RMIA,
+the loss baseline); report the metrics, the ROC, every candidate's scores and
+the most exposed training examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pathlib
+from typing import Any, Callable
+
+import flax.linen as nn
+from flax import serialization, traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpet import config as config_lib, data, models, report, runs, splits, training
+from jaxpet.attacks import lira as lira_attack
+from jaxpet.attacks import reference
+from jaxpet.config import setting
+from jaxpet.experiments import settings
+
+BUILTIN_MODELS = ("seed_cnn", "mlp")
+BUILTIN_DATASETS = ("cifar10", "mnist")
+TARGETS = ("train", "checkpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What to audit (model, data, target) and how the references are trained."""
+
+    model: str = setting("seed_cnn", "The model: an import path module:function to a function "
+                         "that takes num_classes and returns a Flax module called as "
+                         "module(x, train), or one of jaxpet's: seed_cnn (the seed's CNN), mlp.")
+    data: str = setting("cifar10", "cifar10, mnist, or a path to an .npz with 'images' (uint8 or "
+                        "float, NHWC) or 'features' (float vectors) and 'labels', and optionally "
+                        "the held-out 'test_images'/'test_features' and 'test_labels'.")
+    data_dir: str | None = settings.data_dir()
+    workdir: str = setting("runs/audit", "Output folder.")
+    seed: int = setting(0, "Seed for the pool, the member sets, initialisation and data order.",
+                        low=0)
+    target: str = setting("train", "train: jaxpet trains the target on a random half of the pool "
+                          "(recorded); checkpoint: your trained target from --target_checkpoint "
+                          "with its training examples in --target_members.", choices=TARGETS)
+    target_checkpoint: str | None = setting(None, "Your target's Flax variables, written with "
+                                            "flax.serialization.to_bytes.",
+                                            when=("target", ("checkpoint",)))
+    target_members: str | None = setting(None, "A .npy or .txt of the indices (into the training "
+                                         "part of the data) your target trained on.",
+                                         when=("target", ("checkpoint",)))
+    num_references: int = setting(8, "N reference models, trained at once on random halves of "
+                                  "the pool (online LiRA/RMIA); even.", low=2)
+    pool_size: int | None = setting(None, "Candidates drawn from the training part (default: all "
+                                    "of it; with --target=checkpoint always all of it).", low=4)
+    population_size: int = setting(1000, "Held-out examples used as RMIA's population.", low=1)
+    epochs: int = setting(20, "Training epochs of the target and every reference.", low=1)
+    batch_size: int = setting(128, "Batch size per model.", low=1)
+    optimizer: str = setting("adam", "adam, or sgd (with --momentum); both with coupled L2 "
+                             "--weight_decay.", choices=training.OPTIMIZERS)
+    learning_rate: float = setting(1e-3, "Initial learning rate.", low=0, low_open=True, high=10)
+    momentum: float = setting(0.9, "SGD momentum.", low=0, high=1, high_open=True,
+                              when=("optimizer", ("sgd",)))
+    weight_decay: float = setting(1e-4, "L2 weight decay.", low=0, high=1)
+    schedule: str = setting("exponential", "Learning-rate schedule: exponential (x --lr_decay per "
+                            "epoch), constant, or cosine (to 0 over the epochs).",
+                            choices=training.SCHEDULES)
+    lr_decay: float = setting(0.96, "Per-epoch factor of the exponential schedule.", low=0,
+                              low_open=True, high=1, when=("schedule", ("exponential",)))
+    augment: bool = setting(False, "Train with random flips and 4-pixel crops (images only).")
+    width_scale: float = settings.width_scale()
+    precision: str = settings.precision()
+    strategy: str = settings.strategy()
+    checkpoint_every: int = settings.checkpoint_every()
+    eval_batch_size: int = setting(256, "Examples per prediction call (memory only).", low=1)
+    num_exposed: int = setting(16, "Most exposed training examples listed (and drawn, for "
+                               "images).", low=1, high=256)
+
+    def __post_init__(self):
+        config_lib.check(self)
+        if self.num_references % 2:
+            raise config_lib.ConfigError(f"--num_references must be even (every candidate is in "
+                                         f"exactly half of them), got {self.num_references}.")
+        if self.target == "checkpoint" and not (self.target_checkpoint and self.target_members):
+            raise config_lib.ConfigError("--target=checkpoint needs --target_checkpoint and "
+                                         "--target_members.")
+
+    def train_config(self, epochs: int | None = None) -> training.TrainConfig:
+        return training.TrainConfig(
+            epochs=epochs or self.epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, lr_decay=self.lr_decay,
+            weight_decay=self.weight_decay, optimizer=self.optimizer, momentum=self.momentum,
+            schedule=self.schedule, augment="flip_crop" if self.augment else "none")
+
+
+# The files a run writes besides config.json and results.json.
+OUTPUTS = ("summary.md", "roc.png", "scores.npz", "exposed.png")
+
+
+def summary_path(config: Config) -> str:
+    return f"{config.workdir}/summary.md"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AuditData:
+    """Training part (candidates) and held-out part (population) as model inputs."""
+
+    x: np.ndarray
+    y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    kind: str  # "images" or "features"
+    preprocess: Any
+    digest: str
+    source: str
+
+
+def load_data(config: Config) -> AuditData:
+    """A jaxpet dataset by name, or the user's .npz; every inconsistency is a clear error."""
+    if config.data in BUILTIN_DATASETS:
+        ds = data.load_dataset(config.data, config.data_dir)
+        return AuditData(ds.train.images, ds.train.labels, ds.test.images, ds.test.labels,
+                         len(ds.class_names), "images", data.normalizer(config.data), ds.digest,
+                         str(ds.info.get("source")))
+    path = pathlib.Path(config.data)
+    if path.suffix != ".npz":
+        raise config_lib.ConfigError(f"--data={config.data} is neither a jaxpet dataset "
+                                     f"({', '.join(BUILTIN_DATASETS)}) nor an .npz file.")
+    try:
+        arrays = runs.read_npz(path)
+    except (OSError, ValueError) as e:
+        raise data.DataError(f"cannot read --data={path} ({e}) — give an .npz written with "
+                             "numpy.savez (no pickled objects).") from e
+    kind = "images" if "images" in arrays else "features" if "features" in arrays else None
+    if kind is None or "labels" not in arrays:
+        raise data.DataError(f"--data={path} needs 'images' or 'features', and 'labels'; it "
+                             f"holds {sorted(arrays)}.")
+    x, y = arrays[kind], arrays["labels"]
+    test_x, test_y = arrays.get(f"test_{kind}"), arrays.get("test_labels")
+    if test_x is None or test_y is None:
+        raise data.DataError(f"--data={path} needs a held-out part ('test_{kind}' and "
+                             "'test_labels') for RMIA's population.")
+    num_classes = int(max(y.max(initial=0), test_y.max(initial=0))) + 1
+    for name, xs, ys in (("", x, y), ("test_", test_x, test_y)):
+        if len(xs) != len(ys):
+            raise data.DataError(f"--data={path}: {name}{kind} holds {len(xs)} examples but "
+                                 f"{name}labels {len(ys)} — they must match one to one.")
+        if not np.issubdtype(ys.dtype, np.integer) or ys.ndim != 1 or ys.min(initial=0) < 0:
+            raise data.DataError(f"--data={path}: {name}labels must be non-negative integers "
+                                 f"[N], got {ys.dtype} of shape {ys.shape}.")
+        if kind == "images" and xs.ndim != 4:
+            raise data.DataError(f"--data={path}: {name}images must be NHWC [N, H, W, C], got "
+                                 f"shape {xs.shape}.")
+        if np.issubdtype(xs.dtype, np.floating) and not np.isfinite(xs).all():
+            raise data.DataError(f"--data={path}: {name}{kind} holds NaN or infinity.")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    preprocess = data.Normalize(mean=(0.0,), std=(1.0,), scale=scale)
+    if x.dtype != np.uint8:
+        x, test_x = x.astype(np.float32), test_x.astype(np.float32)
+    return AuditData(x, y.astype(np.int32), test_x, test_y.astype(np.int32), num_classes, kind,
+                     preprocess, runs.digest(x, y, test_x, test_y), str(path))
+
+
+def make_model(config: Config, num_classes: int) -> nn.Module:
+    """The user's (or a built-in) Flax module for ``num_classes`` classes."""
+    if config.model == "seed_cnn":
+        return models.SeedCNN(*(max(1, round(w * config.width_scale)) for w in (128, 256, 256)),
+                              num_classes=num_classes, dtype=models.compute_dtype(config.precision))
+    if config.model == "mlp":
+        return models.MLP(hidden_sizes=(max(1, round(256 * config.width_scale)),),
+                          num_classes=num_classes, dtype=models.compute_dtype(config.precision))
+    module_name, _, function = config.model.partition(":")
+    if not module_name or not function:
+        raise config_lib.ConfigError(f"--model={config.model} is not module:function nor one of "
+                                     f"{', '.join(BUILTIN_MODELS)}.")
+    try:
+        factory: Callable = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as e:
+        raise config_lib.ConfigError(f"--model={config.model} does not resolve ({e}) — check the "
+                                     "path, and that its folder is on PYTHONPATH.") from e
+    model = factory(num_classes)
+    if not isinstance(model, nn.Module):
+        raise config_lib.ConfigError(f"--model={config.model} returned a "
+                                     f"{type(model).__name__}, not a Flax module.")
+    return model
+
+
+def _check_model(model: nn.Module, sample, num_classes: int, name: str) -> None:
+    try:
+        out = jax.eval_shape(lambda x: model.init_with_output(
+            jax.random.PRNGKey(0), x, train=False)[0], sample)
+    except Exception as e:  # noqa: BLE001 - any tracing failure means the model does not fit
+        raise config_lib.ConfigError(f"--model={name} cannot take inputs of shape "
+                                     f"{tuple(sample.shape[1:])} ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else ''}).") from e
+    if getattr(out, "shape", None) != (1, num_classes):
+        raise config_lib.ConfigError(f"--model={name} returns {getattr(out, 'shape', out)} for "
+                                     f"one example; it needs one logit per class: (1, "
+                                     f"{num_classes}).")
+
+
+def _member_indices(config: Config, pool_size: int) -> np.ndarray:
+    path = pathlib.Path(config.target_members)
+    try:
+        indices = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise data.DataError(f"cannot read --target_members={path} ({e}).") from e
+    indices = np.asarray(indices).ravel()
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise data.DataError(f"--target_members={path} must hold integer indices.")
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= pool_size:
+        raise data.DataError(f"--target_members={path}: indices must be in [0, {pool_size}) "
+                             "(the training part of the data).")
+    if len(np.unique(indices)) != len(indices):
+        raise data.DataError(f"--target_members={path} repeats indices; give each once.")
+    return np.sort(indices)
+
+
+def _load_target(config: Config, model, sample):
+    """The user's target variables as a K=1 ensemble, checked leaf by leaf against the model."""
+    init = jax.device_get(model.init(jax.random.PRNGKey(0), sample, train=False))
+    template = {"params": init["params"], "batch_stats": init.get("batch_stats", {})}
+
+    def refuse(why):
+        return config_lib.ConfigError(
+            f"--target_checkpoint={config.target_checkpoint} does not fit the model "
+            f"--model={config.model} ({why}) — save the variables of this very architecture "
+            "with flax.serialization.to_bytes.")
+
+    try:
+        state = serialization.msgpack_restore(pathlib.Path(config.target_checkpoint).read_bytes())
+    except (OSError, ValueError, TypeError) as e:
+        raise refuse(f"{type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or "params" not in state:
+        raise refuse("no 'params' collection in it")
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+    shapes = lambda tree: {k: np.shape(v) for k, v in
+                           traverse_util.flatten_dict(tree, sep="/").items()}
+    expected, found = shapes(template), shapes(variables)
+    if expected != found:
+        wrong = sorted(k for k in expected.keys() | found.keys()
+                       if expected.get(k) != found.get(k))
+        raise refuse(f"{wrong[0]}: expected {expected.get(wrong[0])}, got {found.get(wrong[0])}")
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], variables)  # a K=1 ensemble
+
+
+def _logits(model, variables, x, config: Config, preprocess, queries: int) -> np.ndarray:
+    views = [x] if queries == 1 else [x, x[:, :, ::-1, :]]  # the horizontal flip of images
+    return np.stack([training.predict(model, variables, v, preprocess=preprocess,
+                                      batch_size=config.eval_batch_size, logits=True)
+                     for v in views], axis=2)
+
+
+def run(config: Config) -> dict[str, Any]:
+    """The audit; writes results.json, summary.md, roc.png, scores.npz (every candidate's
+    scores) and, for images, exposed.png."""
+    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
+        audit = load_data(config)
+        model = make_model(config, audit.num_classes)
+        sample = audit.preprocess(audit.x[:1])
+        _check_model(model, sample, audit.num_classes, config.model)
+        if config.augment and audit.kind != "images":
+            raise config_lib.ConfigError("--augment flips and crops images; the data holds "
+                                         "feature vectors.")
+        rng = np.random.default_rng(config.seed)
+        n = len(audit.x)
+        if config.target == "checkpoint" or config.pool_size is None:
+            pool = np.arange(n)
+        elif config.pool_size > n:
+            raise config_lib.ConfigError(f"--pool_size={config.pool_size} is larger than the "
+                                         f"{n} training examples — lower it.")
+        else:
+            pool = np.sort(rng.choice(n, config.pool_size, replace=False))
+        if config.population_size > len(audit.test_x):
+            raise config_lib.ConfigError(f"--population_size={config.population_size} is larger "
+                                         f"than the {len(audit.test_x)} held-out examples.")
+        if config.batch_size > len(pool) // 2:
+            raise config_lib.ConfigError(f"--batch_size={config.batch_size} is larger than a "
+                                         f"model's ~{len(pool) // 2} members — lower it.")
+        population = np.sort(rng.choice(len(audit.test_x), config.population_size, replace=False))
+        keep = splits.balanced_keep_mask(len(pool), config.num_references, config.seed)
+        if config.target == "checkpoint":
+            target_keep = np.isin(pool, _member_indices(config, n))
+            target_vars = _load_target(config, model, sample)
+            checkpoint_digest = runs.digest(pathlib.Path(config.target_checkpoint).read_bytes())
+        else:
+            target_keep = np.zeros(len(pool), bool)  # exactly half the pool, recorded
+            target_keep[np.random.default_rng([config.seed, 1]).permutation(len(pool))[
+                :len(pool) // 2]] = True
+            target_vars = checkpoint_digest = None
+        queries = 2 if audit.kind == "images" else 1
+        key = {"data": audit.digest, "model": repr(model), "target": checkpoint_digest,
+               "target_keep": target_keep, **{k: getattr(config, k) for k in (
+                   "seed", "num_references", "pool_size", "population_size", "epochs",
+                   "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
+                   "schedule", "lr_decay", "augment", "precision")}}
+
+        def train_and_query():
+            sets = ([target_keep] if target_vars is None else []) + list(keep)
+            result = training.train_ensemble(
+                model, audit.x[pool], audit.y[pool], splits.MemberSets.from_mask(np.stack(sets)),
+                config.train_config(), seed=config.seed, preprocess=audit.preprocess,
+                log_prefix="audit ", mesh=training.default_mesh(config.strategy),
+                strategy=config.strategy, checkpoint_every=config.checkpoint_every,
+                checkpoint_dir=str(run_.stages.checkpoint_dir("logits", key)))
+            variables = result.variables()
+            if target_vars is not None:
+                variables = jax.tree.map(lambda t, r: jnp.concatenate([t, r]), target_vars,
+                                         variables)
+            return ({"logits": _logits(model, variables, audit.x[pool], config, audit.preprocess,
+                                       queries),
+                     "population_logits": _logits(model, variables, audit.test_x[population],
+                                                  config, audit.preprocess, queries)},
+                    {"train_seconds": result.seconds})
+
+        with run_.timed("train_and_logits"):
+            saved, info = run_.stages.run("logits", key, train_and_query)
+        with run_.timed("scoring"):
+            signals = lira_attack.Signals.from_logits(
+                saved["logits"], audit.y[pool], saved["population_logits"],
+                audit.test_y[population])
+            all_keep = np.concatenate([target_keep[None], keep])
+            scores = reference.attack_scores(signals, all_keep, 0,
+                                             list(range(1, config.num_references + 1)),
+                                             reference.AttackConfig(num_queries=queries))
+            attacks = {name: reference.attack_metrics(target_keep, s)
+                       for name, s in scores.items()}
+        hits = saved["logits"][0, :, 0].argmax(-1) == audit.y[pool]
+        test_hits = saved["population_logits"][0, :, 0].argmax(-1) == audit.test_y[population]
+        exposed = _most_exposed(scores["lira_online"], target_keep, config.num_exposed)
+        results = run_.finish({
+            "data": {"source": audit.source, "digest": audit.digest, "kind": audit.kind,
+                     "num_classes": audit.num_classes, "pool_size": len(pool),
+                     "population_size": len(population), "target_members": int(target_keep.sum()),
+                     "queries": queries},
+            "target": {"train_acc": float(hits[target_keep].mean()),
+                       "pool_non_member_acc": float(hits[~target_keep].mean()),
+                       "test_acc": float(test_hits.mean())},
+            "attacks": attacks,
+            "most_exposed": [{"index": int(pool[i]), "score": float(scores["lira_online"][i])}
+                             for i in exposed],
+            "seconds": {"training": float(info["train_seconds"])},
+        })
+        runs.write_npz(run_.path / "scores.npz", indices=pool, membership=target_keep,
+                       **{f"score_{name}": s for name, s in scores.items()})
+        runs.save_figure(report.roc_figure(
+            {name: (target_keep, s) for name, s in scores.items()},
+            title=f"audit of {config.model}: {config.num_references} references"),
+            run_.path / "roc.png")
+        if audit.kind == "images":
+            runs.save_image(_exposed_figure(audit.x[pool], exposed, scores["lira_online"],
+                                            pool), run_.path / "exposed.png")
+        runs.write_text(summary_path(config), summary_markdown(results))
+        return results
+
+
+def _most_exposed(score: np.ndarray, members: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` members with the highest membership score."""
+    positions = np.flatnonzero(members)
+    return positions[np.argsort(-score[positions], kind="stable")[:count]]
+
+
+def _exposed_figure(images, positions, score, pool):
+    tiles = []
+    for i in positions:
+        image = np.asarray(images[i], np.float32)
+        image = image / 255.0 if images.dtype == np.uint8 else (image - image.min()) / max(
+            float(np.ptp(image)), 1e-12)
+        tiles.append(report.to_uint8(image.mean(-1, keepdims=True)))
+    columns = 8
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    captions = [[f"#{pool[i]} {score[i]:.1f}" for i in positions[j:j + columns]]
+                for j in range(0, len(positions), columns)]
+    return report.image_grid(rows, captions)
+
+
+def summary_markdown(results: dict) -> str:
+    """Every attack's AUC and TPR at low FPR, the target's accuracy and the most exposed examples."""
+    c, d, t = results["config"], results["data"], results["target"]
+    rows = [[name, f"{r['auc']:.4f}", report.pct(r["balanced_accuracy"]),
+             *(report.pct(r["tpr_at_fpr"][str(level)]) for level in (0.01, 0.001, 0.0))]
+            for name, r in results["attacks"].items()]
+    table = report.markdown_table(["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)",
+                                   "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+    exposed = report.markdown_table(["training example", "LiRA online score"],
+                                    [[e["index"], f"{e['score']:.2f}"]
+                                     for e in results["most_exposed"]])
+    return (f"# Membership audit of `{c['model']}` on {d['source']}\n\n"
+            f"Target ({c['target']}): {d['target_members']} members of a {d['pool_size']}-example "
+            f"pool; accuracy on members {report.pct(t['train_acc'])}%, pool non-members "
+            f"{report.pct(t['pool_non_member_acc'])}%, held-out {report.pct(t['test_acc'])}%. "
+            f"{c['num_references']} reference models ({c['optimizer']}, lr {c['learning_rate']}, "
+            f"{c['schedule']} schedule, {c['epochs']} epochs), each on a random half of the pool; "
+            f"RMIA population {d['population_size']} held-out examples; {d['queries']} "
+            f"quer{'ies' if d['queries'] > 1 else 'y'} per example. Backend "
+            f"{results['provenance']['backend']}.\n\n## Attacks\n\n{table}\n"
+            f"## Most exposed training examples\n\n{exposed}")

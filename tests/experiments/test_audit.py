@@ -1,0 +1,170 @@
+"""Auditing a user's own model: a module defined here (no mask keyword), the .npz routes,
+a user-supplied target checkpoint, and every bad input refused before training."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from flax import serialization
+import jax
+import numpy as np
+import pytest
+
+from jaxpet import splits, training
+from jaxpet.experiments import audit
+
+USER_MODELS = textwrap.dedent('''
+    import flax.linen as nn
+
+    class Tabular(nn.Module):
+        num_classes: int
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.Dense(64)(x))
+            x = nn.Dropout(0.1, deterministic=not train)(x)
+            return nn.Dense(self.num_classes)(x)
+
+    class SmallCNN(nn.Module):
+        num_classes: int
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.Conv(8, (3, 3))(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+            return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+    def tabular(num_classes):
+        return Tabular(num_classes)
+
+    def small_cnn(num_classes):
+        return SmallCNN(num_classes)
+
+    def not_a_module(num_classes):
+        return "a string"
+
+    def one_logit(num_classes):
+        return Tabular(1)
+''')
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "user_models"
+
+
+def _features(path, n=160, test=80, d=12, seed=0):
+    """Random vectors with random labels: a model memorises its members, so they leak."""
+    rng = np.random.default_rng(seed)
+    np.savez(path, features=rng.normal(size=(n, d)).astype(np.float32),
+             labels=rng.integers(0, 4, n), test_features=rng.normal(size=(test, d)),
+             test_labels=rng.integers(0, 4, test))
+    return str(path)
+
+
+def _config(tmp_path, **kwargs):
+    values = dict(workdir=str(tmp_path / "audit"), num_references=4, epochs=30, batch_size=16,
+                  population_size=40, learning_rate=1e-2, num_exposed=4)
+    values.update(kwargs)
+    return audit.Config(**values)
+
+
+def test_feature_vectors_of_an_overfit_model_leak(tmp_path, user_models, check_common_schema):
+    config = _config(tmp_path, model=f"{user_models}:tabular", data=_features(tmp_path / "d.npz"))
+    results = audit.run(config)
+    check_common_schema(results, tmp_path / "audit")
+    assert results["target"]["train_acc"] > 0.9 and results["data"]["kind"] == "features"
+    assert results["attacks"]["lira_online"]["auc"] > 0.65
+    assert results["attacks"]["global_loss"]["auc"] > 0.6
+    scores = np.load(tmp_path / "audit" / "scores.npz")
+    assert scores["membership"].sum() == results["data"]["target_members"] == 80
+    top = results["most_exposed"]
+    assert len(top) == 4 and all(scores["membership"][e["index"]] for e in top)
+    assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
+    assert not (tmp_path / "audit" / "exposed.png").exists()  # no picture of feature vectors
+
+
+def test_images_with_a_batchnorm_module_without_mask(tmp_path, user_models):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "images.npz"
+    np.savez(path, images=rng.integers(0, 256, (96, 8, 8, 3), dtype=np.uint8),
+             labels=rng.integers(0, 3, 96), test_images=rng.integers(0, 256, (40, 8, 8, 3),
+                                                                      dtype=np.uint8),
+             test_labels=rng.integers(0, 3, 40))
+    results = audit.run(_config(tmp_path, model=f"{user_models}:small_cnn", data=str(path),
+                                epochs=8, population_size=20))
+    assert results["data"]["queries"] == 2 and results["attacks"]["lira_online"]["auc"] > 0.55
+    assert (tmp_path / "audit" / "exposed.png").stat().st_size > 0
+
+
+def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path, user_models):
+    data_path = _features(tmp_path / "d.npz")
+    other = _features(tmp_path / "other.npz", seed=5)  # the target trains on other data
+    model = audit.make_model(audit.Config(model=f"{user_models}:tabular"), 4)
+    arrays = np.load(other)
+    result = training.train_ensemble(
+        model, arrays["features"], arrays["labels"].astype(np.int32),
+        splits.MemberSets.from_lists([np.arange(160)]), training.TrainConfig(epochs=30,
+                                                                            batch_size=16))
+    variables = jax.tree.map(lambda x: np.asarray(x[0]), result.variables())
+    (tmp_path / "target.msgpack").write_bytes(serialization.to_bytes(variables))
+    np.save(tmp_path / "members.npy", np.arange(0, 160, 2))
+    results = audit.run(_config(
+        tmp_path, model=f"{user_models}:tabular", data=data_path, target="checkpoint",
+        target_checkpoint=str(tmp_path / "target.msgpack"),
+        target_members=str(tmp_path / "members.npy")))
+    for name in ("lira_online", "global_loss"):
+        assert abs(results["attacks"][name]["auc"] - 0.5) < 0.12, name
+    saved = json.loads((tmp_path / "audit" / "results.json").read_text())
+    assert saved["config"]["target"] == "checkpoint" and saved["data"]["target_members"] == 80
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_module", "does not resolve"),
+    ("not_a_module", "returned a str, not a Flax module"),
+    ("one_logit", "needs one logit per class: (1, 4)"),
+    ("no_labels", "needs 'images' or 'features', and 'labels'"),
+    ("lengths", "holds 160 examples but labels 150"),
+    ("members_out_of_range", "indices must be in [0, 160)"),
+    ("members_repeated", "repeats indices"),
+    ("checkpoint_tree", "does not fit the model"),
+])
+def test_bad_input_fails_before_training(tmp_path, user_models, monkeypatch, case, expected):
+    monkeypatch.setattr(training, "train_ensemble", lambda *a, **k: pytest.fail("trained"))
+    data_path = _features(tmp_path / "d.npz")
+    kwargs = dict(model=f"{user_models}:tabular", data=data_path)
+    if case == "no_module":
+        kwargs["model"] = "no_such_package.models:make"
+    elif case in ("not_a_module", "one_logit"):
+        kwargs["model"] = f"{user_models}:{case}"
+    elif case == "no_labels":
+        np.savez(tmp_path / "bad.npz", features=np.zeros((10, 3)))
+        kwargs["data"] = str(tmp_path / "bad.npz")
+    elif case == "lengths":
+        arrays = dict(np.load(data_path))
+        np.savez(tmp_path / "bad.npz", **{**arrays, "labels": arrays["labels"][:150]})
+        kwargs["data"] = str(tmp_path / "bad.npz")
+    else:
+        members = {"members_out_of_range": [0, 5, 400], "members_repeated": [1, 1, 2]}.get(
+            case, [0, 1, 2])
+        np.save(tmp_path / "m.npy", np.asarray(members))
+        (tmp_path / "t.msgpack").write_bytes(serialization.to_bytes({"params": {"x": np.ones(2)}}))
+        kwargs.update(target="checkpoint", target_checkpoint=str(tmp_path / "t.msgpack"),
+                      target_members=str(tmp_path / "m.npy"))
+    with pytest.raises(ValueError) as error:
+        audit.run(_config(tmp_path, **kwargs))
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(num_references=1), "--num_references must be >= 2"),
+    (dict(num_references=5), "must be even"),
+    (dict(target="checkpoint"), "needs --target_checkpoint and --target_members"),
+    (dict(momentum=0.5), "--momentum=0.5 has no effect unless --optimizer is sgd"),
+])
+def test_bad_settings_are_refused(kwargs, expected):
+    with pytest.raises(ValueError, match=expected):
+        audit.Config(**kwargs)
