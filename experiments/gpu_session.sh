@@ -23,6 +23,10 @@ timeout 240 python experiments/benchmark.py --workdir=$R/benchmark_target --max_
   --examples_per_model=1024 --inversion_classes=0 --alsologtostderr > $R/benchmark_target.log 2>&1
 tail -30 $R/benchmark_target.log
 tail -30 $R/benchmark.log
+# Full-size audit of the seed's CIFAR-10 CNN: 16 references + the target, all 50,000 candidates.
+timeout 300 python experiments/audit.py --model=seed_cnn --data=cifar10 --num_references=16 \
+  --epochs=30 --population_size=10000 --workdir=$R/audit_cifar10 --alsologtostderr > $R/audit.log 2>&1
+tail -15 $R/audit_cifar10/summary.md
 timeout $((TABLES_S + 150)) python experiments/seed_tables.py --workdir=$R/seed_tables --max_seconds=$TABLES_S \
   --alsologtostderr > $R/seed_tables.log 2>&1
 tail -20 $R/seed_tables.log

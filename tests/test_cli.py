@@ -83,6 +83,10 @@ BAD = [  # (experiment, flags, what the one line must name)
     ("inversion", ["--notime_loop", "--speed_iterations=2"], "--speed_iterations=2 has no effect unless --time_loop is True"),
     ("attribute", ["--compare_layers=fc2"], "repeats --layer=fc2"),
     ("train_ensemble", ["--batch_size=1000", "--train_size=200"], "larger than --train_size=200"),
+    ("audit", ["--num_references=3"], "--num_references must be even"),
+    ("audit", ["--data={tmp}/missing.npz"], "cannot read --data={tmp}/missing.npz"),
+    ("audit", ["--data={tmp}/file"], "is neither a jaxpet dataset"),
+    ("audit", ["--target_members=m.npy"], "--target_members=m.npy has no effect unless --target is checkpoint"),
 ]
 
 

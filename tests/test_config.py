@@ -96,8 +96,8 @@ def test_inherit_copies_help_and_checks_with_a_new_default():
         Override(epochs=0)
 
 
-EXPERIMENTS = ("membership", "seed_tables", "dp_curve", "lira", "inversion", "attribute",
-               "benchmark", "train_ensemble")
+EXPERIMENTS = ("membership", "seed_tables", "dp_curve", "lira", "audit", "inversion",
+               "attribute", "benchmark", "train_ensemble")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -78,6 +78,9 @@ class Config:
     lr_decay: float = setting(0.96, "Per-epoch factor of the exponential schedule.", low=0,
                               low_open=True, high=1, when=("schedule", ("exponential",)))
     augment: bool = setting(False, "Train with random flips and 4-pixel crops (images only).")
+    flip_queries: bool = setting(True, "Query each image's horizontal flip too and average the "
+                                 "two (images only; turn off where a flip changes the class, "
+                                 "e.g. digits).")
     width_scale: float = settings.width_scale()
     precision: str = settings.precision()
     strategy: str = settings.strategy()
@@ -299,12 +302,12 @@ def run(config: Config) -> dict[str, Any]:
             target_keep[np.random.default_rng([config.seed, 1]).permutation(len(pool))[
                 :len(pool) // 2]] = True
             target_vars = checkpoint_digest = None
-        queries = 2 if audit.kind == "images" else 1
+        queries = 2 if audit.kind == "images" and config.flip_queries else 1
         key = {"data": audit.digest, "model": repr(model), "target": checkpoint_digest,
                "target_keep": target_keep, **{k: getattr(config, k) for k in (
                    "seed", "num_references", "pool_size", "population_size", "epochs",
                    "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
-                   "schedule", "lr_decay", "augment", "precision")}}
+                   "schedule", "lr_decay", "augment", "precision", "flip_queries")}}
 
         def train_and_query():
             sets = ([target_keep] if target_vars is None else []) + list(keep)
@@ -377,10 +380,12 @@ def _exposed_figure(images, positions, score, pool):
         image = np.asarray(images[i], np.float32)
         image = image / 255.0 if images.dtype == np.uint8 else (image - image.min()) / max(
             float(np.ptp(image)), 1e-12)
-        tiles.append(report.to_uint8(image.mean(-1, keepdims=True)))
+        tile = report.to_uint8(image.mean(-1, keepdims=True))
+        zoom = max(1, -(-84 // tile.shape[1]))  # small images enlarged so captions fit
+        tiles.append(np.kron(tile, np.ones((zoom, zoom), np.uint8)))
     columns = 8
     rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
-    captions = [[f"#{pool[i]} {score[i]:.1f}" for i in positions[j:j + columns]]
+    captions = [[f"#{pool[i]}: {score[i]:.1f}" for i in positions[j:j + columns]]
                 for j in range(0, len(positions), columns)]
     return report.image_grid(rows, captions)
 
