@@ -64,8 +64,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     :class:`DataError` when no usable copy exists or the copy is bad. The result's
     ``info["digest"]`` (and :attr:`Dataset.digest`) is its content digest.
     """
+    if name.startswith("tfds:"):  # any TFDS image-classification dataset, by its TFDS name
+        tfds_name = name[len("tfds:"):]
+        source = tfds.source(tfds_name, f"{name}: not available (TFDS name {tfds_name!r}); check "
+                             "the name, or pass your data as an .npz of images and labels")
+        return _load(tfds_name, source, cache_dir, use_cache)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or "
+                        "tfds:<name> for a TensorFlow Datasets image-classification dataset.")
     root = data_dir if data_dir is not None else default_data_dir()
     root_path = None
     if root is not None and str(root) != "":
@@ -80,7 +86,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
             source = tfds.source(name, missing)
         else:
             raise DataError(missing)
+    return _load(name, source, cache_dir, use_cache)
 
+
+def _load(name: str, source, cache_dir, use_cache: bool) -> Dataset:
+    """``source`` through the .npz cache; decoded (and digested) only on a cache miss."""
     cache_path = None
     if use_cache:
         folder = pathlib.Path(cache_dir).expanduser() if cache_dir is not None \

@@ -77,6 +77,23 @@ def probe_download(name: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return "cannot connect to " + ", ".join(failures)
 
 
+def _image_classification(builder, name: str, missing: str):
+    """(image shape, class names) of a TFDS image-classification dataset, else a DataError."""
+    if name in TFDS_DATASETS:
+        return ((28, 28, 1), MNIST_CLASSES) if name == "mnist" else ((32, 32, 3), CIFAR10_CLASSES)
+    try:
+        features = builder.info.features
+        shape, label = tuple(features["image"].shape), features["label"]
+        classes = tuple(label.names) or tuple(str(i) for i in range(label.num_classes))
+    except (KeyError, AttributeError, TypeError) as e:
+        raise DataError(f"{missing} (TFDS {name} is not an image-classification dataset with "
+                        f"'image' and 'label' features — export it to an .npz instead)") from e
+    if None in shape:
+        raise DataError(f"{missing} (TFDS {name} has images of varying size {shape} — resize "
+                        "them and pass an .npz instead)")
+    return shape, classes
+
+
 def source(name: str, missing: str) -> sources.Source:
     """A TF-free TFDS source (``tfds.data_source``); ``missing`` starts every error message."""
     try:
@@ -89,8 +106,7 @@ def source(name: str, missing: str) -> sources.Source:
         version = str(builder.info.version)
     except Exception as e:  # noqa: BLE001 - any TFDS failure becomes a DataError
         raise DataError(f"{missing} (TFDS failed: {type(e).__name__}: {e})") from e
-    shape = (28, 28, 1) if name == "mnist" else (32, 32, 3)
-    classes = MNIST_CLASSES if name == "mnist" else CIFAR10_CLASSES
+    shape, classes = _image_classification(builder, name, missing)
 
     def load() -> Dataset:
         try:
@@ -98,7 +114,7 @@ def source(name: str, missing: str) -> sources.Source:
         except Exception:  # noqa: BLE001 - unknown state: let the probe decide
             prepared = False
         if not prepared:
-            why = probe_download(name)
+            why = probe_download(name if name in DOWNLOAD_HOSTS else "mnist")
             if why is not None:
                 raise DataError(f"{missing} (TFDS has no prepared {name}/{version} in "
                                 f"{builder.data_dir} and cannot download it: {why})")

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxpet import config as config_lib, data, models, report, runs, splits, training
 from jaxpet.attacks import lira as lira_attack
-from jaxpet.attacks import reference
+from jaxpet.attacks import reference, registry
 from jaxpet.config import setting
 from jaxpet.experiments import settings
 
@@ -43,9 +43,11 @@ class Config:
     model: str = setting("seed_cnn", "The model: an import path module:function to a function "
                          "that takes num_classes and returns a Flax module called as "
                          "module(x, train), or one of jaxpet's: seed_cnn (the seed's CNN), mlp.")
-    data: str = setting("cifar10", "cifar10, mnist, or a path to an .npz with 'images' (uint8 or "
-                        "float, NHWC) or 'features' (float vectors) and 'labels', and optionally "
-                        "the held-out 'test_images'/'test_features' and 'test_labels'.")
+    data: str = setting("cifar10", "cifar10, mnist, tfds:<name> (any TensorFlow Datasets "
+                        "image-classification dataset, e.g. tfds:fashion_mnist), or a path to an "
+                        ".npz with 'images' (uint8 or float, NHWC) or 'features' (float vectors) "
+                        "and 'labels', and the held-out 'test_images'/'test_features' and "
+                        "'test_labels'.")
     data_dir: str | None = settings.data_dir()
     workdir: str = setting("runs/audit", "Output folder.")
     seed: int = setting(0, "Seed for the pool, the member sets, initialisation and data order.",
@@ -60,7 +62,11 @@ class Config:
                                          "part of the data) your target trained on.",
                                          when=("target", ("checkpoint",)))
     num_references: int = setting(8, "N reference models, trained at once on random halves of "
-                                  "the pool (online LiRA/RMIA); even.", low=2)
+                                  "the pool; even.", low=2)
+    references: str = setting("online", "online: each reference trains on a random half of the "
+                              "whole pool (every attack); offline: only on the target's "
+                              "non-members (the offline attacks and the loss baseline).",
+                              choices=("online", "offline"))
     pool_size: int | None = setting(None, "Candidates drawn from the training part (default: all "
                                     "of it; with --target=checkpoint always all of it).", low=4)
     population_size: int = setting(1000, "Held-out examples used as RMIA's population.", low=1)
@@ -131,10 +137,15 @@ class AuditData:
 
 def load_data(config: Config) -> AuditData:
     """A jaxpet dataset by name, or the user's .npz; every inconsistency is a clear error."""
-    if config.data in BUILTIN_DATASETS:
+    if config.data in BUILTIN_DATASETS or config.data.startswith("tfds:"):
         ds = data.load_dataset(config.data, config.data_dir)
+        if ds.test is None or len(ds.test) == 0:
+            raise data.DataError(f"--data={config.data} has no held-out split for RMIA's "
+                                 "population — use an .npz with test_images and test_labels.")
+        preprocess = (data.normalizer(config.data) if config.data in BUILTIN_DATASETS
+                      else data.Normalize(mean=(0.0,), std=(1.0,), scale=255.0))
         return AuditData(ds.train.images, ds.train.labels, ds.test.images, ds.test.labels,
-                         len(ds.class_names), "images", data.normalizer(config.data), ds.digest,
+                         len(ds.class_names), "images", preprocess, ds.digest,
                          str(ds.info.get("source")))
     path = pathlib.Path(config.data)
     if path.suffix != ".npz":
@@ -292,7 +303,6 @@ def run(config: Config) -> dict[str, Any]:
             raise config_lib.ConfigError(f"--batch_size={config.batch_size} is larger than a "
                                          f"model's ~{len(pool) // 2} members — lower it.")
         population = np.sort(rng.choice(len(audit.test_x), config.population_size, replace=False))
-        keep = splits.balanced_keep_mask(len(pool), config.num_references, config.seed)
         if config.target == "checkpoint":
             target_keep = np.isin(pool, _member_indices(config, n))
             target_vars = _load_target(config, model, sample)
@@ -302,10 +312,11 @@ def run(config: Config) -> dict[str, Any]:
             target_keep[np.random.default_rng([config.seed, 1]).permutation(len(pool))[
                 :len(pool) // 2]] = True
             target_vars = checkpoint_digest = None
+        keep = reference_sets(config, target_keep)
         queries = 2 if audit.kind == "images" and config.flip_queries else 1
         key = {"data": audit.digest, "model": repr(model), "target": checkpoint_digest,
                "target_keep": target_keep, **{k: getattr(config, k) for k in (
-                   "seed", "num_references", "pool_size", "population_size", "epochs",
+                   "seed", "num_references", "references", "pool_size", "population_size", "epochs",
                    "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
                    "schedule", "lr_decay", "augment", "precision", "flip_queries")}}
 
@@ -336,12 +347,14 @@ def run(config: Config) -> dict[str, Any]:
             all_keep = np.concatenate([target_keep[None], keep])
             scores = reference.attack_scores(signals, all_keep, 0,
                                              list(range(1, config.num_references + 1)),
-                                             reference.AttackConfig(num_queries=queries))
+                                             reference.AttackConfig(num_queries=queries),
+                                             attacks=attack_names(config))
             attacks = {name: reference.attack_metrics(target_keep, s)
                        for name, s in scores.items()}
         hits = saved["logits"][0, :, 0].argmax(-1) == audit.y[pool]
         test_hits = saved["population_logits"][0, :, 0].argmax(-1) == audit.test_y[population]
-        exposed = _most_exposed(scores["lira_online"], target_keep, config.num_exposed)
+        ranking = "lira_online" if config.references == "online" else "lira_offline"
+        exposed = _most_exposed(scores[ranking], target_keep, config.num_exposed)
         results = run_.finish({
             "data": {"source": audit.source, "digest": audit.digest, "kind": audit.kind,
                      "num_classes": audit.num_classes, "pool_size": len(pool),
@@ -351,8 +364,8 @@ def run(config: Config) -> dict[str, Any]:
                        "pool_non_member_acc": float(hits[~target_keep].mean()),
                        "test_acc": float(test_hits.mean())},
             "attacks": attacks,
-            "most_exposed": [{"index": int(pool[i]), "score": float(scores["lira_online"][i])}
-                             for i in exposed],
+            "most_exposed": [{"index": int(pool[i]), "score": float(scores[ranking][i]),
+                              "attack": ranking} for i in exposed],
             "seconds": {"training": float(info["train_seconds"])},
         })
         runs.write_npz(run_.path / "scores.npz", indices=pool, membership=target_keep,
@@ -362,10 +375,30 @@ def run(config: Config) -> dict[str, Any]:
             title=f"audit of {config.model}: {config.num_references} references"),
             run_.path / "roc.png")
         if audit.kind == "images":
-            runs.save_image(_exposed_figure(audit.x[pool], exposed, scores["lira_online"],
-                                            pool), run_.path / "exposed.png")
+            runs.save_image(_exposed_figure(audit.x[pool], exposed, scores[ranking], pool),
+                            run_.path / "exposed.png")
         runs.write_text(summary_path(config), summary_markdown(results))
         return results
+
+
+def reference_sets(config: Config, target_keep: np.ndarray) -> np.ndarray:
+    """Bool [N, pool]: each reference's members, a balanced half of the whole pool (online) or
+    of the target's non-members only (offline)."""
+    if config.references == "online":
+        return splits.balanced_keep_mask(len(target_keep), config.num_references, config.seed)
+    outside = np.flatnonzero(~target_keep)
+    keep = np.zeros((config.num_references, len(target_keep)), bool)
+    keep[:, outside] = splits.balanced_keep_mask(len(outside), config.num_references, config.seed)
+    return keep
+
+
+def attack_names(config: Config) -> list[str]:
+    """Every reference-family attack (online references), or those that need no reference
+    trained on the target's members (offline)."""
+    names = registry.attack_names("reference")
+    if config.references == "online":
+        return list(names)
+    return [n for n in names if "offline" in n or not registry.get_attack(n).uses_references]
 
 
 def _most_exposed(score: np.ndarray, members: np.ndarray, count: int) -> np.ndarray:
@@ -398,7 +431,8 @@ def summary_markdown(results: dict) -> str:
             for name, r in results["attacks"].items()]
     table = report.markdown_table(["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)",
                                    "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
-    exposed = report.markdown_table(["training example", "LiRA online score"],
+    exposed = report.markdown_table(["training example",
+                                     f"{results['most_exposed'][0]['attack']} score"],
                                     [[e["index"], f"{e['score']:.2f}"]
                                      for e in results["most_exposed"]])
     return (f"# Membership audit of `{c['model']}` on {d['source']}\n\n"

@@ -114,3 +114,26 @@ def test_probe_targets_follow_the_https_proxy(monkeypatch):
     assert tfds_source._targets("mnist") == [("proxy.example", 3128)]
     monkeypatch.setenv("no_proxy", "storage.googleapis.com")
     assert tfds_source._targets("mnist") == [("storage.googleapis.com", 443)]
+
+
+def test_any_tfds_image_classification_dataset_by_name(tmp_path, monkeypatch, cache):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tfds_source, "probe_download", lambda *a, **k: None)
+    with tfds.testing.mock_data(num_examples=5):
+        ds = data.load_dataset("tfds:fashion_mnist", cache_dir=cache)
+        again = data.load_dataset("tfds:fashion_mnist", cache_dir=cache)
+    assert ds.name == "fashion_mnist" and ds.train.images.shape == (5, 28, 28, 1)
+    assert len(ds.class_names) == 10 and ds.class_names[0] == "T-shirt/top"
+    assert again.info["from_cache"] is True and again.digest == ds.digest
+
+
+def test_unknown_or_offline_tfds_names_point_to_the_npz_route(monkeypatch, cache):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(data.DataError, match="tfds:no_such_dataset.*pass your data as an .npz"):
+        data.load_dataset("tfds:no_such_dataset", cache_dir=cache)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: False)
+    monkeypatch.setattr(tfds_source, "probe_download", lambda *a, **k: "cannot connect")
+    start = time.perf_counter()
+    with pytest.raises(data.DataError, match="cannot download it: cannot connect"):
+        data.load_dataset("tfds:fashion_mnist", cache_dir=cache)
+    assert time.perf_counter() - start < 5

@@ -100,6 +100,20 @@ def test_images_with_a_batchnorm_module_without_mask(tmp_path, user_models):
     assert (tmp_path / "audit" / "exposed.png").stat().st_size > 0
 
 
+def test_a_tfds_dataset_by_name(tmp_path, user_models, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from jaxpet.data import tfds as tfds_source
+
+    monkeypatch.setattr(tfds_source, "probe_download", lambda *a, **k: None)
+    monkeypatch.setenv("JAXPET_CACHE_DIR", str(tmp_path / "cache"))
+    with tfds.testing.mock_data(num_examples=48):
+        results = audit.run(_config(tmp_path, model=f"{user_models}:small_cnn",
+                                    data="tfds:fashion_mnist", epochs=2, population_size=20,
+                                    flip_queries=False))
+    assert results["data"]["num_classes"] == 10 and results["data"]["pool_size"] == 48
+    assert results["data"]["queries"] == 1
+
+
 def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path, user_models):
     data_path = _features(tmp_path / "d.npz")
     other = _features(tmp_path / "other.npz", seed=5)  # the target trains on other data
@@ -168,3 +182,17 @@ def test_bad_input_fails_before_training(tmp_path, user_models, monkeypatch, cas
 def test_bad_settings_are_refused(kwargs, expected):
     with pytest.raises(ValueError, match=expected):
         audit.Config(**kwargs)
+
+
+def test_offline_references_never_train_on_the_targets_members(tmp_path, user_models):
+    config = _config(tmp_path, model=f"{user_models}:tabular", data=_features(tmp_path / "d.npz"),
+                     references="offline")
+    target_keep = np.zeros(160, bool)
+    target_keep[::2] = True
+    keep = audit.reference_sets(config, target_keep)
+    assert not (keep & target_keep).any() and (keep.sum(0)[~target_keep] == 2).all()
+    results = audit.run(config)
+    assert set(results["attacks"]) == {"lira_offline", "lira_offline_fixed_variance",
+                                       "rmia_offline", "global_loss"}
+    assert results["attacks"]["lira_offline"]["auc"] > 0.6
+    assert results["most_exposed"][0]["attack"] == "lira_offline"
