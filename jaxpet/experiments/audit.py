@@ -47,8 +47,13 @@ class Config:
                         "image-classification dataset, e.g. tfds:fashion_mnist), or a path to an "
                         ".npz with 'images' (uint8 or float, NHWC) or 'features' (float vectors) "
                         "and 'labels', and the held-out 'test_images'/'test_features' and "
-                        "'test_labels'.")
+                        "'test_labels' (optionally 'num_classes').")
     data_dir: str | None = settings.data_dir()
+    preprocess: str = setting("dataset", "What the model sees: dataset (jaxpet's normalisation "
+                              "for mnist and cifar10; pixels / 255 for other uint8 images; "
+                              "floats as stored), unit (uint8 pixels / 255, in [0, 1]) or raw "
+                              "(values as stored). Match what your target was trained on.",
+                              choices=("dataset", "unit", "raw"))
     workdir: str = setting("runs/audit", "Output folder.")
     seed: int = setting(0, "Seed for the pool, the member sets, initialisation and data order.",
                         low=0)
@@ -68,7 +73,8 @@ class Config:
                               "non-members (the offline attacks and the loss baseline).",
                               choices=("online", "offline"))
     pool_size: int | None = setting(None, "Candidates drawn from the training part (default: all "
-                                    "of it; with --target=checkpoint always all of it).", low=4)
+                                    "of it; with --target=checkpoint, the target's members and as "
+                                    "many non-members).", low=4)
     population_size: int = setting(1000, "Held-out examples used as RMIA's population.", low=1)
     epochs: int = setting(20, "Training epochs of the target and every reference.", low=1)
     batch_size: int = setting(128, "Batch size per model.", low=1)
@@ -143,7 +149,7 @@ def load_data(config: Config) -> AuditData:
             raise data.DataError(f"--data={config.data} has no held-out split for RMIA's "
                                  "population — use an .npz with test_images and test_labels.")
         preprocess = (data.normalizer(config.data) if config.data in BUILTIN_DATASETS
-                      else data.Normalize(mean=(0.0,), std=(1.0,), scale=255.0))
+                      and config.preprocess == "dataset" else _scaling(config, np.uint8))
         return AuditData(ds.train.images, ds.train.labels, ds.test.images, ds.test.labels,
                          len(ds.class_names), "images", preprocess, ds.digest,
                          str(ds.info.get("source")))
@@ -166,6 +172,12 @@ def load_data(config: Config) -> AuditData:
         raise data.DataError(f"--data={path} needs a held-out part ('test_{kind}' and "
                              "'test_labels') for RMIA's population.")
     num_classes = int(max(y.max(initial=0), test_y.max(initial=0))) + 1
+    if "num_classes" in arrays:  # stated: every label must be below it
+        stated = int(arrays["num_classes"])
+        if num_classes > stated:
+            raise data.DataError(f"--data={path}: labels go up to {num_classes - 1}, outside "
+                                 f"[0, {stated}) of its num_classes={stated}.")
+        num_classes = stated
     for name, xs, ys in (("", x, y), ("test_", test_x, test_y)):
         if len(xs) != len(ys):
             raise data.DataError(f"--data={path}: {name}{kind} holds {len(xs)} examples but "
@@ -178,12 +190,17 @@ def load_data(config: Config) -> AuditData:
                                  f"shape {xs.shape}.")
         if np.issubdtype(xs.dtype, np.floating) and not np.isfinite(xs).all():
             raise data.DataError(f"--data={path}: {name}{kind} holds NaN or infinity.")
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    preprocess = data.Normalize(mean=(0.0,), std=(1.0,), scale=scale)
+    preprocess = _scaling(config, x.dtype)
     if x.dtype != np.uint8:
         x, test_x = x.astype(np.float32), test_x.astype(np.float32)
     return AuditData(x, y.astype(np.int32), test_x, test_y.astype(np.int32), num_classes, kind,
                      preprocess, runs.digest(x, y, test_x, test_y), str(path))
+
+
+def _scaling(config: Config, dtype) -> data.Normalize:
+    """uint8 pixels / 255 (dataset, unit), or values as stored (raw, and floats)."""
+    scale = 255.0 if dtype == np.uint8 and config.preprocess != "raw" else 1.0
+    return data.Normalize(mean=(0.0,), std=(1.0,), scale=scale)
 
 
 def make_model(config: Config, num_classes: int) -> nn.Module:
@@ -241,6 +258,24 @@ def _member_indices(config: Config, pool_size: int) -> np.ndarray:
     return np.sort(indices)
 
 
+def _pool(config: Config, n: int, members: np.ndarray | None, rng) -> np.ndarray:
+    """The candidates: ``pool_size`` random training examples (default all); for a user's
+    target, all its members plus as many non-members (or up to ``pool_size`` in all)."""
+    size = config.pool_size
+    if size is not None and size > n:
+        raise config_lib.ConfigError(f"--pool_size={size} is larger than the {n} training "
+                                     "examples — lower it.")
+    if members is None:
+        return np.arange(n) if size is None else np.sort(rng.choice(n, size, replace=False))
+    size = min(n, 2 * len(members)) if size is None else size
+    if size <= len(members):
+        raise config_lib.ConfigError(f"--pool_size={size} leaves no room for non-members beside "
+                                     f"the target's {len(members)} members — raise it.")
+    outside = np.setdiff1d(np.arange(n), members)
+    return np.sort(np.concatenate([members, rng.choice(outside, size - len(members),
+                                                       replace=False)]))
+
+
 def _load_target(config: Config, model, sample):
     """The user's target variables as a K=1 ensemble, checked leaf by leaf against the model."""
     init = jax.device_get(model.init(jax.random.PRNGKey(0), sample, train=False))
@@ -289,13 +324,8 @@ def run(config: Config) -> dict[str, Any]:
                                          "feature vectors.")
         rng = np.random.default_rng(config.seed)
         n = len(audit.x)
-        if config.target == "checkpoint" or config.pool_size is None:
-            pool = np.arange(n)
-        elif config.pool_size > n:
-            raise config_lib.ConfigError(f"--pool_size={config.pool_size} is larger than the "
-                                         f"{n} training examples — lower it.")
-        else:
-            pool = np.sort(rng.choice(n, config.pool_size, replace=False))
+        members = _member_indices(config, n) if config.target == "checkpoint" else None
+        pool = _pool(config, n, members, rng)
         if config.population_size > len(audit.test_x):
             raise config_lib.ConfigError(f"--population_size={config.population_size} is larger "
                                          f"than the {len(audit.test_x)} held-out examples.")
@@ -303,8 +333,8 @@ def run(config: Config) -> dict[str, Any]:
             raise config_lib.ConfigError(f"--batch_size={config.batch_size} is larger than a "
                                          f"model's ~{len(pool) // 2} members — lower it.")
         population = np.sort(rng.choice(len(audit.test_x), config.population_size, replace=False))
-        if config.target == "checkpoint":
-            target_keep = np.isin(pool, _member_indices(config, n))
+        if members is not None:
+            target_keep = np.isin(pool, members)
             target_vars = _load_target(config, model, sample)
             checkpoint_digest = runs.digest(pathlib.Path(config.target_checkpoint).read_bytes())
         else:
@@ -315,6 +345,7 @@ def run(config: Config) -> dict[str, Any]:
         keep = reference_sets(config, target_keep)
         queries = 2 if audit.kind == "images" and config.flip_queries else 1
         key = {"data": audit.digest, "model": repr(model), "target": checkpoint_digest,
+               "preprocess": repr(audit.preprocess),
                "target_keep": target_keep, **{k: getattr(config, k) for k in (
                    "seed", "num_references", "references", "pool_size", "population_size", "epochs",
                    "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",

@@ -134,6 +134,7 @@ def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path,
         assert abs(results["attacks"][name]["auc"] - 0.5) < 0.12, name
     saved = json.loads((tmp_path / "audit" / "results.json").read_text())
     assert saved["config"]["target"] == "checkpoint" and saved["data"]["target_members"] == 80
+    assert saved["data"]["pool_size"] == 160  # its 80 members and as many non-members
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -142,6 +143,7 @@ def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path,
     ("one_logit", "needs one logit per class: (1, 4)"),
     ("no_labels", "needs 'images' or 'features', and 'labels'"),
     ("lengths", "holds 160 examples but labels 150"),
+    ("label_range", "outside [0, 3) of its num_classes=3"),
     ("members_out_of_range", "indices must be in [0, 160)"),
     ("members_repeated", "repeats indices"),
     ("checkpoint_tree", "does not fit the model"),
@@ -157,13 +159,16 @@ def test_bad_input_fails_before_training(tmp_path, user_models, monkeypatch, cas
     elif case == "no_labels":
         np.savez(tmp_path / "bad.npz", features=np.zeros((10, 3)))
         kwargs["data"] = str(tmp_path / "bad.npz")
+    elif case == "label_range":
+        np.savez(tmp_path / "bad.npz", **dict(np.load(data_path)), num_classes=3)
+        kwargs["data"] = str(tmp_path / "bad.npz")
     elif case == "lengths":
         arrays = dict(np.load(data_path))
         np.savez(tmp_path / "bad.npz", **{**arrays, "labels": arrays["labels"][:150]})
         kwargs["data"] = str(tmp_path / "bad.npz")
     else:
         members = {"members_out_of_range": [0, 5, 400], "members_repeated": [1, 1, 2]}.get(
-            case, [0, 1, 2])
+            case, list(range(0, 160, 2)))
         np.save(tmp_path / "m.npy", np.asarray(members))
         (tmp_path / "t.msgpack").write_bytes(serialization.to_bytes({"params": {"x": np.ones(2)}}))
         kwargs.update(target="checkpoint", target_checkpoint=str(tmp_path / "t.msgpack"),
