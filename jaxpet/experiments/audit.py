@@ -46,8 +46,9 @@ class Config:
     data: str = setting("cifar10", "cifar10, mnist, tfds:<name> (any TensorFlow Datasets "
                         "image-classification dataset, e.g. tfds:fashion_mnist), or a path to an "
                         ".npz with 'images' (uint8 or float, NHWC) or 'features' (float vectors) "
-                        "and 'labels', and the held-out 'test_images'/'test_features' and "
-                        "'test_labels' (optionally 'num_classes').")
+                        "and 'labels', optionally a held-out 'test_images'/'test_features' + "
+                        "'test_labels' (else RMIA's population is set aside from the training "
+                        "part) and 'num_classes'.")
     data_dir: str | None = settings.data_dir()
     preprocess: str = setting("dataset", "What the model sees: dataset (jaxpet's normalisation "
                               "for mnist and cifar10; pixels / 255 for other uint8 images; "
@@ -132,8 +133,8 @@ class AuditData:
 
     x: np.ndarray
     y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
+    test_x: np.ndarray | None  # None: no held-out part (the population comes from train)
+    test_y: np.ndarray | None
     num_classes: int
     kind: str  # "images" or "features"
     preprocess: Any
@@ -168,9 +169,11 @@ def load_data(config: Config) -> AuditData:
                              f"holds {sorted(arrays)}.")
     x, y = arrays[kind], arrays["labels"]
     test_x, test_y = arrays.get(f"test_{kind}"), arrays.get("test_labels")
-    if test_x is None or test_y is None:
-        raise data.DataError(f"--data={path} needs a held-out part ('test_{kind}' and "
-                             "'test_labels') for RMIA's population.")
+    if (test_x is None) != (test_y is None):
+        raise data.DataError(f"--data={path} has only one of 'test_{kind}' and 'test_labels'; "
+                             "give both (a held-out part) or neither.")
+    if test_x is None:  # no held-out part: the population is set aside from the training part
+        test_x, test_y = x[:0], y[:0]
     num_classes = int(max(y.max(initial=0), test_y.max(initial=0))) + 1
     if "num_classes" in arrays:  # stated: every label must be below it
         stated = int(arrays["num_classes"])
@@ -193,8 +196,12 @@ def load_data(config: Config) -> AuditData:
     preprocess = _scaling(config, x.dtype)
     if x.dtype != np.uint8:
         x, test_x = x.astype(np.float32), test_x.astype(np.float32)
-    return AuditData(x, y.astype(np.int32), test_x, test_y.astype(np.int32), num_classes, kind,
-                     preprocess, runs.digest(x, y, test_x, test_y), str(path))
+    digest = runs.digest(x, y, test_x, test_y)
+    if len(test_x) == 0:
+        test_x = test_y = None
+    return AuditData(x, y.astype(np.int32), test_x,
+                     None if test_y is None else test_y.astype(np.int32), num_classes, kind,
+                     preprocess, digest, str(path))
 
 
 def _scaling(config: Config, dtype) -> data.Normalize:
@@ -258,20 +265,21 @@ def _member_indices(config: Config, pool_size: int) -> np.ndarray:
     return np.sort(indices)
 
 
-def _pool(config: Config, n: int, members: np.ndarray | None, rng) -> np.ndarray:
-    """The candidates: ``pool_size`` random training examples (default all); for a user's
-    target, all its members plus as many non-members (or up to ``pool_size`` in all)."""
-    size = config.pool_size
+def _pool(config: Config, available: np.ndarray, members: np.ndarray | None,
+          rng) -> np.ndarray:
+    """The candidates: ``pool_size`` random ``available`` training examples (default all); for
+    a user's target, all its members plus as many non-members (or up to ``pool_size`` in all)."""
+    size, n = config.pool_size, len(available)
     if size is not None and size > n:
         raise config_lib.ConfigError(f"--pool_size={size} is larger than the {n} training "
-                                     "examples — lower it.")
+                                     "examples available — lower it.")
     if members is None:
-        return np.arange(n) if size is None else np.sort(rng.choice(n, size, replace=False))
+        return available if size is None else np.sort(rng.choice(available, size, replace=False))
     size = min(n, 2 * len(members)) if size is None else size
     if size <= len(members):
         raise config_lib.ConfigError(f"--pool_size={size} leaves no room for non-members beside "
                                      f"the target's {len(members)} members — raise it.")
-    outside = np.setdiff1d(np.arange(n), members)
+    outside = np.setdiff1d(available, members)
     return np.sort(np.concatenate([members, rng.choice(outside, size - len(members),
                                                        replace=False)]))
 
@@ -325,7 +333,17 @@ def run(config: Config) -> dict[str, Any]:
         rng = np.random.default_rng(config.seed)
         n = len(audit.x)
         members = _member_indices(config, n) if config.target == "checkpoint" else None
-        pool = _pool(config, n, members, rng)
+        available = np.arange(n)
+        if audit.test_x is None:  # no held-out part: RMIA's population is set aside from train
+            outside = available if members is None else np.setdiff1d(available, members)
+            if config.population_size >= len(outside):
+                raise config_lib.ConfigError(f"--population_size={config.population_size} leaves "
+                                             "no training example for the pool — lower it.")
+            held = np.sort(np.random.default_rng([config.seed, 2]).choice(
+                outside, config.population_size, replace=False))
+            audit = dataclasses.replace(audit, test_x=audit.x[held], test_y=audit.y[held])
+            available = np.setdiff1d(available, held)
+        pool = _pool(config, available, members, rng)
         if config.population_size > len(audit.test_x):
             raise config_lib.ConfigError(f"--population_size={config.population_size} is larger "
                                          f"than the {len(audit.test_x)} held-out examples.")

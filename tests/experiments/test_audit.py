@@ -87,6 +87,17 @@ def test_feature_vectors_of_an_overfit_model_leak(tmp_path, user_models, check_c
     assert not (tmp_path / "audit" / "exposed.png").exists()  # no picture of feature vectors
 
 
+def test_without_a_held_out_part_the_population_comes_from_training(tmp_path, user_models):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "f.npz", features=rng.normal(size=(200, 12)).astype(np.float32),
+             labels=rng.integers(0, 4, 200))
+    results = audit.run(_config(tmp_path, model=f"{user_models}:tabular",
+                                data=str(tmp_path / "f.npz")))
+    assert results["data"]["pool_size"] == 160 and results["data"]["population_size"] == 40
+    scores = np.load(tmp_path / "audit" / "scores.npz")
+    assert len(scores["indices"]) == 160 and results["attacks"]["lira_online"]["auc"] > 0.6
+
+
 def test_images_with_a_batchnorm_module_without_mask(tmp_path, user_models):
     rng = np.random.default_rng(1)
     path = tmp_path / "images.npz"
