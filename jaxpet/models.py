@@ -85,6 +85,21 @@ def _row_mask(mask, x):
 
 
 NORMS = ("batch", "group", "none")
+# 2x2 max-pooling forms: "window" is nn.max_pool (its gradient is XLA's select-and-scatter);
+# "reshape" takes the max over a [H/2, 2, W/2, 2] view, whose gradient is an elementwise
+# mask. Same forward; the same gradient wherever a window's maximum is unique.
+POOL_IMPLS = ("window", "reshape")
+
+
+def max_pool_2x2(x, impl: str = "window"):
+    """Non-overlapping 2x2 max-pooling of NHWC ``x`` (odd edges dropped, as nn.max_pool)."""
+    if impl not in POOL_IMPLS:
+        raise ValueError(f"pool_impl must be one of {POOL_IMPLS}, got {impl!r}.")
+    if impl == "window":
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+    b, h, w, c = x.shape
+    x = x[:, :h - h % 2, :w - w % 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def _group_count(width: int) -> int:
@@ -107,6 +122,7 @@ class SeedCNN(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     conv_impl: str = "auto"  # see resolve_conv_impl
+    pool_impl: str = "window"  # see POOL_IMPLS
     norm: str = "batch"  # one of NORMS
 
     @nn.compact
@@ -123,7 +139,7 @@ class SeedCNN(nn.Module):
             elif self.norm == "group":
                 x = nn.GroupNorm(num_groups=_group_count(width), dtype=self.dtype)(x)
             x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x, self.pool_impl)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(self.fc, dtype=self.dtype)(x))
@@ -168,6 +184,7 @@ class LeNet(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
+    pool_impl: str = "window"  # see POOL_IMPLS
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, mask=None):
@@ -175,7 +192,7 @@ class LeNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         for i, width in enumerate(self.features, start=1):
             x = nn.relu(_conv(self.conv_impl, width, self.dtype, True, f"Conv_{i - 1}")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x, self.pool_impl)
             self.sow("representations", f"conv{i}", x.reshape((x.shape[0], -1)))
         x = x.reshape((x.shape[0], -1))
         for i, size in enumerate(self.hidden_sizes, start=1):

@@ -95,3 +95,23 @@ def test_seed_cnn_conv_forms_agree_under_vmap(dataset, shape):
     np.testing.assert_allclose(out_patches, out_conv, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="conv_impl"):
         models.seed_cnn(dataset, conv_impl="winograd")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_reshape_pooling_equals_window_pooling_and_its_gradient(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous: no ties in a window
+    window = models.max_pool_2x2(x, "window")
+    np.testing.assert_array_equal(models.max_pool_2x2(x, "reshape"), window)
+    weights = jax.random.normal(jax.random.PRNGKey(1), window.shape)
+    grad = lambda impl: jax.grad(lambda v: jnp.sum(models.max_pool_2x2(v, impl) * weights))(x)
+    np.testing.assert_array_equal(grad("reshape"), grad("window"))
+    with pytest.raises(ValueError, match="pool_impl"):
+        models.max_pool_2x2(x, "average")
+
+
+def test_seed_cnn_with_reshape_pooling_gives_the_same_logits():
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 32, 32, 3))
+    window = models.SeedCNN(8, 16, 16)
+    reshaped = models.SeedCNN(8, 16, 16, pool_impl="reshape")
+    variables = window.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(reshaped.apply(variables, x), window.apply(variables, x), rtol=1e-6)
