@@ -13,6 +13,7 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import linecache
 import pathlib
 import sys
 import types
@@ -26,7 +27,8 @@ _PACKAGE = str(pathlib.Path(__file__).resolve().parent)
 
 
 def is_user_error(error: BaseException) -> bool:
-    """A UserError, or a ValueError raised by a check inside jaxpet (not deep in a library)."""
+    """A UserError, or a ValueError that a ``raise`` statement of jaxpet's own checks raised
+    (not one from deep in a library, nor a bug such as a failed unpacking in jaxpet)."""
     if isinstance(error, UserError):
         return True
     if not isinstance(error, ValueError):
@@ -34,7 +36,10 @@ def is_user_error(error: BaseException) -> bool:
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE)
+    if tb is None or not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        return False
+    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+    return line.startswith("raise ")
 
 
 def guarded(fn, *args, **kwargs):

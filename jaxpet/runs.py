@@ -83,6 +83,8 @@ def digest(*parts: Any, length: int = 16) -> str:
 # ----------------------------------------------------------------------------- atomic writes
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_UMASK = os.umask(0o022)  # read once (setting it back at once), not per write: threads share it
+os.umask(_UMASK)
 
 
 
@@ -117,9 +119,7 @@ def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -231,10 +231,19 @@ class Workdir:
 
     def lock(self) -> None:
         lock_path = self.path / self.LOCK_NAME
-        f = open(lock_path, "a+")
+        try:
+            f = open(lock_path, "a+")
+        except OSError as e:
+            raise WorkdirError(f"cannot open the lock file {lock_path} ({e.strerror or e}) — "
+                               f"choose a {self.flag} of your own.") from e
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                f.close()
+                raise WorkdirError(f"{self.flag}={self.path} cannot be locked ({e.strerror or e}); "
+                                   "its file system does not support locks — choose a local "
+                                   "folder.") from e
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
@@ -298,19 +307,20 @@ class StageCache:
             return None
         try:
             meta = read_json(meta_path)
-            if meta.get("fingerprint") != digest(key):
-                raise ValueError(f"fingerprint {meta.get('fingerprint')} is not {digest(key)}")
+            if not isinstance(meta, dict) or meta.get("fingerprint") != digest(key):
+                raise ValueError(f"it is not this stage's (fingerprint {digest(key)})")
             arrays = read_npz(arrays_path)
             missing = set(meta.get("arrays", [])) - set(arrays)
             if missing:
                 raise ValueError(f"arrays {sorted(missing)} are missing")
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            info = meta["info"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as e:
             logging.warning("Stage %s: discarding %s, which does not load (%s: %s); "
                             "recomputing it.", name, arrays_path, type(e).__name__, e)
             for p in (meta_path, arrays_path):
                 p.unlink(missing_ok=True)
             return None
-        return arrays, meta["info"]
+        return arrays, info
 
     def run(self, name: str, key, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
             ) -> tuple[dict[str, np.ndarray], dict]:

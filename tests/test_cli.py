@@ -175,3 +175,11 @@ def test_a_second_writer_of_one_workdir_is_refused(tmp_path):
     assert out.returncode == 1
     assert "is in use by another jaxpet run (pid" in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "busy" / "results.json").exists()
+
+
+def test_a_bug_inside_jaxpet_is_not_taken_for_a_user_error():
+    namespace = {}
+    exec(compile("def unpack():\n    a, b = [1, 2, 3]\n", cli.__file__, "exec"), namespace)
+    with pytest.raises(ValueError) as error:
+        namespace["unpack"]()
+    assert not cli.is_user_error(error.value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pathlib
 from typing import Any, Callable
 
@@ -193,6 +194,12 @@ def load_data(config: Config) -> AuditData:
                                  f"shape {xs.shape}.")
         if np.issubdtype(xs.dtype, np.floating) and not np.isfinite(xs).all():
             raise data.DataError(f"--data={path}: {name}{kind} holds NaN or infinity.")
+    if kind == "images" and np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
+        if x.min(initial=0) < 0 or x.max(initial=0) > 255 or test_x.min(initial=0) < 0 \
+                or test_x.max(initial=0) > 255:
+            raise data.DataError(f"--data={path}: integer images must hold pixels in 0..255 "
+                                 f"(got {x.dtype} from {x.min()} to {x.max()}).")
+        x, test_x = x.astype(np.uint8), test_x.astype(np.uint8)
     preprocess = _scaling(config, x.dtype)
     if x.dtype != np.uint8:
         x, test_x = x.astype(np.float32), test_x.astype(np.float32)
@@ -312,6 +319,19 @@ def _load_target(config: Config, model, sample):
     return jax.tree.map(lambda x: jnp.asarray(x)[None], variables)  # a K=1 ensemble
 
 
+def _model_identity(model: nn.Module, sample) -> dict:
+    """What identifies the model in a stage key: its fields, its parameters' shapes and dtypes,
+    and the source of its class (an edited layer must not reuse saved logits)."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), sample)
+    try:
+        source = inspect.getsource(type(model))
+    except (OSError, TypeError):
+        source = None
+    return {"repr": repr(model), "source": source,
+            "shapes": [f"{'/'.join(map(str, path))}: {leaf.shape} {leaf.dtype}" for path, leaf
+                       in traverse_util.flatten_dict(jax.tree.map(lambda a: a, shapes)).items()]}
+
+
 def _logits(model, variables, x, config: Config, preprocess, queries: int) -> np.ndarray:
     views = [x] if queries == 1 else [x, x[:, :, ::-1, :]]  # the horizontal flip of images
     return np.stack([training.predict(model, variables, v, preprocess=preprocess,
@@ -362,7 +382,8 @@ def run(config: Config) -> dict[str, Any]:
             target_vars = checkpoint_digest = None
         keep = reference_sets(config, target_keep)
         queries = 2 if audit.kind == "images" and config.flip_queries else 1
-        key = {"data": audit.digest, "model": repr(model), "target": checkpoint_digest,
+        key = {"data": audit.digest, "model": _model_identity(model, sample),
+               "pool": pool, "population": population, "target": checkpoint_digest,
                "preprocess": repr(audit.preprocess),
                "target_keep": target_keep, **{k: getattr(config, k) for k in (
                    "seed", "num_references", "references", "pool_size", "population_size", "epochs",

@@ -97,6 +97,8 @@ class Config:
 
     def __post_init__(self):
         config_lib.check(self)
+        if not self.iterations:
+            raise config_lib.ConfigError("--iterations needs at least one budget, e.g. 5,10,100.")
 
     def attack_config(self, budget: int, stopping_rules: bool = False,
                       **overrides) -> mi_face.MIFaceConfig:

@@ -100,11 +100,12 @@ class Config:
                 f"--val_size={self.val_size} leaves no non-member to evaluate with "
                 f"--train_size={self.part_size(pool_size)} — lower --val_size.")
 
-    def training_key(self, dataset: data.Dataset) -> dict:
-        """Everything the trained target and shadows depend on: the training settings and the
-        data's content (not the attack's knobs), so runs differing only in the attack share them."""
+    def training_key(self, dataset: data.Dataset, role: str = "shadow") -> dict:
+        """Everything the trained ``role`` depends on: the training settings and the data's
+        content (not the attack's knobs), so runs differing only in the attack share them."""
         skip = ("preset", "data_dir", "workdir", "stage_dir", "num_posteriors", "attack_epochs",
                 "strategy", "checkpoint_every", "dp_delta", "norm")
+        skip += ("num_shadow",) if role == "target" else ()
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return {**fields, "norm": self.model_norm, "data": dataset.digest,
                 "train_size": self.part_size(len(dataset.train))}
@@ -234,9 +235,9 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                                             precision=config.precision,
                                             width_scale=config.width_scale, norm=config.model_norm)
         target_role, shadow_role = _roles(split, config.num_shadow, config.val_size, config.seed)
-        key = config.training_key(dataset)
         trained = {}
         for role, seed in ((target_role, config.seed), (shadow_role, config.seed + 1000)):
+            key = config.training_key(dataset, role.name)
             with run_.timed(role.name):
                 trained[role.name] = run_.stages.run(role.name, key, lambda: _train_role(
                     role, make(role.name), config, dataset, preprocess, seed,

@@ -27,8 +27,10 @@ from jaxpet.splits import MemberSets
 from jaxpet.training import sharding
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
 from jaxpet.training.inference import batch_positions, check_sets, evaluate_model
+from jaxpet.errors import UserError
 from jaxpet.training.state import (AUGMENT_STREAM, SHUFFLE_STREAM, ModelState, TrainConfig,
-                                   augment_batch, init_ensemble, model_keys, select, train_step)
+                                   accepts_mask, augment_batch, init_ensemble, model_keys, select,
+                                   train_step)
 
 
 def train_epoch(
@@ -292,6 +294,13 @@ def _train_ensemble(model, images, labels, members, config, *, keys, validation,
         if mesh is not None:  # initialise each model on its own device
             keys = sharding.shard_models(keys, mesh)
         state = init_ensemble(model, config, keys, preprocess(images[:1]))
+    if not accepts_mask(model) and jax.tree.leaves(state.batch_stats) \
+            and int(members.counts.min()) < config.batch_size:
+        raise UserError(
+            f"a model's member set holds {int(members.counts.min())} examples, fewer than one "
+            f"batch of {config.batch_size}: a module with BatchNorm that takes no mask= trains on "
+            "full batches only, so it would never be updated — lower the batch size (or give its "
+            "__call__ a mask keyword for padded rows).")
     member_indices = jnp.asarray(members.indices)
     member_counts = jnp.asarray(members.counts)
     if mesh is not None:  # models across devices; the data replicated, once per device

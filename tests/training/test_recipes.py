@@ -122,3 +122,11 @@ def test_batchnorm_without_mask_trains_on_full_batches_only():
     result = training.train_ensemble(PlainMLP(), images, labels,
                                      splits.MemberSets.from_lists([np.arange(30)]), config)
     assert int(result.state.step[0]) == 4
+
+
+def test_batchnorm_without_mask_and_fewer_members_than_a_batch_is_refused():
+    images, labels = _data()
+    with pytest.raises(UserError, match="holds 6 examples, fewer than one batch of 8"):
+        training.train_ensemble(PlainCNN(), images, labels,
+                                splits.MemberSets.from_lists([np.arange(6), np.arange(20)]),
+                                training.TrainConfig(epochs=1, batch_size=8))
