@@ -232,7 +232,8 @@ def compute_dtype(precision: str):
 
 def seed_cnn(dataset: str, role: str = "target", *, dropout_rate: float = 0.0,
              precision: str = "float32", width_scale: float = 1.0,
-             conv_impl: str = "auto", norm: str = "batch") -> SeedCNN:
+             conv_impl: str = "auto", norm: str = "batch",
+             pool_impl: str = "window") -> SeedCNN:
     """The seed's target or shadow CNN for ``dataset``; ``width_scale`` shrinks it for tests.
 
     ``norm``: "batch" (the seed's), or "group" for DP-SGD (see :class:`SeedCNN`).
@@ -245,10 +246,13 @@ def seed_cnn(dataset: str, role: str = "target", *, dropout_rate: float = 0.0,
         raise ValueError(f"width_scale must be positive, got {width_scale}.")
     conv1, conv2, fc = (max(1, round(w * width_scale)) for w in SEED_CNN_WIDTHS[key])
     resolve_conv_impl(conv_impl)  # validate early
+    if pool_impl not in POOL_IMPLS:
+        raise ValueError(f"pool_impl must be one of {POOL_IMPLS}, got {pool_impl!r}.")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     return SeedCNN(conv1=conv1, conv2=conv2, fc=fc, num_classes=10, dropout_rate=dropout_rate,
-                   dtype=compute_dtype(precision), conv_impl=conv_impl, norm=norm)
+                   dtype=compute_dtype(precision), conv_impl=conv_impl, norm=norm,
+                   pool_impl=pool_impl)
 
 
 def attack_mlp(num_classes: int = 2, hidden_sizes: Sequence[int] = (128,),

@@ -92,7 +92,8 @@ def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats:
         return torch_reference.measure_torch(cell.workload, cell.num_models, examples_per_model,
                                              batch_size, repeats)
     dataset, role, shape = WORKLOADS[cell.workload]
-    model = models.seed_cnn(dataset, role, precision=cell.precision, conv_impl=cell.conv_impl)
+    model = models.seed_cnn(dataset, role, precision=cell.precision, conv_impl=cell.conv_impl,
+                            pool_impl=cell.pool_impl)
     preprocess = data.normalizer(dataset)
     config = training.TrainConfig(epochs=1, batch_size=batch_size)
     images, labels = synthetic_pool(shape, 2 * examples_per_model)

@@ -205,6 +205,7 @@ def measure_torch(workload: str, num_models: int, examples_per_model: int, batch
         "strategy": "torch",
         "num_models": num_models,
         "conv_impl": "torch",
+        "pool_impl": "torch",
         "precision": "float32",
         "conv_impl_resolved": "torch",
         "examples_per_model": examples_per_model,

@@ -40,6 +40,7 @@ class Cell:
     num_models: int
     conv_impl: str
     precision: str
+    pool_impl: str = "window"  # models.POOL_IMPLS
 
 
 def peak_flops(device, precision: str) -> float | None:

@@ -32,6 +32,9 @@ class Config:
                                           choices=STRATEGIES)
     conv_impls: tuple[str, ...] = setting(("auto",), "Convolution forms.",
                                           choices=models.CONV_IMPLS)
+    pool_impls: tuple[str, ...] = setting(("window",), "2x2 max-pooling forms: window "
+                                          "(nn.max_pool) or reshape (a max over a reshaped "
+                                          "view; same results).", choices=models.POOL_IMPLS)
     precisions: tuple[str, ...] = setting(("float32",), "Compute precisions.",
                                           choices=tuple(models.PRECISIONS))
     examples_per_model: int = setting(512, "Members per model (one timed epoch over them).", low=1)
@@ -75,12 +78,14 @@ def _cells(config: Config, strategies):
     for workload in config.workloads:
         for precision in config.precisions:
             for conv_impl in config.conv_impls:
-                for k in config.num_models:
-                    for strategy in strategies:
-                        if strategy == "torch" and (conv_impl != config.conv_impls[0]
-                                                    or precision != "float32"):
-                            continue  # one float32 PyTorch reference per workload and K
-                        yield Cell(workload, strategy, k, conv_impl, precision)
+                for pool_impl in config.pool_impls:
+                    for k in config.num_models:
+                        for strategy in strategies:
+                            if strategy == "torch" and (conv_impl != config.conv_impls[0]
+                                                        or pool_impl != config.pool_impls[0]
+                                                        or precision != "float32"):
+                                continue  # one float32 PyTorch reference per workload and K
+                            yield Cell(workload, strategy, k, conv_impl, precision, pool_impl)
 
 
 def run(config: Config) -> dict:
@@ -121,15 +126,16 @@ def run(config: Config) -> dict:
 def markdown(rows: list[dict], inversion_row: dict | None = None) -> str:
     """A table of the measured cells; vmap's speed-up over the loop and over PyTorch, each a
     ratio of images/s measured in the same run."""
-    loop = {(r["workload"], r["num_models"], r["conv_impl"], r["precision"]): r["images_per_s"]
-            for r in rows if r["strategy"] == "loop"}
+    cell_key = lambda r: (r["workload"], r["num_models"], r["conv_impl"], r["precision"],
+                          r.get("pool_impl"))
+    loop = {cell_key(r): r["images_per_s"] for r in rows if r["strategy"] == "loop"}
     torch = {(r["workload"], r["num_models"]): r["images_per_s"]
              for r in rows if r["strategy"] == "torch"}
-    lines = ["| workload | strategy | K | conv | precision | images/s | model-epochs/s | compile s "
-             "| TFLOP/s | % of peak | peak mem (GiB) | vmap / loop | vmap / torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | strategy | K | conv | pool | precision | images/s | model-epochs/s | "
+             "compile s | TFLOP/s | % of peak | peak mem (GiB) | vmap / loop | vmap / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        key = (r["workload"], r["num_models"], r["conv_impl"], r["precision"])
+        key = cell_key(r)
         vmap = r["strategy"] == "vmap"
         over_loop = f"{r['images_per_s'] / loop[key]:.2f}x" if vmap and key in loop else ""
         torch_key = (r["workload"], r["num_models"])
@@ -139,7 +145,8 @@ def markdown(rows: list[dict], inversion_row: dict | None = None) -> str:
         frac = f"{100 * r['fraction_of_peak']:.1f}" if r["fraction_of_peak"] else "unknown"
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r["peak_memory_bytes"] else "n/a"
         lines.append(f"| {r['workload']} | {r['strategy']} | {r['num_models']} | "
-                     f"{r['conv_impl_resolved']} | {r['precision']} | {r['images_per_s']:.0f} | "
+                     f"{r['conv_impl_resolved']} | {r.get('pool_impl', '-')} | {r['precision']} | "
+                     f"{r['images_per_s']:.0f} | "
                      f"{r['model_epochs_per_s']:.3f} | {r['compile_seconds']:.1f} | {tflops} | "
                      f"{frac} | {mem} | {over_loop} | {over_torch} |")
     if inversion_row:

@@ -68,3 +68,11 @@ def test_benchmark_sweep_writes_each_cell(tmp_path, check_common_schema):
     assert vmap2["vmap / loop"] == (
         f"{cells['vmap', 2]['images_per_s'] / cells['loop', 2]['images_per_s']:.2f}x")
     assert vmap2["images/s"] == f"{cells['vmap', 2]['images_per_s']:.0f}"
+
+
+def test_benchmark_cells_cover_every_pool_form_with_one_torch_reference():
+    config = benchmark.Config(workloads=("mnist_shadow",), num_models=(2,),
+                              strategies=("vmap", "torch"), pool_impls=("window", "reshape"))
+    cells = list(benchmark._cells(config, ["vmap", "torch"]))
+    assert [(c.strategy, c.pool_impl) for c in cells] == [
+        ("vmap", "window"), ("torch", "window"), ("vmap", "reshape")]
