@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib, data, models, report, runs, splits, training
+from jaxpet import config as config_lib, data, metrics, models, report, runs, splits, training
 from jaxpet.attacks import lira as lira_attack
 from jaxpet.attacks import reference, registry
 from jaxpet.config import setting
@@ -329,14 +329,7 @@ def _model_identity(model: nn.Module, sample) -> dict:
         source = None
     return {"repr": repr(model), "source": source,
             "shapes": [f"{'/'.join(map(str, path))}: {leaf.shape} {leaf.dtype}" for path, leaf
-                       in traverse_util.flatten_dict(jax.tree.map(lambda a: a, shapes)).items()]}
-
-
-def _logits(model, variables, x, config: Config, preprocess, queries: int) -> np.ndarray:
-    views = [x] if queries == 1 else [x, x[:, :, ::-1, :]]  # the horizontal flip of images
-    return np.stack([training.predict(model, variables, v, preprocess=preprocess,
-                                      batch_size=config.eval_batch_size, logits=True)
-                     for v in views], axis=2)
+                       in traverse_util.flatten_dict(shapes).items()]}
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -402,10 +395,12 @@ def run(config: Config) -> dict[str, Any]:
             if target_vars is not None:
                 variables = jax.tree.map(lambda t, r: jnp.concatenate([t, r]), target_vars,
                                          variables)
-            return ({"logits": _logits(model, variables, audit.x[pool], config, audit.preprocess,
-                                       queries),
-                     "population_logits": _logits(model, variables, audit.test_x[population],
-                                                  config, audit.preprocess, queries)},
+            query = lambda x: training.query_logits(model, variables, x,
+                                                    preprocess=audit.preprocess,
+                                                    batch_size=config.eval_batch_size,
+                                                    flips=queries == 2)
+            return ({"logits": query(audit.x[pool]),
+                     "population_logits": query(audit.test_x[population])},
                     {"train_seconds": result.seconds})
 
         with run_.timed("train_and_logits"):
@@ -497,7 +492,7 @@ def summary_markdown(results: dict) -> str:
     """Every attack's AUC and TPR at low FPR, the target's accuracy and the most exposed examples."""
     c, d, t = results["config"], results["data"], results["target"]
     rows = [[name, f"{r['auc']:.4f}", report.pct(r["balanced_accuracy"]),
-             *(report.pct(r["tpr_at_fpr"][str(level)]) for level in (0.01, 0.001, 0.0))]
+             *(report.pct(r["tpr_at_fpr"][str(level)]) for level in metrics.DEFAULT_FPR_LEVELS)]
             for name, r in results["attacks"].items()]
     table = report.markdown_table(["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)",
                                    "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)

@@ -134,13 +134,6 @@ def summary_path(config: Config) -> str:
     return f"{config.output_dir}/summary.md"
 
 
-def _query_logits(model, variables, images, preprocess, batch_size) -> np.ndarray:
-    """Logits [K, N, 2, C] of every model on the images and their horizontal flips."""
-    views = [training.predict(model, variables, x, preprocess=preprocess, batch_size=batch_size,
-                              logits=True) for x in (images, images[:, :, ::-1, :])]
-    return np.stack(views, axis=2).astype(np.float32)
-
-
 def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
     """The logits stage: N models trained on a balanced keep mask, queried on pool + population."""
     key = config.training_key(dataset)
@@ -167,9 +160,11 @@ def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
         checkpoint_every=config.checkpoint_every)
     tick = time.perf_counter()
     variables = result.variables()
-    logits = _query_logits(model, variables, images, preprocess, config.eval_batch_size)
-    population_logits = _query_logits(model, variables, dataset.test.images[population],
-                                      preprocess, config.eval_batch_size)
+    logits = training.query_logits(model, variables, images, preprocess=preprocess,
+                                   batch_size=config.eval_batch_size)
+    population_logits = training.query_logits(model, variables, dataset.test.images[population],
+                                              preprocess=preprocess,
+                                              batch_size=config.eval_batch_size)
     predict_seconds = time.perf_counter() - tick
     logging.info("Logits of %d models on %d pool + %d population examples (x2 queries) in %.1fs",
                  config.num_models, len(pool), len(population), predict_seconds)

@@ -20,7 +20,8 @@ Design (pure-functional JAX), one module per concept:
 
 from jaxpet.data import IDENTITY, Normalize
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
-from jaxpet.training.inference import evaluate, evaluate_model, predict, stack_models, take_model
+from jaxpet.training.inference import (evaluate, evaluate_model, predict, query_logits,
+                                       stack_models, take_model)
 from jaxpet.training.sharding import default_mesh, model_mesh
 from jaxpet.training.state import (AUGMENTATIONS, OPTIMIZERS, SCHEDULES, ModelState,
                                    TrainConfig, accepts_mask, augment_batch, init_ensemble,
@@ -34,7 +35,7 @@ __all__ = [
     "OPTIMIZERS", "SCHEDULES", "accepts_mask",
     "STRATEGIES", "TrainConfig", "TrainResult", "augment_batch", "check_run_flags",
     "default_mesh", "evaluate", "evaluate_model", "init_ensemble", "init_model_state",
-    "make_optimizer", "model_keys", "model_mesh", "predict", "resolve_strategy",
+    "make_optimizer", "model_keys", "model_mesh", "predict", "query_logits", "resolve_strategy",
     "run_fingerprint", "stack_models", "take_model", "train_ensemble", "train_ensemble_epoch",
     "train_ensemble_epoch_mapped", "train_epoch", "train_step",
 ]

@@ -101,6 +101,15 @@ def predict(
     return np.concatenate(outputs, axis=1)
 
 
+def query_logits(model: nn.Module, variables, images, *, preprocess: Callable = IDENTITY,
+                 batch_size: int = 1024, flips: bool = True) -> np.ndarray:
+    """Logits of all K models on ``images`` and, with ``flips``, on their horizontal flips:
+    float32 [K, N, queries, classes] (the queries LiRA and RMIA average over)."""
+    views = [images, images[:, :, ::-1, :]] if flips else [images]
+    return np.stack([predict(model, variables, v, preprocess=preprocess, batch_size=batch_size,
+                             logits=True) for v in views], axis=2).astype(np.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "preprocess", "batch_size"))
 def _evaluate_ensemble(model, preprocess, variables, images, labels, indices, counts, batch_size):
     return jax.vmap(evaluate_model, in_axes=(None, None, 0, None, None, 0, 0, None))(

@@ -185,6 +185,12 @@ def accepts_mask(model: nn.Module) -> bool:
     return "mask" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
+def full_batches_only(model: nn.Module, batch_stats) -> bool:
+    """A module that cannot mask padded rows out of its BatchNorm statistics trains on full
+    batches only: a partial batch (the end of a member set) is skipped, as drop_last does."""
+    return not accepts_mask(model) and bool(jax.tree.leaves(batch_stats))
+
+
 def model_keys(seed: int, num_models: int) -> jax.Array:
     """K independent model keys from one seed (model k's key depends only on seed and k)."""
     if num_models < 1:
@@ -248,9 +254,7 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
     num_real = jnp.sum(row_mask)
     weights = row_mask.astype(jnp.float32)
     masked = accepts_mask(model)
-    # A module that cannot mask padded rows out of its BatchNorm statistics trains on full
-    # batches only: a partial batch (the end of a member set) is skipped, as drop_last does.
-    full_batches_only = not masked and bool(jax.tree.leaves(state.batch_stats))
+    full_only = full_batches_only(model, state.batch_stats)
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, DROPOUT_STREAM), state.step)
 
     def loss_fn(params):
@@ -293,7 +297,7 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
         opt_state=opt_state,
         step=state.step + 1,
     )
-    applies = num_real == x.shape[0] if full_batches_only else num_real > 0
+    applies = num_real == x.shape[0] if full_only else num_real > 0
     state = select(state.active & applies, updated, state)
     correct = (jnp.argmax(logits, -1) == y) & row_mask
     return state, {

@@ -23,13 +23,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxpet.data import IDENTITY
+from jaxpet.errors import UserError
 from jaxpet.splits import MemberSets
 from jaxpet.training import sharding
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
 from jaxpet.training.inference import batch_positions, check_sets, evaluate_model
-from jaxpet.errors import UserError
 from jaxpet.training.state import (AUGMENT_STREAM, SHUFFLE_STREAM, ModelState, TrainConfig,
-                                   accepts_mask, augment_batch, init_ensemble, model_keys, select,
+                                   augment_batch, full_batches_only, init_ensemble, model_keys, select,
                                    train_step)
 
 
@@ -294,8 +294,7 @@ def _train_ensemble(model, images, labels, members, config, *, keys, validation,
         if mesh is not None:  # initialise each model on its own device
             keys = sharding.shard_models(keys, mesh)
         state = init_ensemble(model, config, keys, preprocess(images[:1]))
-    if not accepts_mask(model) and jax.tree.leaves(state.batch_stats) \
-            and int(members.counts.min()) < config.batch_size:
+    if full_batches_only(model, state.batch_stats) and int(members.counts.min()) < config.batch_size:
         raise UserError(
             f"a model's member set holds {int(members.counts.min())} examples, fewer than one "
             f"batch of {config.batch_size}: a module with BatchNorm that takes no mask= trains on "
