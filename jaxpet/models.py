@@ -8,6 +8,7 @@ Parameters are always float32; ``dtype`` sets the compute precision.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -25,48 +26,107 @@ _ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
 
 
 class PatchConv(nn.Module):
-    """A stride-1 convolution as patch extraction plus one matmul, with nn.Conv's parameters.
+    """A convolution as patch extraction plus one matmul, with nn.Conv's parameters.
 
     Under ``jax.vmap`` over models, ``nn.Conv`` becomes a grouped convolution,
-    which XLA's CPU backend runs slowly; this form becomes a batched GEMM
-    instead. Same ``kernel`` shape and initialiser as ``nn.Conv``, so the two
-    are interchangeable on one parameter tree.
+    which XLA's CPU backend runs slowly; a matmul becomes a batched GEMM
+    instead. Same ``kernel`` shape and initialiser as ``nn.Conv``, so the forms
+    are interchangeable on one parameter tree. ``patches`` says how the patch
+    matrix is built:
+
+    * "patches": ``lax.conv_general_dilated_patches`` (a one-hot depthwise
+      convolution; its gradient is another);
+    * "slices": the kernel's shifted slices of the padded input, concatenated
+      on the channel axis (plain copies; their gradient is a sum of pads).
     """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
-    padding: str = "SAME"
+    padding: str = "SAME"  # "SAME" or "VALID"
     use_bias: bool = True
     dtype: Any = jnp.float32
+    patches: str = "patches"  # "patches" or "slices"
 
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
         cin = x.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features))
-        patches = jax.lax.conv_general_dilated_patches(
-            x, (kh, kw), (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        # Patch features are ordered (channel, row, column).
-        matrix = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * kh * kw, self.features)
-        y = jnp.dot(patches, matrix.astype(self.dtype))
+        if self.padding not in ("SAME", "VALID"):
+            raise ValueError(f"PatchConv padding must be SAME or VALID, got {self.padding!r}.")
+        if self.patches == "slices":
+            cols = _shifted_slices(x, kh, kw, self.padding)  # features ordered (row, column, channel)
+            matrix = kernel.reshape(kh * kw * cin, self.features)
+        elif self.patches == "patches":
+            cols = jax.lax.conv_general_dilated_patches(
+                x, (kh, kw), (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            # Patch features are ordered (channel, row, column).
+            matrix = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin * kh * kw, self.features)
+        else:
+            raise ValueError(f"PatchConv patches must be 'patches' or 'slices', got {self.patches!r}.")
+        y = _patch_matmul(cols, matrix.astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(self.dtype)
         return y
 
 
-CONV_IMPLS = ("auto", "conv", "patches")
+def _shifted_slices(x, kh: int, kw: int, padding: str):
+    """[B, H', W', kh*kw*C]: every kernel offset's window of NHWC ``x``, offsets major."""
+    b, h, w, _ = x.shape
+    if padding == "SAME":
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        x = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+        out_h, out_w = h, w
+    else:
+        out_h, out_w = h - kh + 1, w - kw + 1
+    return jnp.concatenate([x[:, i:i + out_h, j:j + out_w, :]
+                            for i in range(kh) for j in range(kw)], axis=-1)
+
+
+@jax.custom_vjp
+def _patch_matmul(cols, matrix):
+    """[..., K] @ [K, F]; its kernel gradient is formed as (dy^T cols)^T.
+
+    Autodiff forms cols^T dy, for which XLA's CPU layout assignment copies the
+    activation gradient dy into a transposed layout first (measured: the costliest
+    op of a CIFAR-10 step, ~50 ms for the first layer's [131072, 64]); in this
+    order the copy, if any, is of the patch matrix, and for the first layer it is
+    a third of the size.
+    """
+    return jnp.dot(cols, matrix)
+
+
+def _patch_matmul_fwd(cols, matrix):
+    return jnp.dot(cols, matrix), (cols, matrix)
+
+
+def _patch_matmul_bwd(residuals, dy):
+    cols, matrix = residuals
+    k, f = matrix.shape
+    dcols = jnp.dot(dy, matrix.T.astype(dy.dtype))
+    dmatrix = jax.lax.dot_general(dy.reshape(-1, f), cols.reshape(-1, k), (((0,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32).T
+    return dcols.astype(cols.dtype), dmatrix.astype(matrix.dtype)
+
+
+_patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+
+
+CONV_IMPLS = ("auto", "conv", "patches", "slices")
+# "auto" per backend, measured with experiments/benchmark.py --conv_impls (README, Performance).
+AUTO_CONV_IMPL = {"cpu": "slices"}
 
 
 def resolve_conv_impl(impl: str) -> str:
-    """"auto" picks the faster form for the default backend: patches on CPU, conv elsewhere.
+    """"auto" picks the faster form for the default backend: slices on CPU, conv elsewhere.
 
     Measured on a 2-core CPU (jax 0.10, one epoch, batch 128): the CIFAR-10
-    shadow CNN trains at 11 images/s with ``nn.Conv`` and 201 with patches.
+    shadow CNN trains at 11 images/s with ``nn.Conv``, 201 with patches (README).
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
     if impl == "auto":
-        return "patches" if jax.default_backend() == "cpu" else "conv"
+        return AUTO_CONV_IMPL.get(jax.default_backend(), "conv")
     return impl
 
 
@@ -74,7 +134,8 @@ def _conv(impl: str, features: int, dtype, use_bias: bool, name: str):
     impl = resolve_conv_impl(impl)
     if impl == "conv":
         return nn.Conv(features, (3, 3), padding="SAME", use_bias=use_bias, dtype=dtype, name=name)
-    return PatchConv(features, (3, 3), padding="SAME", use_bias=use_bias, dtype=dtype, name=name)
+    return PatchConv(features, (3, 3), padding="SAME", use_bias=use_bias, dtype=dtype, name=name,
+                     patches=impl)
 
 
 def _row_mask(mask, x):
@@ -88,18 +149,156 @@ NORMS = ("batch", "group", "none")
 # 2x2 max-pooling forms: "window" is nn.max_pool (its gradient is XLA's select-and-scatter);
 # "reshape" takes the max over a [H/2, 2, W/2, 2] view, whose gradient is an elementwise
 # mask. Same forward; the same gradient wherever a window's maximum is unique.
-POOL_IMPLS = ("window", "reshape")
+POOL_IMPLS = ("auto", "window", "reshape")
+AUTO_POOL_IMPL = {"cpu": "reshape"}
 
 
-def max_pool_2x2(x, impl: str = "window"):
-    """Non-overlapping 2x2 max-pooling of NHWC ``x`` (odd edges dropped, as nn.max_pool)."""
+def resolve_pool_impl(impl: str) -> str:
+    """"auto": reshape on CPU (select-and-scatter is XLA CPU's slowest op here), window elsewhere."""
     if impl not in POOL_IMPLS:
         raise ValueError(f"pool_impl must be one of {POOL_IMPLS}, got {impl!r}.")
-    if impl == "window":
+    if impl == "auto":
+        return AUTO_POOL_IMPL.get(jax.default_backend(), "window")
+    return impl
+
+
+def max_pool_2x2(x, impl: str = "auto"):
+    """Non-overlapping 2x2 max-pooling of NHWC ``x`` (odd edges dropped, as nn.max_pool)."""
+    if resolve_pool_impl(impl) == "window":
         return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return _max_pool_reshape(x)
+
+
+@jax.custom_vjp
+def _max_pool_reshape(x):
     b, h, w, c = x.shape
-    x = x[:, :h - h % 2, :w - w % 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_reshape_fwd(x):
+    y = _max_pool_reshape(x)
+    return y, (x, y)
+
+
+def _max_pool_reshape_bwd(residuals, dy):
+    # The gradient goes to the window's maximum: one elementwise pass over an argmax mask.
+    # (Autodiff of the reshape+max would also count ties in every window, two more passes;
+    # a tie -- measure zero for real activations -- here gives each tied input the gradient.)
+    x, y = residuals
+    b, h, w, c = x.shape
+    crop = x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    hit = crop == y[:, :, None, :, None, :]
+    dx = jnp.where(hit, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
+    dx = dx.reshape(b, h - h % 2, w - w % 2, c)
+    return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+_max_pool_reshape.defvjp(_max_pool_reshape_fwd, _max_pool_reshape_bwd)
+
+
+# BatchNorm forms: "flax" is nn.BatchNorm; "fused" is FusedBatchNorm (same variables, same
+# statistics, a hand-written gradient of two column sums and one elementwise pass).
+BATCHNORM_IMPLS = ("auto", "flax", "fused")
+AUTO_BATCHNORM_IMPL = {"cpu": "fused"}
+
+
+def resolve_batchnorm_impl(impl: str) -> str:
+    """"auto": fused on CPU (measured faster, README), flax elsewhere."""
+    if impl not in BATCHNORM_IMPLS:
+        raise ValueError(f"batchnorm_impl must be one of {BATCHNORM_IMPLS}, got {impl!r}.")
+    if impl == "auto":
+        return AUTO_BATCHNORM_IMPL.get(jax.default_backend(), "flax")
+    return impl
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _batch_norm_train(x3, scale, bias, weights, epsilon):
+    """BatchNorm of [B, P, C] ``x3`` over (B, P), examples weighted 0/1 by ``weights`` [B].
+
+    Returns (y, mean, var).
+    """
+    y, mean, var, _ = _batch_norm_forward(x3, scale, bias, weights, epsilon)
+    return y, mean, var
+
+
+def _batch_norm_forward(x3, scale, bias, weights, epsilon):
+    x = x3.astype(jnp.float32)
+    w = weights[:, None, None]
+    count = jnp.maximum(jnp.sum(weights) * x3.shape[1], 1.0)
+    mean = jnp.sum(x * w, (0, 1)) / count
+    # E[x^2] - E[x]^2, clipped at 0: nn.BatchNorm's default (use_fast_variance).
+    var = jnp.maximum(jnp.sum(x * x * w, (0, 1)) / count - mean * mean, 0.0)
+    inv = jax.lax.rsqrt(var + epsilon)
+    y = ((x - mean) * (inv * scale) + bias).astype(x3.dtype)
+    return y, mean, var, inv
+
+
+def _batch_norm_train_fwd(x3, scale, bias, weights, epsilon):
+    y, mean, var, inv = _batch_norm_forward(x3, scale, bias, weights, epsilon)
+    return (y, mean, var), (x3, scale, weights, mean, inv)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+    del epsilon
+    x3, scale, weights, mean, inv = residuals
+    dy, dmean, dvar = cotangents
+    x, dy = x3.astype(jnp.float32), dy.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weights) * x3.shape[1], 1.0)
+    xhat = (x - mean) * inv
+    dbias = jnp.sum(dy, (0, 1))
+    dscale = jnp.sum(dy * xhat, (0, 1))
+    w = weights[:, None, None] / count
+    # Through xhat directly, then through the batch mean and variance (weighted rows only),
+    # then the cotangents of the returned mean and variance themselves.
+    dx = (inv * scale) * dy - w * (inv * scale) * (dbias + xhat * dscale) \
+        + w * (dmean + 2.0 * (x - mean) * dvar)
+    return dx.astype(x3.dtype), dscale, dbias, jnp.zeros_like(weights)
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class FusedBatchNorm(nn.Module):
+    """nn.BatchNorm over all but the last axis, with a hand-written gradient.
+
+    Same variables (params scale/bias, batch_stats mean/var), initialisers,
+    statistics (masked rows excluded, variance E[x^2]-E[x]^2) and running-average
+    update as ``nn.BatchNorm``, so the two share parameter trees. XLA's CPU
+    backend differentiates nn.BatchNorm into several passes and a transposed copy
+    of the activations; this gradient is two column sums and one elementwise
+    pass, which XLA fuses with the ReLU and pooling gradients around it.
+    """
+
+    momentum: float = BATCHNORM_MOMENTUM
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool, mask=None):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones_init(), (c,))
+        bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        x = jnp.asarray(x, self.dtype)
+        if use_running_average:
+            inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
+            return ((x - ra_mean.value) * (inv * scale) + bias).astype(self.dtype)
+        batch = x.shape[0]
+        weights = (jnp.ones((batch,), jnp.float32) if mask is None else
+                   jnp.reshape(mask, (batch,)).astype(jnp.float32))
+        y, mean, var = _batch_norm_train(x.reshape(batch, -1, c), scale, bias, weights,
+                                         self.epsilon)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y.reshape(x.shape)
+
+
+def _batch_norm(impl: str, dtype, name: str):
+    if resolve_batchnorm_impl(impl) == "fused":
+        return FusedBatchNorm(momentum=BATCHNORM_MOMENTUM, dtype=dtype, name=name)
+    return nn.BatchNorm(momentum=BATCHNORM_MOMENTUM, dtype=dtype, name=name)
 
 
 def _group_count(width: int) -> int:
@@ -122,8 +321,9 @@ class SeedCNN(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     conv_impl: str = "auto"  # see resolve_conv_impl
-    pool_impl: str = "window"  # see POOL_IMPLS
+    pool_impl: str = "auto"  # see resolve_pool_impl
     norm: str = "batch"  # one of NORMS
+    batchnorm_impl: str = "auto"  # see resolve_batchnorm_impl
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, mask=None):
@@ -134,12 +334,12 @@ class SeedCNN(nn.Module):
             # No conv bias: BatchNorm removes it, and its ~0 gradient only adds noise under Adam.
             x = _conv(self.conv_impl, width, self.dtype, self.norm == "none", f"Conv_{i}")(x)
             if self.norm == "batch":
-                x = nn.BatchNorm(momentum=BATCHNORM_MOMENTUM, dtype=self.dtype)(
+                x = _batch_norm(self.batchnorm_impl, self.dtype, f"BatchNorm_{i}")(
                     x, use_running_average=not train, mask=_row_mask(mask, x))
             elif self.norm == "group":
                 x = nn.GroupNorm(num_groups=_group_count(width), dtype=self.dtype)(x)
-            x = nn.relu(x)
-            x = max_pool_2x2(x, self.pool_impl)
+            # relu(max) == max(relu); pooling first makes the relu 4x smaller.
+            x = nn.relu(max_pool_2x2(x, self.pool_impl))
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(self.fc, dtype=self.dtype)(x))
@@ -184,15 +384,15 @@ class LeNet(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
-    pool_impl: str = "window"  # see POOL_IMPLS
+    pool_impl: str = "auto"  # see resolve_pool_impl
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, mask=None):
         del mask
         x = jnp.asarray(x, self.dtype)
         for i, width in enumerate(self.features, start=1):
-            x = nn.relu(_conv(self.conv_impl, width, self.dtype, True, f"Conv_{i - 1}")(x))
-            x = max_pool_2x2(x, self.pool_impl)
+            x = _conv(self.conv_impl, width, self.dtype, True, f"Conv_{i - 1}")(x)
+            x = nn.relu(max_pool_2x2(x, self.pool_impl))  # relu(max) == max(relu)
             self.sow("representations", f"conv{i}", x.reshape((x.shape[0], -1)))
         x = x.reshape((x.shape[0], -1))
         for i, size in enumerate(self.hidden_sizes, start=1):
@@ -233,7 +433,7 @@ def compute_dtype(precision: str):
 def seed_cnn(dataset: str, role: str = "target", *, dropout_rate: float = 0.0,
              precision: str = "float32", width_scale: float = 1.0,
              conv_impl: str = "auto", norm: str = "batch",
-             pool_impl: str = "window") -> SeedCNN:
+             pool_impl: str = "auto", batchnorm_impl: str = "auto") -> SeedCNN:
     """The seed's target or shadow CNN for ``dataset``; ``width_scale`` shrinks it for tests.
 
     ``norm``: "batch" (the seed's), or "group" for DP-SGD (see :class:`SeedCNN`).
@@ -246,13 +446,13 @@ def seed_cnn(dataset: str, role: str = "target", *, dropout_rate: float = 0.0,
         raise ValueError(f"width_scale must be positive, got {width_scale}.")
     conv1, conv2, fc = (max(1, round(w * width_scale)) for w in SEED_CNN_WIDTHS[key])
     resolve_conv_impl(conv_impl)  # validate early
-    if pool_impl not in POOL_IMPLS:
-        raise ValueError(f"pool_impl must be one of {POOL_IMPLS}, got {pool_impl!r}.")
+    resolve_pool_impl(pool_impl)
+    resolve_batchnorm_impl(batchnorm_impl)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     return SeedCNN(conv1=conv1, conv2=conv2, fc=fc, num_classes=10, dropout_rate=dropout_rate,
                    dtype=compute_dtype(precision), conv_impl=conv_impl, norm=norm,
-                   pool_impl=pool_impl)
+                   pool_impl=pool_impl, batchnorm_impl=batchnorm_impl)
 
 
 def attack_mlp(num_classes: int = 2, hidden_sizes: Sequence[int] = (128,),

@@ -115,3 +115,87 @@ def test_seed_cnn_with_reshape_pooling_gives_the_same_logits():
     reshaped = models.SeedCNN(8, 16, 16, pool_impl="reshape")
     variables = window.init(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(reshaped.apply(variables, x), window.apply(variables, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size, padding", [((3, 3), "SAME"), ((3, 3), "VALID"), ((5, 3), "SAME")])
+def test_slices_conv_equals_flax_conv_and_its_gradients(kernel_size, padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 4))
+    conv = models.nn.Conv(5, kernel_size, padding=padding)
+    variables = conv.init(jax.random.PRNGKey(1), x)
+    weights = jax.random.normal(jax.random.PRNGKey(2), conv.apply(variables, x).shape)
+    for patches in ("slices", "patches"):
+        form = models.PatchConv(5, kernel_size, padding=padding, patches=patches)
+        loss = lambda module: lambda v, x: jnp.sum(module.apply(v, x) * weights)
+        np.testing.assert_allclose(form.apply(variables, x), conv.apply(variables, x), atol=1e-5)
+        grads, expected = (jax.grad(loss(m), argnums=(0, 1))(variables, x) for m in (form, conv))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5), grads, expected)
+    with pytest.raises(ValueError, match="padding"):
+        models.PatchConv(5, padding="CIRCULAR").init(jax.random.PRNGKey(1), x)
+
+
+def _batch_norm_loss(module, mask, variables):
+    """A loss of the BatchNorm's output and of its updated running statistics."""
+    def loss(params, x):
+        y, state = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                use_running_average=False, mask=models._row_mask(mask, x),
+                                mutable=["batch_stats"])
+        weights = jnp.sin(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape))
+        stats = state["batch_stats"]
+        value = jnp.sum(y * weights) + jnp.sum(stats["mean"] * jnp.arange(stats["mean"].size))
+        return value + jnp.sum(jnp.cos(stats["var"])), (y, state)
+    return loss
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_batchnorm_equals_flax_batchnorm_with_its_gradients(masked):
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 4, 3)) * 2 + 1
+    mask = jnp.array([1, 1, 0, 1, 1, 0], bool) if masked else None
+    flax_bn = models.nn.BatchNorm(momentum=models.BATCHNORM_MOMENTUM)
+    variables = flax_bn.init(jax.random.PRNGKey(1), x, use_running_average=False)
+    fused = models.FusedBatchNorm()
+    assert jax.tree.structure(fused.init(jax.random.PRNGKey(1), x, use_running_average=False)) == \
+        jax.tree.structure(variables)
+    params = {"scale": jnp.arange(3.0) + 1, "bias": jnp.arange(3.0)}
+    results = [jax.value_and_grad(_batch_norm_loss(m, mask, variables), argnums=(0, 1), has_aux=True)(params, x)
+               for m in (fused, flax_bn)]
+    (_, (y, state)), grads = results[0]
+    (_, (y_ref, state_ref)), grads_ref = results[1]
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state, state_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5), grads, grads_ref)
+    # Inference uses the running statistics, as nn.BatchNorm.
+    np.testing.assert_allclose(fused.apply(variables, x, use_running_average=True),
+                               flax_bn.apply(variables, x, use_running_average=True), atol=1e-6)
+
+
+def test_seed_cnn_cpu_forms_train_like_the_reference_forms_under_vmap():
+    """conv/window/flax against slices/reshape/fused: the same logits and gradients per model."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+    y = jnp.arange(4) % 10
+    mask = jnp.array([True, True, True, False])
+    reference = models.SeedCNN(6, 8, 8, conv_impl="conv", pool_impl="window", batchnorm_impl="flax")
+    fast = models.SeedCNN(6, 8, 8, conv_impl="slices", pool_impl="reshape", batchnorm_impl="fused")
+    variables = jax.vmap(lambda k: reference.init(k, x))(jax.random.split(jax.random.PRNGKey(1), 2))
+
+    def loss(model):
+        def f(params, stats):
+            logits, state = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                        mask=mask, mutable=["batch_stats"])
+            return jnp.sum(jnp.where(mask, -jax.nn.log_softmax(logits)[jnp.arange(4), y], 0)), state
+        return jax.vmap(jax.value_and_grad(f, has_aux=True))(variables["params"], variables["batch_stats"])
+
+    (value, state), grads = loss(fast)
+    (value_ref, state_ref), grads_ref = loss(reference)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), state, state_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3), grads, grads_ref)
+
+
+def test_auto_forms_resolve_per_backend(monkeypatch):
+    assert (models.resolve_conv_impl("auto"), models.resolve_pool_impl("auto"),
+            models.resolve_batchnorm_impl("auto")) == ("slices", "reshape", "fused")  # tests run on CPU
+    monkeypatch.setattr(models.jax, "default_backend", lambda: "gpu")
+    assert (models.resolve_conv_impl("auto"), models.resolve_pool_impl("auto"),
+            models.resolve_batchnorm_impl("auto")) == ("conv", "window", "flax")
+    with pytest.raises(ValueError, match="batchnorm_impl"):
+        models.seed_cnn("mnist", batchnorm_impl="cudnn")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet import data, models, splits, training
-from jaxpet.benchmark import torch_reference
+from jaxpet.benchmark import profile, torch_reference
 from jaxpet.benchmark.workloads import STRATEGIES, WORKLOADS, Cell, peak_flops, synthetic_pool
 
 _EPOCH_PROGRAMS = {"vmap": training.train_ensemble_epoch,
@@ -65,9 +65,19 @@ def step_flops(model, config, preprocess, state, images, labels) -> float:
     return _flops(jax.jit(step).lower(state, x, y, mask).compile())
 
 
+def epoch_args(model, config, preprocess, state, images, labels, member_indices, member_counts):
+    """The arguments of one epoch program (training only, no validation, epoch 0).
+
+    Shared by the timed cells here and :mod:`jaxpet.benchmark.memory`, which lowers the
+    same program on abstract values (``jax.ShapeDtypeStruct``) to read its memory analysis.
+    """
+    return (model, config, preprocess, state, images, labels, member_indices, member_counts,
+            None, None, jnp.asarray(0, jnp.int32))
+
+
 def _compile_epoch(program, model, config, preprocess, state, images, labels, members):
-    args = (model, config, preprocess, state, images, labels, jnp.asarray(members.indices),
-            jnp.asarray(members.counts), None, None, jnp.asarray(0, jnp.int32))
+    args = epoch_args(model, config, preprocess, state, images, labels,
+                      jnp.asarray(members.indices), jnp.asarray(members.counts))
     tick = time.perf_counter()
     compiled = program.lower(*args).compile()
     seconds = time.perf_counter() - tick
@@ -76,24 +86,46 @@ def _compile_epoch(program, model, config, preprocess, state, images, labels, me
     return compiled, args[3:], seconds, flops
 
 
-def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats: int = 2,
-            peak: float | None = None) -> dict[str, Any]:
-    """Times one epoch of ``cell`` (after compiling); returns the cell's figures.
-
-    ``peak``: the chip's peak FLOP/s, overriding :data:`PEAK_FLOPS` (None: look it up).
-    """
+def _check_cell(cell: Cell, examples_per_model: int) -> None:
     if cell.workload not in WORKLOADS:
         raise ValueError(f"Unknown workload {cell.workload!r}; known: {sorted(WORKLOADS)}.")
     if cell.strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {cell.strategy!r}; known: {STRATEGIES}.")
     if cell.num_models < 1 or examples_per_model < 1:
         raise ValueError("num_models and examples_per_model must be >= 1.")
+
+
+@dataclasses.dataclass
+class PreparedEpoch:
+    """A cell's compiled epoch and its inputs: ``run()`` trains every model one epoch."""
+
+    compiled: Any
+    states: list
+    sets: list
+    images: Any
+    labels: Any
+    compile_seconds: float
+    flops_per_epoch: float
+    steps_per_epoch: int  # optimiser steps of all K models together
+
+    def run(self):
+        out = []
+        for state, s in zip(self.states, self.sets):
+            state, _ = self.compiled(state, self.images, self.labels, jnp.asarray(s.indices),
+                                     jnp.asarray(s.counts), None, None, jnp.asarray(0, jnp.int32))
+            out.append(state)
+        self.states = jax.block_until_ready(out)
+        return self.states
+
+
+def prepare(cell: Cell, examples_per_model: int, batch_size: int = 128) -> PreparedEpoch:
+    """Compiles ``cell``'s epoch (a JAX strategy) on synthetic data of the workload's shape."""
+    _check_cell(cell, examples_per_model)
     if cell.strategy == "torch":
-        return torch_reference.measure_torch(cell.workload, cell.num_models, examples_per_model,
-                                             batch_size, repeats)
+        raise ValueError("The PyTorch reference has no compiled epoch; use measure().")
     dataset, role, shape = WORKLOADS[cell.workload]
     model = models.seed_cnn(dataset, role, precision=cell.precision, conv_impl=cell.conv_impl,
-                            pool_impl=cell.pool_impl)
+                            pool_impl=cell.pool_impl, batchnorm_impl=cell.batchnorm_impl)
     preprocess = data.normalizer(dataset)
     config = training.TrainConfig(epochs=1, batch_size=batch_size)
     images, labels = synthetic_pool(shape, 2 * examples_per_model)
@@ -107,36 +139,44 @@ def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats:
     sets = [splits.MemberSets(members.indices[g], members.counts[g]) for g in groups]
     compiled, _, compile_s, flops_per_call = _compile_epoch(
         _EPOCH_PROGRAMS[cell.strategy], model, config, preprocess, states[0], images, labels, sets[0])
+    steps = cell.num_models * -(-examples_per_model // batch_size)
+    return PreparedEpoch(compiled, states, sets, images, labels, compile_s,
+                         flops_per_call * len(groups), steps)
 
-    def run_epoch(states):
-        out = []
-        for state, s in zip(states, sets):
-            state, metrics = compiled(state, images, labels, jnp.asarray(s.indices),
-                                      jnp.asarray(s.counts), None, None, jnp.asarray(0, jnp.int32))
-            out.append(state)
-        jax.block_until_ready(out)
-        return out
 
-    states = run_epoch(states)  # warm-up (first-call allocation)
+def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats: int = 2,
+            peak: float | None = None) -> dict[str, Any]:
+    """Times one epoch of ``cell`` (after compiling); returns the cell's figures.
+
+    ``peak``: the chip's peak FLOP/s, overriding :data:`PEAK_FLOPS` (None: look it up).
+    """
+    _check_cell(cell, examples_per_model)
+    if cell.strategy == "torch":
+        return torch_reference.measure_torch(cell.workload, cell.num_models, examples_per_model,
+                                             batch_size, repeats)
+    epoch = prepare(cell, examples_per_model, batch_size)
+    epoch.run()  # warm-up (first-call allocation)
     times = []
     for _ in range(repeats):
         tick = time.perf_counter()
-        states = run_epoch(states)
+        epoch.run()
         times.append(time.perf_counter() - tick)
     seconds = min(times)
     device = jax.devices()[0]
-    flops = flops_per_call * len(groups)
+    flops = epoch.flops_per_epoch
     peak = peak or peak_flops(device, cell.precision)
     model_epochs_per_s = cell.num_models / seconds
     return {
         **dataclasses.asdict(cell),
         "conv_impl_resolved": models.resolve_conv_impl(cell.conv_impl),
+        "pool_impl_resolved": models.resolve_pool_impl(cell.pool_impl),
+        "batchnorm_impl_resolved": models.resolve_batchnorm_impl(cell.batchnorm_impl),
         "examples_per_model": examples_per_model,
         "epoch_seconds": seconds,
         "images_per_s": cell.num_models * examples_per_model / seconds,
         "model_epochs_per_s": model_epochs_per_s,
         "seconds_per_model_epoch": 1 / model_epochs_per_s,
-        "compile_seconds": compile_s,
+        "compile_seconds": epoch.compile_seconds,
         "flops_per_epoch": flops,
         "flop_per_s": flops / seconds if flops else None,
         "fraction_of_peak": (flops / seconds / peak) if (flops and peak) else None,
@@ -145,3 +185,32 @@ def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats:
         "device": device.device_kind,
         "backend": jax.default_backend(),
     }
+
+
+def profile_cell(cell: Cell, examples_per_model: int, batch_size: int = 128) -> dict[str, Any]:
+    """Where ``cell``'s training step spends its time (:mod:`jaxpet.benchmark.profile`):
+    milliseconds per optimiser step by category and the costliest ops."""
+    epoch = prepare(cell, examples_per_model, batch_size)
+    times = profile.op_times(epoch.run, epoch.steps_per_epoch)
+    return {**dataclasses.asdict(cell), "examples_per_model": examples_per_model,
+            # The forms "auto" resolved to, which the breakdown is of.
+            "conv_impl": models.resolve_conv_impl(cell.conv_impl),
+            "pool_impl": models.resolve_pool_impl(cell.pool_impl),
+            "batchnorm_impl": models.resolve_batchnorm_impl(cell.batchnorm_impl),
+            **profile.breakdown(epoch.compiled.as_text(), times)}
+
+
+def gemm_flops(size: int = 2048, repeats: int = 5) -> float:
+    """This device's measured float32 matmul rate, FLOP/s: the best of ``repeats`` jitted
+    [size, size] x [size, size] products. The physical limit a CPU cell is held against,
+    where no datasheet peak is known."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        jax.block_until_ready(dot(a, b))
+        best = min(best, time.perf_counter() - tick)
+    return 2 * size ** 3 / best

@@ -33,14 +33,15 @@ STRATEGIES = ("vmap", "map", "loop", "torch")
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One measurement: a workload, a strategy, K models, a convolution form and a precision."""
+    """One measurement: a workload, a strategy, K models, the layers' forms and a precision."""
 
     workload: str
     strategy: str
     num_models: int
     conv_impl: str
     precision: str
-    pool_impl: str = "window"  # models.POOL_IMPLS
+    pool_impl: str = "auto"  # models.POOL_IMPLS
+    batchnorm_impl: str = "auto"  # models.BATCHNORM_IMPLS
 
 
 def peak_flops(device, precision: str) -> float | None:

@@ -57,7 +57,7 @@ def test_benchmark_sweep_writes_each_cell(tmp_path, check_common_schema):
     config = benchmark.Config(workloads=("mnist_shadow",), num_models=(2,),
                               strategies=("vmap", "loop"), examples_per_model=32, batch_size=16,
                               workdir=str(tmp_path / "bench"), inversion_classes=2,
-                              inversion_iterations=3)
+                              inversion_iterations=3, profile=True)
     results = benchmark.run(config)
     assert [(c["strategy"], c["num_models"]) for c in results["cells"]] == [("vmap", 2), ("loop", 2)]
     assert results["inversion"]["classes"] == 2
@@ -68,6 +68,13 @@ def test_benchmark_sweep_writes_each_cell(tmp_path, check_common_schema):
     assert vmap2["vmap / loop"] == (
         f"{cells['vmap', 2]['images_per_s'] / cells['loop', 2]['images_per_s']:.2f}x")
     assert vmap2["images/s"] == f"{cells['vmap', 2]['images_per_s']:.0f}"
+    assert results["gemm_flop_per_s"] > 0  # the CPU's measured limit, the cells' peak
+    assert cells["vmap", 2]["fraction_of_peak"] == pytest.approx(
+        cells["vmap", 2]["flop_per_s"] / results["gemm_flop_per_s"])
+    (profile,) = results["profiles"]  # one model: one K=1 profile
+    assert profile["num_models"] == 1 and profile["categories"]["matmul"] > 0
+    summary = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert f"| {profile['total_ms']:.1f} |" in summary
 
 
 def test_benchmark_cells_cover_every_pool_form_with_one_torch_reference():
@@ -76,3 +83,8 @@ def test_benchmark_cells_cover_every_pool_form_with_one_torch_reference():
     cells = list(benchmark._cells(config, ["vmap", "torch"]))
     assert [(c.strategy, c.pool_impl) for c in cells] == [
         ("vmap", "window"), ("torch", "window"), ("vmap", "reshape")]
+    config = benchmark.Config(workloads=("mnist_shadow",), num_models=(1,),
+                              strategies=("vmap", "torch"), batchnorm_impls=("flax", "fused"))
+    cells = list(benchmark._cells(config, ["vmap", "torch"]))
+    assert [(c.strategy, c.batchnorm_impl) for c in cells] == [
+        ("vmap", "flax"), ("torch", "flax"), ("vmap", "fused")]
