@@ -280,7 +280,9 @@ def markdown(rows: list[dict], inversion_row: dict | None = None,
     lines = []
     if gemm:
         lines += [f"Peak of the CPU cells: this CPU's measured float32 GEMM rate, "
-                  f"{gemm / 1e9:.0f} GFLOP/s (a jitted 2048^3 matmul); FLOPs from XLA's cost "
+                  f"{gemm / 1e9:.0f} GFLOP/s (the best jitted matmul of "
+                  f"{', '.join('x'.join(map(str, s)) for s in throughput.GEMM_SHAPES)}); "
+                  "FLOPs from XLA's cost "
                   "analysis of the model's step (PyTorch rows: the same model's FLOPs per "
                   "image).", ""]
     lines += ["| workload | strategy | K | conv | pool | BatchNorm | precision | images/s | "

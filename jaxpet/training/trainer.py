@@ -137,8 +137,8 @@ def train_ensemble_epoch_mapped(
 #   loop: the K=1 program called once per model from the host.
 STRATEGIES = ("auto", "vmap", "map", "loop")
 # "auto" per backend, from experiments/benchmark.py (README, Performance). On a 2-core CPU
-# lax.map was the fastest for K >= 2 (e.g. CIFAR-10 shadow CNN, K=4: map 198 images/s, vmap
-# 178, loop 167); accelerators batch models (vmap) until measured otherwise.
+# lax.map was the fastest at K=8 on all four seed CNNs (e.g. CIFAR-10 shadow CNN: map 1297
+# images/s, vmap 1100, loop 1117); accelerators batch models (vmap) until measured otherwise.
 AUTO_STRATEGY = {"cpu": "map", "gpu": "vmap", "tpu": "vmap"}
 
 
