@@ -148,6 +148,8 @@ def test_the_benchmark_writes_the_estimate_after_each_model(tmp_path, monkeypatc
                 "peak_memory_bytes": None}
 
     monkeypatch.setattr(experiment.memory, "estimate_workload", estimate_workload)
+    # The torch cells are stand-ins too: the sweep is the same with torch installed or not.
+    monkeypatch.setattr(experiment.torch_reference, "torch_available", lambda: True)
     monkeypatch.setattr(experiment.throughput, "measure", measure)
     config = experiment.Config(workloads=("mnist_shadow", "cifar10_shadow"), num_models=(2, 8),
                                strategies=("vmap", "torch"), precisions=("float32", "bfloat16"),
