@@ -56,13 +56,14 @@ def test_private_gradient_is_clipped_and_noised():
     model = _group_cnn()
     x = NORMALIZE(jnp.asarray(images))
     mask = jnp.arange(32) < 20  # 12 padded rows must add nothing
-    params = model.init({"params": jax.random.PRNGKey(0)}, x[:1], train=False)["params"]
+    params = jax.jit(lambda x1: model.init({"params": jax.random.PRNGKey(0)}, x1, train=False))(
+        x[:1])["params"]
 
     def example_loss(p, x1, y1, key):
         logits = model.apply({"params": p}, x1[None], train=True, rngs={"dropout": key})[0]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y1), logits
 
-    @functools.partial(jax.jit, static_argnums=(0, 1, 2))
+    @functools.partial(jax.jit, static_argnames="micro")  # one program per microbatch size
     def gradient(clip, noise, micro=0):
         grads, losses, logits = dpsgd.private_gradient(
             example_loss, params, x, jnp.asarray(labels), mask, example_key=jax.random.PRNGKey(1),

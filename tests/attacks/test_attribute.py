@@ -49,9 +49,9 @@ def test_aggregate_means_numbers_sums_confusions_and_keeps_reports():
 def test_extract_representations_batches_equal_one_pass():
     model = models.LeNet(features=(4, 4, 4), hidden_sizes=(8, 6), num_classes=3)
     images = np.random.default_rng(0).random((7, 8, 8, 1)).astype(np.float32)
+    init = jax.jit(lambda key: {"params": model.init(key, jnp.zeros((1, 8, 8, 1)))["params"]})
     stacked = jax.tree.map(lambda *v: jnp.stack(v), *[  # K = 2 models' parameters, stacked
-        {"params": model.init(jax.random.PRNGKey(k), jnp.zeros((1, 8, 8, 1)))["params"]}
-        for k in range(2)])
+        init(jax.random.PRNGKey(k)) for k in range(2)])
     whole = attribute.extract_representations(model, stacked, images, "fc2", batch_size=16)
     batched = attribute.extract_representations(model, stacked, images, "fc2", batch_size=3)
     assert whole.shape == (2, 7, 6) and whole.dtype == np.float32

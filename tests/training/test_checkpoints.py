@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxpet import splits, training
+from jaxpet import training
 from jaxpet.errors import UserError
 from jaxpet.training import checkpoints
 
@@ -20,19 +20,15 @@ class Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def run(separable_images, tiny_cnn, normalize):
-    """``run(**kwargs)`` trains one fixed 4-epoch, K=2 run; ``run.whole`` is it uninterrupted."""
-    images, labels = separable_images(128)
-    model = tiny_cnn(dropout_rate=0.1)
-    sets = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(20, 128)])
-    config = training.TrainConfig(epochs=4, batch_size=32)
-
+def run(fitted):
+    """``run(**kwargs)`` trains the shared 4-epoch, K=2 run (conftest.Fitted) again;
+    ``run.whole`` is it uninterrupted."""
     def train(**kwargs):
-        return training.train_ensemble(model, images, labels, sets, config, seed=5,
-                                       preprocess=normalize, **kwargs)
+        return fitted.train(**kwargs)
 
-    train.whole = train()
-    train.args = (model, config, normalize, images, labels, sets)
+    train.whole = fitted.result
+    train.args = (fitted.model, fitted.config, fitted.normalize, fitted.images, fitted.labels,
+                  fitted.sets)
     return train
 
 

@@ -8,21 +8,16 @@ from jaxpet import splits, training
 
 
 @pytest.fixture(scope="module")
-def trained(separable_images, tiny_cnn, normalize):
-    """A K=2 ensemble of tiny CNNs after one epoch, with its data."""
-    images, labels = separable_images(50)
-    model = tiny_cnn()
-    result = training.train_ensemble(
-        model, images, labels, splits.MemberSets.replicate(np.arange(50), 2),
-        training.TrainConfig(epochs=1, batch_size=16), preprocess=normalize,
-    )
-    return model, normalize, images, labels, result.variables()
+def trained(fitted):
+    """The shared K=2 ensemble of tiny CNNs (see conftest.Fitted), with its data."""
+    return fitted.model, fitted.normalize, fitted.images, fitted.labels, fitted.result.variables()
 
 
 def test_predict_matches_direct_apply_and_batches(trained):
     model, normalize, images, _, variables = trained
     batched = training.predict(model, variables, images, preprocess=normalize, batch_size=7)
-    logits = model.apply(training.take_model(variables, 1), normalize(images), train=False)
+    apply = jax.jit(lambda v, x: model.apply(v, normalize(x), train=False))
+    logits = apply(training.take_model(variables, 1), images)
     np.testing.assert_allclose(batched[1], jax.nn.softmax(logits), atol=1e-5)
     raw = training.predict(model, variables, images, preprocess=normalize, logits=True)
     np.testing.assert_allclose(raw[1], logits, atol=1e-4)
@@ -43,9 +38,9 @@ def test_evaluate_agrees_with_predict(trained):
         np.testing.assert_allclose(out["accuracy"][k], np.mean(post[k, idx].argmax(-1) == labels[idx]))
         loss = -np.mean(np.log(post[k, idx, labels[idx]]))
         np.testing.assert_allclose(out["loss"][k], loss, rtol=1e-4)
-    with pytest.raises(ValueError, match="only 50"):
+    with pytest.raises(ValueError, match=f"only {len(images)}"):
         training.evaluate(model, variables, images, labels,
-                          splits.MemberSets.from_lists([np.arange(60)] * 2))
+                          splits.MemberSets.from_lists([np.arange(len(images) + 10)] * 2))
 
 
 def test_take_and_stack_models_are_inverse(trained):

@@ -13,22 +13,56 @@ def _max_abs_diff(a, b):
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_vmapped_ensemble_equals_independent_runs(separable_images, tiny_cnn, normalize):
-    images, labels = separable_images(300)
-    model = tiny_cnn(dropout_rate=0.2)
-    config = training.TrainConfig(epochs=2, batch_size=32)
-    # Different sizes: padding and masking must not change any model's training.
-    sets = splits.MemberSets.from_lists([np.arange(0, 150), np.arange(60, 260), np.arange(40, 290)])
-    keys = training.model_keys(7, 3)
-    ensemble = training.train_ensemble(model, images, labels, sets, config, keys=keys,
-                                       preprocess=normalize, strategy="vmap")
-    ensemble_post = training.predict(model, ensemble.variables(), images, preprocess=normalize)
-    chex.assert_shape(ensemble_post, (3, 300, 2))
+class Trio:
+    """Three tiny CNNs (dropout on) of different member-set sizes, trained together with early
+    stopping: model 1's members carry noisy labels, so the models' best epochs differ.
+
+    One ensemble run (vmap, parameters saved after every epoch) serves the independent-runs,
+    early-stopping and strategy tests, and they share its compiled programs: the K=3 epoch
+    under vmap and lax.map, and the K=1 epochs the one-by-one runs and the loop strategy use.
+    """
+
+    def __init__(self, separable_images, tiny_cnn, normalize):
+        self.images, labels = separable_images(400, seed=1)
+        self.labels = labels.copy()
+        self.labels[200:300] = np.random.default_rng(0).integers(0, 2, 100)  # model 1's members
+        self.model = tiny_cnn(dropout_rate=0.2)
+        self.normalize = normalize
+        # Different sizes: padding and masking must not change any model's training.
+        self.members = splits.MemberSets.from_lists(
+            [np.arange(0, 100), np.arange(200, 300), np.arange(0, 250)])
+        self.validation = splits.MemberSets.from_lists(
+            [np.arange(100, 200), np.arange(300, 400), np.arange(250, 350)])
+        self.config = training.TrainConfig(epochs=8, batch_size=16, learning_rate=3e-3,
+                                           early_stopping=True, patience=2)
+        self.keys = training.model_keys(7, 3)
+        self.saved = []  # every epoch's parameters
+        self.vmap = self.train(strategy="vmap", on_epoch_end=lambda e, s, m: self.saved.append(
+            jax.device_get(s.params)))
+
+    def train(self, members=None, validation=None, keys=None, **kwargs):
+        return training.train_ensemble(
+            self.model, self.images, self.labels, self.members if members is None else members,
+            self.config,
+            keys=self.keys if keys is None else keys,
+            validation=self.validation if validation is None else validation,
+            preprocess=self.normalize, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trio(separable_images, tiny_cnn, normalize):
+    return Trio(separable_images, tiny_cnn, normalize)
+
+
+def test_vmapped_ensemble_equals_independent_runs(trio):
+    ensemble = trio.vmap
+    ensemble_post = training.predict(trio.model, ensemble.variables(), trio.images,
+                                     preprocess=trio.normalize)
+    chex.assert_shape(ensemble_post, (3, 400, 2))
     for k in range(3):
-        single = training.train_ensemble(
-            model, images, labels, splits.MemberSets.from_lists([sets.member(k)]), config,
-            keys=keys[k : k + 1], preprocess=normalize,
-        )
+        single = trio.train(splits.MemberSets.from_lists([trio.members.member(k)]),
+                            splits.MemberSets.from_lists([trio.validation.member(k)]),
+                            trio.keys[k : k + 1], strategy="vmap")
         chex.assert_trees_all_close(
             training.take_model(ensemble.state.params, k), training.take_model(single.state.params, 0),
             atol=1e-5, rtol=1e-5,
@@ -37,46 +71,30 @@ def test_vmapped_ensemble_equals_independent_runs(separable_images, tiny_cnn, no
             training.take_model(ensemble.state.batch_stats, k),
             training.take_model(single.state.batch_stats, 0), atol=1e-5, rtol=1e-5,
         )
-        single_post = training.predict(model, single.variables(), images, preprocess=normalize)
+        single_post = training.predict(trio.model, single.variables(), trio.images,
+                                       preprocess=trio.normalize)
         np.testing.assert_allclose(ensemble_post[k], single_post[0], atol=1e-5)
     # The models really differ from each other (own keys and own data).
     assert _max_abs_diff(training.take_model(ensemble.state.params, 0),
                          training.take_model(ensemble.state.params, 1)) > 1e-3
 
 
-def test_trainer_fits_separable_data(separable_images, tiny_cnn, normalize):
-    images, labels = separable_images(512)
-    sets = splits.MemberSets.replicate(np.arange(512), 2)
-    result = training.train_ensemble(
-        tiny_cnn(), images, labels, sets, training.TrainConfig(epochs=4, batch_size=32),
-        preprocess=normalize,
-    )
+def test_trainer_fits_separable_data(fitted):
+    result = fitted.result
     losses = np.stack([h["loss"] for h in result.history])  # [epochs, K]
     accs = np.stack([h["train_acc"] for h in result.history])
     assert np.all(losses[-1] < losses[0] * 0.5), losses
     assert np.all(accs[-1] > 0.95), accs
-    evaluated = training.evaluate(tiny_cnn(), result.variables(), images, labels, sets,
-                                  preprocess=normalize)
+    evaluated = training.evaluate(fitted.model, result.variables(), fitted.images, fitted.labels,
+                                  fitted.sets, preprocess=fitted.normalize)
     assert np.all(evaluated["accuracy"] > 0.95)
 
 
-def test_early_stopping_keeps_each_models_best_weights(separable_images, tiny_cnn, normalize):
-    images, labels = separable_images(400, seed=1)
-    # Model 0 gets clean labels; model 1 gets noise, so their best epochs differ.
-    noisy = labels.copy()
-    noisy[200:300] = np.random.default_rng(0).integers(0, 2, 100)
-    members = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(200, 300)])
-    validation = splits.MemberSets.from_lists([np.arange(100, 200), np.arange(300, 400)])
-    config = training.TrainConfig(epochs=8, batch_size=16, learning_rate=3e-3, early_stopping=True,
-                                  patience=2)
-    saved = []
-    result = training.train_ensemble(
-        tiny_cnn(), images, noisy, members, config, validation=validation, preprocess=normalize,
-        on_epoch_end=lambda e, s, m: saved.append(jax.device_get(s.params)),
-    )
+def test_early_stopping_keeps_each_models_best_weights(trio):
+    result, saved = trio.vmap, trio.saved
     val_acc = np.stack([h["val_acc"] for h in result.history])  # [epochs, K]
     active = np.stack([h["active"] for h in result.history])
-    for k in range(2):
+    for k in range(3):
         seen = val_acc[active[:, k], k]  # epochs the model actually trained
         best = int(np.argmax(seen))  # first epoch reaching the max, as the strict `>` keeps
         assert int(result.state.best_epoch[k]) == best
@@ -126,22 +144,17 @@ def test_bad_inputs_are_rejected_before_training(separable_images, tiny_cnn):
 
 
 @pytest.mark.parametrize("strategy", ["map", "loop"])
-def test_strategies_equal_vmap(strategy, separable_images, tiny_cnn, normalize):
+def test_strategies_equal_vmap(strategy, trio):
     """lax.map over models and a host loop over K=1 programs train exactly as vmap does."""
-    images, labels = separable_images(200)
-    model = tiny_cnn(dropout_rate=0.2)
-    config = training.TrainConfig(epochs=2, batch_size=32, early_stopping=True, patience=1)
-    sets = splits.MemberSets.from_lists([np.arange(0, 100), np.arange(30, 160)])
-    val = splits.MemberSets.from_lists([np.arange(160, 200), np.arange(0, 30)])
-    runs = {s: training.train_ensemble(model, images, labels, sets, config, seed=3,
-                                       validation=val, preprocess=normalize, strategy=s)
-            for s in ("vmap", strategy)}
+    runs = {"vmap": trio.vmap, strategy: trio.train(strategy=strategy)}
     chex.assert_trees_all_close(runs["vmap"].state.params, runs[strategy].state.params,
                                 atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(runs["vmap"].state.best_batch_stats,
                                 runs[strategy].state.best_batch_stats, atol=1e-5, rtol=1e-5)
+    assert len(runs["vmap"].history) == len(runs[strategy].history)
     for a, b in zip(runs["vmap"].history, runs[strategy].history):
         np.testing.assert_allclose(a["val_acc"], b["val_acc"], atol=1e-6)
+        np.testing.assert_array_equal(a["active"], b["active"])
 
 
 def test_unknown_strategy_is_refused():
@@ -154,19 +167,15 @@ def test_unknown_strategy_is_refused():
         training.check_run_flags("auto", 0)
 
 
-def test_augmented_ensemble_still_equals_independent_runs(separable_images, tiny_cnn, normalize):
-    images, labels = separable_images(96)
+def test_augmented_ensemble_still_equals_independent_runs(fitted):
     config = training.TrainConfig(epochs=1, batch_size=32, augment="flip_crop")
-    sets = splits.MemberSets.from_lists([np.arange(0, 64), np.arange(32, 96)])
-    keys = training.model_keys(2, 2)
-    both = training.train_ensemble(tiny_cnn(), images, labels, sets, config, keys=keys,
-                                   preprocess=normalize, strategy="vmap")
-    one = training.train_ensemble(tiny_cnn(), images, labels,
-                                  splits.MemberSets.from_lists([sets.member(1)]), config,
-                                  keys=keys[1:], preprocess=normalize)
+    train = lambda sets, keys, **kw: training.train_ensemble(
+        fitted.model, fitted.images, fitted.labels, sets, config, keys=keys,
+        preprocess=fitted.normalize, **kw)
+    both = train(fitted.sets, fitted.keys, strategy="vmap")
+    one = train(splits.MemberSets.from_lists([fitted.sets.member(1)]), fitted.keys[1:])
     chex.assert_trees_all_close(training.take_model(both.state.params, 1),
                                 training.take_model(one.state.params, 0), atol=1e-5, rtol=1e-5)
-    plain = training.train_ensemble(tiny_cnn(), images, labels, sets,
-                                    training.TrainConfig(epochs=1, batch_size=32), keys=keys,
-                                    preprocess=normalize)
-    assert _max_abs_diff(plain.state.params, both.state.params) > 1e-4  # augmentation did something
+    # The same run's first epoch without augmentation (same keys, sets and rate schedule).
+    plain = fitted.params_after_epoch[0]
+    assert _max_abs_diff(plain, both.state.params) > 1e-4  # augmentation did something
