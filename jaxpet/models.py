@@ -125,10 +125,15 @@ def resolve_conv_impl(impl: str) -> str:
     165 ms as patches and 110 ms as slices; with the CPU's pooling and BatchNorm
     forms the CNN trains at 653 images/s with patches and 1152 with slices.
     """
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+    return _resolve("conv_impl", impl, CONV_IMPLS, AUTO_CONV_IMPL, "conv")
+
+
+def _resolve(setting: str, impl: str, choices, auto_by_backend: dict, elsewhere: str) -> str:
+    """Checks ``impl`` against ``choices``; maps "auto" to the default backend's form."""
+    if impl not in choices:
+        raise ValueError(f"{setting} must be one of {choices}, got {impl!r}.")
     if impl == "auto":
-        return AUTO_CONV_IMPL.get(jax.default_backend(), "conv")
+        return auto_by_backend.get(jax.default_backend(), elsewhere)
     return impl
 
 
@@ -157,11 +162,7 @@ AUTO_POOL_IMPL = {"cpu": "reshape"}
 
 def resolve_pool_impl(impl: str) -> str:
     """"auto": reshape on CPU (select-and-scatter is XLA CPU's slowest op here), window elsewhere."""
-    if impl not in POOL_IMPLS:
-        raise ValueError(f"pool_impl must be one of {POOL_IMPLS}, got {impl!r}.")
-    if impl == "auto":
-        return AUTO_POOL_IMPL.get(jax.default_backend(), "window")
-    return impl
+    return _resolve("pool_impl", impl, POOL_IMPLS, AUTO_POOL_IMPL, "window")
 
 
 def max_pool_2x2(x, impl: str = "auto"):
@@ -171,10 +172,15 @@ def max_pool_2x2(x, impl: str = "auto"):
     return _max_pool_reshape(x)
 
 
+def _pool_windows(x):
+    """NHWC ``x`` as [B, H/2, 2, W/2, 2, C] 2x2 windows (odd edges dropped)."""
+    b, h, w, c = x.shape
+    return x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
 @jax.custom_vjp
 def _max_pool_reshape(x):
-    b, h, w, c = x.shape
-    return x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return _pool_windows(x).max(axis=(2, 4))
 
 
 def _max_pool_reshape_fwd(x):
@@ -188,8 +194,7 @@ def _max_pool_reshape_bwd(residuals, dy):
     # a tie -- measure zero for real activations -- here gives each tied input the gradient.)
     x, y = residuals
     b, h, w, c = x.shape
-    crop = x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
-    hit = crop == y[:, :, None, :, None, :]
+    hit = _pool_windows(x) == y[:, :, None, :, None, :]
     dx = jnp.where(hit, dy[:, :, None, :, None, :], jnp.zeros((), dy.dtype))
     dx = dx.reshape(b, h - h % 2, w - w % 2, c)
     return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
@@ -206,11 +211,7 @@ AUTO_BATCHNORM_IMPL = {"cpu": "fused"}
 
 def resolve_batchnorm_impl(impl: str) -> str:
     """"auto": fused on CPU (measured faster, README), flax elsewhere."""
-    if impl not in BATCHNORM_IMPLS:
-        raise ValueError(f"batchnorm_impl must be one of {BATCHNORM_IMPLS}, got {impl!r}.")
-    if impl == "auto":
-        return AUTO_BATCHNORM_IMPL.get(jax.default_backend(), "flax")
-    return impl
+    return _resolve("batchnorm_impl", impl, BATCHNORM_IMPLS, AUTO_BATCHNORM_IMPL, "flax")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
