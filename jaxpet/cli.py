@@ -20,7 +20,7 @@ import types
 
 from absl import app, flags, logging
 
-from jaxpet import config as config_lib
+from jaxpet import config as config_lib, progress
 from jaxpet.errors import UserError
 
 _PACKAGE = str(pathlib.Path(__file__).resolve().parent)
@@ -52,8 +52,30 @@ def guarded(fn, *args, **kwargs):
         raise
 
 
+def define_output_flags() -> None:
+    """--progress and --quiet: how a script reports its progress (every script has them)."""
+    if "progress" not in flags.FLAGS:
+        flags.DEFINE_enum("progress", "auto", list(progress.MODES),
+                          "How progress is shown: auto (a bar redrawn in place when stderr is a "
+                          "terminal, else log lines), bar, log (a line per epoch and at most every "
+                          "10 s of a long phase, with images/s, elapsed time and the ETA of the "
+                          "phase and the run), or off.", module_name=sys.argv[0])
+        flags.DEFINE_bool("quiet", False, "Only warnings and errors on stderr (no progress, no "
+                          "info lines); the summary is still printed. For scripts.",
+                          module_name=sys.argv[0])
+
+
+def apply_output_flags() -> None:
+    """Applies --progress and --quiet to the runs made from now on."""
+    quiet = flags.FLAGS.quiet
+    progress.set_default_mode("off" if quiet else flags.FLAGS.progress)
+    if quiet:
+        logging.set_verbosity(logging.WARNING)
+
+
 def main(experiment: types.ModuleType) -> None:
     """Defines the experiment's flags, parses them, runs it and prints its summary."""
+    define_output_flags()
     presets = getattr(experiment, "PRESETS", None) or None
     config_lib.define_flags(experiment.Config, presets=presets,
                             preset_help=getattr(experiment, "PRESET_HELP", ""),
@@ -71,6 +93,7 @@ def main(experiment: types.ModuleType) -> None:
 
     def _main(argv):
         del argv
+        apply_output_flags()
         config = guarded(config_lib.from_flags, experiment.Config, presets=presets)
         guarded(experiment.run, config)
         summary = pathlib.Path(experiment.summary_path(config))

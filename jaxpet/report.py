@@ -196,6 +196,58 @@ def confusion_figure(panels: Sequence[tuple[str, Mapping[str, Any]]], class_name
     return fig
 
 
+def curves_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]],
+                  max_lines: int = 8, columns: int = 4) -> Figure:
+    """Training curves: per trained phase, loss (top) and accuracy (bottom) against epoch.
+
+    ``histories`` maps a phase to its ``history.jsonl`` rows (epoch, model, loss,
+    train_acc and, with validation, val_loss/val_acc). Up to ``max_lines`` models
+    are drawn one line each; more as their mean with a min-max band. Training is
+    solid, validation dashed.
+    """
+    names = list(histories) or ["(no training)"]
+    cols = min(len(names), columns)
+    blocks = -(-len(names) // cols)
+    fig = Figure(figsize=(3.4 * cols + 0.6, 5.0 * blocks), dpi=100)
+    axes = np.asarray(fig.subplots(2 * blocks, cols, squeeze=False))
+    for i, name in enumerate(names):
+        top, bottom = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
+        rows = histories.get(name, [])
+        models = sorted({r["model"] for r in rows})
+        epochs = sorted({r["epoch"] for r in rows})
+        for ax, keys, label in ((top, ("loss", "val_loss"), "loss"),
+                                (bottom, ("train_acc", "val_acc"), "accuracy")):
+            for key, style in zip(keys, ("-", "--")):
+                if not any(key in r for r in rows):
+                    continue
+                table = np.full((len(models), len(epochs)), np.nan)
+                for r in rows:
+                    if key in r:
+                        table[models.index(r["model"]), epochs.index(r["epoch"])] = r[key]
+                what = "validation" if key.startswith("val") else "training"
+                if len(models) <= max_lines:
+                    for m, line in enumerate(table):
+                        ax.plot(epochs, line, style, color=f"C{m % 10}", lw=1,
+                                label=what if m == 0 else None)
+                else:
+                    ax.fill_between(epochs, np.nanmin(table, 0), np.nanmax(table, 0),
+                                    color="C0" if style == "-" else "C1", alpha=0.25)
+                    ax.plot(epochs, np.nanmean(table, 0), style, color="C0" if style == "-"
+                            else "C1", lw=1.4, label=f"{what} (mean, min-max of {len(models)})")
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        top.set_title(f"{name} ({len(models)} model{'s' if len(models) != 1 else ''})",
+                      fontsize=9)
+        bottom.set_xlabel("epoch")
+        if rows:
+            top.legend(fontsize=7)
+    for j in range(len(names), blocks * cols):  # empty cells of the last block
+        axes[2 * (j // cols), j % cols].set_visible(False)
+        axes[2 * (j // cols) + 1, j % cols].set_visible(False)
+    return fig
+
+
 # ----------------------------------------------------------------------------- image grids
 
 

@@ -42,7 +42,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from jaxpet import __version__
+from jaxpet import __version__, progress
 from jaxpet.errors import UserError
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -324,23 +324,45 @@ class StageCache:
 
     def run(self, name: str, key, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
             ) -> tuple[dict[str, np.ndarray], dict]:
-        """The stage's (arrays, info): reused when finished with this key, else computed and saved."""
+        """The stage's (arrays, info): reused when finished with this key, else computed and saved.
+
+        The training histories recorded while the stage computes are kept with it and
+        recorded again when it is reused, so a run's ``history.jsonl`` is whole either way.
+        """
+        tracker = progress.current()
         found = self.load(name, key)
         if found is not None:
             logging.info("Stage %s: reusing the finished result in %s", name,
                          self.paths(name, key)[0])
+            tracker.stage_reused(name)
+            for phase, rows in self._histories(name, key).items():
+                tracker.record_history(phase, rows)
             return found
-        arrays, info = compute()
-        self.save(name, key, arrays, info)
+        histories: dict[str, list[dict]] = {}
+        remove = tracker.add_history_sink(lambda phase, rows: histories.__setitem__(phase, rows))
+        try:
+            arrays, info = compute()
+        finally:
+            remove()
+        self.save(name, key, arrays, info, histories=histories)
         return arrays, info
 
-    def save(self, name: str, key, arrays: dict[str, np.ndarray], info: dict) -> None:
+    def _histories(self, name: str, key) -> dict[str, list[dict]]:
+        try:
+            histories = read_json(self.paths(name, key)[1]).get("histories", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return histories if isinstance(histories, dict) else {}
+
+    def save(self, name: str, key, arrays: dict[str, np.ndarray], info: dict,
+             histories: Mapping[str, list[dict]] | None = None) -> None:
         """Writes a finished stage (arrays first, the JSON that marks it done last) and removes
         its checkpoints."""
         arrays_path, meta_path = self.paths(name, key)
         write_npz(arrays_path, **arrays)
         write_json(meta_path, {"fingerprint": digest(key), "key": _canonical(key),
-                               "arrays": sorted(arrays), "info": info})
+                               "arrays": sorted(arrays), "info": info,
+                               "histories": dict(histories or {})})
         shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
 
 
@@ -419,13 +441,24 @@ def provenance(started: str, argv=None) -> dict:
 
 
 class Run:
-    """One experiment run: its locked workdir, its config on disk, its stage cache, its timings.
+    """One experiment run: its locked workdir, its config on disk, its stage cache, its timings,
+    its progress, its training histories and its report page.
 
     ``with runs.Run(workdir, config) as run:`` checks and locks the workdir
     before any work; :meth:`finish` writes ``config.json`` and ``results.json``
     (the config, the results, the timings and the provenance block). A run
     that fails early leaves no output files; the stages it finished stay.
+
+    Inside the block the run's :class:`jaxpet.progress.Tracker` is current: every
+    phase reports to it, and every trained phase's history lands in
+    ``history.jsonl`` and ``curves.png`` as soon as it is trained (or reused).
+    A run that ends without error writes ``report.html``, one self-contained page
+    of everything in the workdir.
     """
+
+    HISTORY = "history.jsonl"
+    CURVES = "curves.png"
+    PAGE = "report.html"
 
     def __init__(self, workdir, config, *, outputs=(), stage_dir=None, flag: str = "--workdir"):
         self.workdir = Workdir(workdir, flag=flag)
@@ -435,7 +468,11 @@ class Run:
         self.stages = StageCache(stage_dir if stage_dir is not None else self.path / "stages")
         self.started = now()
         self.seconds: dict[str, float] = {}
-        self._check_outputs(("config.json", "results.json", *outputs), flag)
+        self.progress = progress.Tracker(progress.default_mode())
+        self.histories: dict[str, list[dict]] = {}
+        self._check_outputs(("config.json", "results.json", self.HISTORY, self.CURVES, self.PAGE,
+                             *outputs), flag)
+        self._context = None
 
     def _check_outputs(self, outputs, flag: str) -> None:
         """Refuses, before any work, a workdir whose output places are taken, or that holds
@@ -458,10 +495,27 @@ class Run:
 
     def __enter__(self) -> "Run":
         self.workdir.lock()
+        # Stale files of an earlier run in this workdir would mix with this run's.
+        for name in (self.HISTORY, self.CURVES, self.PAGE):
+            (self.path / name).unlink(missing_ok=True)
+        self._context = progress.tracking(self.progress)
+        self._context.__enter__()
+        self._remove_sink = self.progress.add_history_sink(self.record_history)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.workdir.unlock()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._remove_sink()
+            self._context.__exit__(exc_type, exc, tb)
+            if exc_type is None:
+                self.write_page()
+        finally:
+            self.workdir.unlock()
+
+    def expect(self, phase: str, units: float, *, stage: str | None = None) -> None:
+        """This run will do ``phase`` (``units`` of training-image work; part of ``stage``):
+        what the whole run's ETA counts (see :mod:`jaxpet.progress`)."""
+        self.progress.expect(phase, units, stage=stage)
 
     @contextlib.contextmanager
     def timed(self, name: str):
@@ -472,6 +526,31 @@ class Run:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tick
 
+    def record_history(self, phase: str, rows: list[dict]) -> None:
+        """Keeps a trained phase's per-epoch rows and rewrites ``history.jsonl`` and
+        ``curves.png`` with every phase so far (a phase trained twice gets a ``#2`` name)."""
+        name, n = phase, 1
+        while name in self.histories:
+            n += 1
+            name = f"{phase}#{n}"
+        self.histories[name] = rows
+        lines = [json.dumps({"phase": p, **row}) for p, phase_rows in self.histories.items()
+                 for row in phase_rows]
+        write_text(self.path / self.HISTORY, "\n".join(lines) + "\n")
+        from jaxpet import report  # local: report imports matplotlib
+        save_figure(report.curves_figure(self.histories), self.path / self.CURVES)
+
+    def write_page(self) -> pathlib.Path | None:
+        """``report.html`` of this workdir (a page that cannot be built is a warning, not a
+        lost run: every result is already on disk)."""
+        try:
+            from jaxpet import page  # local: the page module reads every experiment's outputs
+            return page.write_page(self.path)
+        except Exception as e:  # noqa: BLE001 - the results are written; the page is extra
+            logging.warning("Could not write %s (%s: %s); the run's results are complete.",
+                            self.path / self.PAGE, type(e).__name__, e)
+            return None
+
     def finish(self, results: dict) -> dict:
         """Writes ``results.json``: the config, ``results``, the timings and the provenance."""
         results = {"config": dataclasses.asdict(self.config), **results,
@@ -480,3 +559,9 @@ class Run:
         write_json(self.path / "config.json", results["config"])
         write_json(self.path / "results.json", results)
         return results
+
+
+def read_history(path) -> list[dict]:
+    """The rows of a ``history.jsonl`` (one JSON object per line)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

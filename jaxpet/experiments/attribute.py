@@ -224,6 +224,11 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             "seed", "target_attribute", "attribute", "image_size", "test_fraction",
             "max_examples", "num_targets", "epochs", "batch_size", "learning_rate", "lr_decay",
             "weight_decay", "precision")}}
+        # The run's ETA: the targets, then one attack ensemble per layer and the pixel one.
+        run_.expect("target", config.epochs * k * len(split.target), stage="targets")
+        for layer in (config.layer, *config.compare_layers):
+            run_.expect(f"attack {layer}", config.attack_epochs * 2 * k * len(split.attack))
+        run_.expect("pixels", config.attack_epochs * k * len(split.attack))
         with run_.timed("target"):
             arrays, target_info = run_.stages.run("targets", key, train_targets)
             trained = runs.arrays_to_tree("trained", arrays)

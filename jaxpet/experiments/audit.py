@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib, data, metrics, models, report, runs, splits, training
+from jaxpet import (config as config_lib, data, metrics, models, progress, report, runs, splits,
+                    training)
 from jaxpet.attacks import lira as lira_attack
 from jaxpet.attacks import reference, registry
 from jaxpet.config import setting
@@ -403,6 +404,10 @@ def run(config: Config) -> dict[str, Any]:
                      "population_logits": query(audit.test_x[population])},
                     {"train_seconds": result.seconds})
 
+        trained = len(keep) + (1 if target_vars is None else 0)
+        run_.expect("audit", config.epochs * trained * len(pool) / 2, stage="logits")
+        run_.expect("logits", (trained + (target_vars is not None)) * queries
+                    * (len(pool) + len(population)) * progress.FORWARD, stage="logits")
         with run_.timed("train_and_logits"):
             saved, info = run_.stages.run("logits", key, train_and_query)
         with run_.timed("scoring"):

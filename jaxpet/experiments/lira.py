@@ -17,7 +17,8 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from jaxpet import config as config_lib, data, dpsgd, metrics, models, report, runs, splits, training
+from jaxpet import (config as config_lib, data, dpsgd, metrics, models, progress, report, runs,
+                    splits, training)
 from jaxpet.attacks import lira as lira_attack
 from jaxpet.attacks import reference
 from jaxpet.config import setting
@@ -196,16 +197,18 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                 dataset = data.load_dataset(config.dataset, config.data_dir)
         config.check_sizes(dataset)
         key = config.training_key(dataset)
+        # The run's ETA: about half the pool trained per model and epoch, then every model's
+        # logits on pool and population, original and flipped.
+        pool_size, population_size = key["pool_size"], key["population_size"]
+        run_.expect("lira", config.epochs * config.num_models * pool_size / 2, stage="logits")
+        run_.expect("logits", 2 * config.num_models * (pool_size + population_size)
+                    * progress.FORWARD, stage="logits")
         with run_.timed("train_and_logits"):
-            found = run_.stages.load("logits", key)
-            reused = found is not None
-            if reused:
-                logging.info("Reusing the saved logits (stage fingerprint %s)", runs.digest(key))
-                saved, info = found
-            else:
-                saved, info = train_and_query(config, dataset,
-                                              str(run_.stages.checkpoint_dir("logits", key)))
-                run_.stages.save("logits", key, saved, info)
+            computed = []
+            saved, info = run_.stages.run("logits", key, lambda: computed.append(True) or
+                                          train_and_query(config, dataset, str(
+                                              run_.stages.checkpoint_dir("logits", key))))
+            reused = not computed
 
         with run_.timed("scoring"):
             signals = lira_attack.Signals.from_logits(saved["logits"], saved["labels"],

@@ -97,6 +97,8 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
             return ({"train_acc": train_eval["accuracy"], "test_acc": test_eval["accuracy"]},
                     {"seconds_incl_compile": seconds})
 
+        run_.expect("training", config.epochs * config.num_models * config.train_size,
+                    stage="ensemble")
         arrays, info = run_.stages.run("ensemble", key, train_and_evaluate)
         seconds = info["seconds_incl_compile"]
         results = run_.finish({

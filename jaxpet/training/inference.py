@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpet import progress
 from jaxpet.data import IDENTITY
 from jaxpet.splits import MemberSets
 
@@ -79,11 +80,12 @@ def predict(
     preprocess: Callable = IDENTITY,
     batch_size: int = 1024,
     logits: bool = False,
+    phase: str = "predict",
 ) -> np.ndarray:
     """Posteriors (or logits) of all K models on ``images``: float32 [K, N, classes].
 
     ``variables`` is an ensemble's ``{"params", "batch_stats"}`` with a leading [K] axis,
-    e.g. ``TrainResult.variables()``.
+    e.g. ``TrainResult.variables()``. Progress is reported as ``phase``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -91,13 +93,18 @@ def predict(
     if n == 0:
         raise ValueError("predict got no images.")
     batch_size = min(batch_size, n)
+    num_models = jax.tree.leaves(variables)[0].shape[0]
     outputs = []
-    for start in range(0, n, batch_size):
-        x = jnp.asarray(images[start : start + batch_size])
-        real = x.shape[0]
-        if real < batch_size:  # Pad so every call reuses one compiled program.
-            x = jnp.concatenate([x, jnp.repeat(x[-1:], batch_size - real, axis=0)])
-        outputs.append(np.asarray(_predict_batch(model, preprocess, variables, x, logits))[:, :real])
+    with progress.phase(phase, num_models * n * progress.FORWARD,
+                        images_per_unit=1 / progress.FORWARD) as report:
+        for start in range(0, n, batch_size):
+            x = jnp.asarray(images[start : start + batch_size])
+            real = x.shape[0]
+            if real < batch_size:  # Pad so every call reuses one compiled program.
+                x = jnp.concatenate([x, jnp.repeat(x[-1:], batch_size - real, axis=0)])
+            outputs.append(np.asarray(
+                _predict_batch(model, preprocess, variables, x, logits))[:, :real])
+            report.advance(num_models * real * progress.FORWARD)
     return np.concatenate(outputs, axis=1)
 
 
@@ -107,7 +114,8 @@ def query_logits(model: nn.Module, variables, images, *, preprocess: Callable = 
     float32 [K, N, queries, classes] (the queries LiRA and RMIA average over)."""
     views = [images, images[:, :, ::-1, :]] if flips else [images]
     return np.stack([predict(model, variables, v, preprocess=preprocess, batch_size=batch_size,
-                             logits=True) for v in views], axis=2).astype(np.float32)
+                             logits=True, phase=f"logits, query {i + 1}/{len(views)}")
+                     for i, v in enumerate(views)], axis=2).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "preprocess", "batch_size"))

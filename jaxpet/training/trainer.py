@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxpet import progress
 from jaxpet.data import IDENTITY
 from jaxpet.errors import UserError
 from jaxpet.splits import MemberSets
@@ -276,11 +277,13 @@ def train_ensemble(
                              log_prefix=log_prefix, mesh=mesh, strategy=strategy,
                              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                              fingerprint=fingerprint)
-    if mesh is None:
-        return result
-    return TrainResult(state=sharding.unpad_models(result.state, num_models),
-                       history=sharding.unpad_models(result.history, num_models),
-                       seconds=result.seconds)
+    if mesh is not None:
+        result = TrainResult(state=sharding.unpad_models(result.state, num_models),
+                             history=sharding.unpad_models(result.history, num_models),
+                             seconds=result.seconds)
+    progress.current().record_history(phase_name(log_prefix),
+                                       progress.history_rows(result.history))
+    return result
 
 
 def _train_ensemble(model, images, labels, members, config, *, keys, validation, preprocess,
@@ -343,36 +346,54 @@ def _train_ensemble(model, images, labels, members, config, *, keys, validation,
             checkpoints.close()
 
 
+def phase_name(log_prefix: str) -> str:
+    """The progress and history name of a training call: its log prefix without the colon."""
+    return log_prefix.strip().rstrip(":").strip() or "training"
+
+
 def _epochs(model, images, labels, config, state, history, start_epoch, member_indices,
             member_counts, val_indices, val_counts, *, preprocess, strategy, on_epoch_end,
             log_prefix, checkpoints, checkpoint_every) -> TrainResult:
-    """The host's loop over epochs, saving checkpoints as it goes."""
+    """The host's loop over epochs, saving checkpoints as it goes and reporting progress."""
     start = time.perf_counter()
     stopped = bool(history) and config.early_stopping and not history[-1]["active"].any()
-    for epoch in range(start_epoch, config.epochs if not stopped else start_epoch):
-        tick = time.perf_counter()
-        state, metrics = _run_epoch(
-            strategy, model, config, preprocess, state, images, labels, member_indices,
-            member_counts, val_indices, val_counts, jnp.asarray(epoch, jnp.int32),
-        )
-        metrics = {k: np.asarray(v) for k, v in metrics.items()}
-        history.append(metrics)
-        logging.info("%s%s", log_prefix, _format_epoch(epoch, config.epochs, metrics,
-                                                      time.perf_counter() - tick))
-        stopped = config.early_stopping and not metrics["active"].any()
-        if checkpoints is not None and ((epoch + 1) % checkpoint_every == 0
-                                        or epoch + 1 == config.epochs or stopped):
-            checkpoints.save(epoch + 1, state, history)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, state, metrics)
-        if stopped:
-            logging.info("%sall %d models stopped early after epoch %d", log_prefix,
-                         member_indices.shape[0], epoch + 1)
-            break
+    last_epoch = config.epochs if not stopped else start_epoch
+    num_models = member_indices.shape[0]
+    # Work per epoch in training-image units: every member trained, every validation example
+    # run forward once.
+    images_per_epoch = float(np.sum(np.asarray(member_counts)))
+    units_per_epoch = images_per_epoch + (0.0 if val_counts is None else
+                                          progress.FORWARD * float(np.sum(np.asarray(val_counts))))
+    tracker = progress.current()
+    with tracker.phase(phase_name(log_prefix), (last_epoch - start_epoch) * units_per_epoch,
+                       images_per_unit=images_per_epoch / max(units_per_epoch, 1e-12)) as phase:
+        for epoch in range(start_epoch, last_epoch):
+            tick = time.perf_counter()
+            state, metrics = _run_epoch(
+                strategy, model, config, preprocess, state, images, labels, member_indices,
+                member_counts, val_indices, val_counts, jnp.asarray(epoch, jnp.int32),
+            )
+            metrics = {k: np.asarray(v) for k, v in metrics.items()}
+            seconds = time.perf_counter() - tick
+            metrics["seconds"] = np.full(num_models, seconds, np.float32)
+            history.append(metrics)
+            phase.advance(units_per_epoch)
+            tracker.info("%s%s", log_prefix, _format_epoch(epoch, config.epochs, metrics, seconds,
+                                                          tracker.epoch_line(phase)))
+            stopped = config.early_stopping and not metrics["active"].any()
+            if checkpoints is not None and ((epoch + 1) % checkpoint_every == 0
+                                            or epoch + 1 == config.epochs or stopped):
+                checkpoints.save(epoch + 1, state, history)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, state, metrics)
+            if stopped:
+                tracker.info("%sall %d models stopped early after epoch %d", log_prefix,
+                             num_models, epoch + 1)
+                break
     return TrainResult(state=state, history=history, seconds=time.perf_counter() - start)
 
 
-def _format_epoch(epoch, epochs, metrics, seconds):
+def _format_epoch(epoch, epochs, metrics, seconds, rate=""):
     def stat(name):
         v = metrics[name]
         return f"{name} {v.mean():.4f}" + (f"±{v.std():.4f}" if v.size > 1 else "")
@@ -382,4 +403,6 @@ def _format_epoch(epoch, epochs, metrics, seconds):
         parts.append(stat("val_acc"))
     parts.append(f"active {int(metrics['active'].sum())}/{metrics['active'].size}")
     parts.append(f"{seconds:.1f}s")
+    if rate:
+        parts.append(f"| {rate}")
     return "  ".join(parts)

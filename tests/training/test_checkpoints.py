@@ -44,7 +44,9 @@ def _assert_same_run(a, b):
     jax.tree.map(np.testing.assert_array_equal, a.state, b.state)
     assert len(a.history) == len(b.history)
     for x, y in zip(a.history, b.history):
-        jax.tree.map(np.testing.assert_array_equal, x, y)
+        assert set(x) == set(y)
+        for name in set(x) - {"seconds"}:  # an epoch's wall time differs between runs
+            np.testing.assert_array_equal(x[name], y[name])
 
 
 def test_checkpointed_run_resumes_to_the_uninterrupted_result(run, tmp_path):
