@@ -12,14 +12,44 @@ import dataclasses
 import numpy as np
 
 
+VAL_SOURCES = ("unused", "out_part", "none")
+
+
+def validation_source(pool_size: int, part_size: int, val_size: int) -> str:
+    """Where the two validation sets of ``val_size`` fit: "unused", "out_part" or "none".
+
+    "unused" when the pool holds ``2 * val_size`` examples outside the four parts
+    (reduced configurations), so every out part stays whole for evaluation;
+    "out_part" (the seed's full configuration, where the parts fill the pool) when
+    only the start of each out part can hold them; "none" when ``val_size`` is 0.
+    Raises ValueError when neither place can.
+    """
+    if val_size < 0:
+        raise ValueError(f"val_size must be >= 0, got {val_size}.")
+    if val_size == 0:
+        return "none"
+    unused = pool_size - 4 * part_size
+    if unused >= 2 * val_size:
+        return "unused"
+    if val_size < part_size:
+        return "out_part"
+    raise ValueError(
+        f"val_size={val_size} fits neither in the {unused} examples the four parts of "
+        f"{part_size} leave unused (needs {2 * val_size}) nor inside an out part of {part_size} "
+        f"(needs fewer than {part_size}) — lower val_size or part_size.")
+
+
 @dataclasses.dataclass(frozen=True)
 class QuarterSplit:
-    """The seed's Task 1 split: four equal disjoint parts and a validation slice of each out part.
+    """The seed's Task 1 split: four equal disjoint parts plus a validation set per model.
 
-    ``target_val``/``shadow_val`` are the first ``val_size`` examples of
-    ``target_out``/``shadow_out`` (the seed's "1000 samples of each model's
-    testing set"); ``*_out_eval`` are the rest of each out part, which never
-    influenced training, not even through early stopping.
+    ``val_source`` says where ``target_val``/``shadow_val`` come from: "unused"
+    — the pool's examples outside the four parts, so ``*_out_eval`` are the
+    whole out parts; "out_part" — the first ``val_size`` of each out part (the
+    seed's "1000 samples of each model's testing set", when the four parts fill
+    the pool), ``*_out_eval`` the rest; "none" — no validation. Either way the
+    evaluated non-members never influenced training, not even through early
+    stopping.
     """
 
     target_in: np.ndarray
@@ -27,22 +57,25 @@ class QuarterSplit:
     shadow_in: np.ndarray
     shadow_out: np.ndarray
     val_size: int
+    target_val: np.ndarray
+    shadow_val: np.ndarray
+    val_source: str
+
+    def __post_init__(self):
+        if self.val_source not in VAL_SOURCES:
+            raise ValueError(f"val_source must be one of {VAL_SOURCES}, got {self.val_source!r}.")
 
     @property
-    def target_val(self) -> np.ndarray:
-        return self.target_out[: self.val_size]
-
-    @property
-    def shadow_val(self) -> np.ndarray:
-        return self.shadow_out[: self.val_size]
+    def _eval_start(self) -> int:
+        return self.val_size if self.val_source == "out_part" else 0
 
     @property
     def target_out_eval(self) -> np.ndarray:
-        return self.target_out[self.val_size :]
+        return self.target_out[self._eval_start :]
 
     @property
     def shadow_out_eval(self) -> np.ndarray:
-        return self.shadow_out[self.val_size :]
+        return self.shadow_out[self._eval_start :]
 
     def parts(self) -> dict[str, np.ndarray]:
         return {
@@ -59,7 +92,11 @@ def quarter_split(
     """Cuts ``range(pool_size)`` into four disjoint random parts of ``part_size`` each.
 
     ``part_size`` defaults to ``pool_size // 4`` (CIFAR-10: 12,500; MNIST: 15,000);
-    a smaller one gives the reduced configurations used on a CPU.
+    a smaller one gives the reduced configurations used on a CPU. The validation
+    sets come from one permutation: with room outside the parts (see
+    ``validation_source``) the target's is the next ``val_size`` after the four
+    parts and the shadow's the ``val_size`` after that; otherwise the start of
+    each out part. The four parts are the same in both cases.
     """
     if pool_size < 4:
         raise ValueError(f"pool_size must be at least 4, got {pool_size}.")
@@ -69,20 +106,26 @@ def quarter_split(
         raise ValueError(
             f"part_size must be in [1, {max_part}] (a quarter of {pool_size}), got {part_size}."
         )
-    if not 0 <= val_size < part_size:
-        raise ValueError(
-            f"val_size must be in [0, {part_size}) so the out part keeps examples, got {val_size}."
-        )
-    order = np.random.default_rng(seed).permutation(pool_size)
+    source = validation_source(pool_size, part_size, val_size)
+    order = np.random.default_rng(seed).permutation(pool_size).astype(np.int32)
     parts = [order[i * part_size : (i + 1) * part_size] for i in range(4)]
-    # Shuffled order inside each part keeps the validation slice random; sort the
+    if source == "unused":
+        start = 4 * part_size
+        target_val = order[start : start + val_size]
+        shadow_val = order[start + val_size : start + 2 * val_size]
+    else:  # "out_part" (or "none": empty slices)
+        target_val, shadow_val = parts[1][:val_size], parts[3][:val_size]
+    # Shuffled order inside each out part keeps its validation slice random; sort the
     # in parts so their layout does not depend on the permutation.
     return QuarterSplit(
-        target_in=np.sort(parts[0]).astype(np.int32),
-        target_out=parts[1].astype(np.int32),
-        shadow_in=np.sort(parts[2]).astype(np.int32),
-        shadow_out=parts[3].astype(np.int32),
+        target_in=np.sort(parts[0]),
+        target_out=parts[1],
+        shadow_in=np.sort(parts[2]),
+        shadow_out=parts[3],
         val_size=val_size,
+        target_val=target_val,
+        shadow_val=shadow_val,
+        val_source=source,
     )
 
 

@@ -128,7 +128,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, name, a
 @pytest.mark.skipif(not REAL_DATA, reason="needs JAXPET_DATA_DIR with the real MNIST")
 @pytest.mark.parametrize("name, argv, expected", [
     ("membership", ["--dataset=mnist", "--train_size=20000"], "--train_size=20000 is larger than a quarter"),
-    ("membership", ["--dataset=mnist", "--train_size=500", "--val_size=500"], "--val_size=500 leaves no non-member"),
+    ("membership", ["--dataset=mnist", "--val_size=15000"], "--val_size=15000 leaves no non-member"),
     ("lira", ["--dataset=mnist", "--pool_size=70000"], "--pool_size=70000 is larger than the train split"),
     ("train_ensemble", ["--train_size=60001"], "--train_size=60001 is larger than the train split"),
     ("membership", ["--dataset=mnist", "--batch_size=100000"], "--batch_size=100000 is larger than a model's 15000 members"),

@@ -17,6 +17,8 @@ def test_quarter_split_is_disjoint_and_sized():
     assert not set(split.target_val) & set(split.target_out_eval)
     assert set(split.target_val) <= set(split.target_out)
     assert not set(split.target_in) & set(split.shadow_out)
+    assert split.val_source == "out_part"  # the parts fill the pool: the seed's layout
+    _check_disjoint(split)
 
 
 def test_quarter_split_is_deterministic_by_seed():
@@ -26,10 +28,64 @@ def test_quarter_split_is_deterministic_by_seed():
     assert not np.array_equal(a.target_in, c.target_in)
 
 
-@pytest.mark.parametrize("kwargs", [dict(part_size=251), dict(part_size=0), dict(part_size=50, val_size=50)])
+@pytest.mark.parametrize("kwargs", [dict(part_size=251), dict(part_size=0)])
 def test_quarter_split_rejects_impossible_sizes(kwargs):
     with pytest.raises(ValueError):
         splits.quarter_split(1000, seed=0, **kwargs)
+
+
+def _check_disjoint(split):
+    """Members, validation and evaluated non-members of both roles never overlap."""
+    sets = {"target_in": split.target_in, "shadow_in": split.shadow_in,
+            "target_val": split.target_val, "shadow_val": split.shadow_val,
+            "target_out_eval": split.target_out_eval, "shadow_out_eval": split.shadow_out_eval}
+    for name, s in sets.items():
+        assert len(np.unique(s)) == len(s), name
+    union = np.concatenate(list(sets.values()))
+    assert len(np.unique(union)) == len(union)  # pairwise disjoint
+
+
+# (pool, part, val, source): room for 2 x val outside the parts -> "unused"; else "out_part".
+SOURCES = [(1000, 200, 100, "unused"), (1000, 200, 101, "out_part"), (1000, 250, 249, "out_part"),
+           (1000, 240, 20, "unused"), (1000, 240, 21, "out_part"), (1000, 50, 300, "unused"),
+           (1000, 200, 0, "none")]
+
+
+@pytest.mark.parametrize("pool, part, val, source", SOURCES)
+def test_validation_comes_from_unused_data_when_it_fits(pool, part, val, source):
+    split = splits.quarter_split(pool, seed=5, part_size=part, val_size=val)
+    assert split.val_source == splits.validation_source(pool, part, val) == source
+    assert len(split.target_val) == len(split.shadow_val) == val
+    _check_disjoint(split)
+    if source == "out_part":  # the seed's layout: validation is the start of each out part
+        np.testing.assert_array_equal(split.target_val, split.target_out[:val])
+        np.testing.assert_array_equal(split.shadow_val, split.shadow_out[:val])
+        assert len(split.target_out_eval) == len(split.shadow_out_eval) == part - val
+    else:  # outside the four parts, which are evaluated whole
+        inside = np.concatenate(list(split.parts().values()))
+        assert not set(split.target_val) & set(inside) and not set(split.shadow_val) & set(inside)
+        np.testing.assert_array_equal(split.target_out_eval, split.target_out)
+        np.testing.assert_array_equal(split.shadow_out_eval, split.shadow_out)
+    # The members and out parts do not depend on where validation comes from.
+    other = splits.quarter_split(pool, seed=5, part_size=part, val_size=0)
+    for name, part_ in split.parts().items():
+        np.testing.assert_array_equal(part_, other.parts()[name])
+
+
+def test_validation_follows_the_four_parts_in_the_permutation():
+    split = splits.quarter_split(1000, seed=2, part_size=100, val_size=30)
+    order = np.random.default_rng(2).permutation(1000)
+    np.testing.assert_array_equal(split.target_val, order[400:430])
+    np.testing.assert_array_equal(split.shadow_val, order[430:460])
+    np.testing.assert_array_equal(split.target_out, order[100:200])
+
+
+@pytest.mark.parametrize("pool, part, val", [(1000, 250, 250), (1000, 240, 240), (1000, 200, 300)])
+def test_validation_that_fits_nowhere_is_refused(pool, part, val):
+    with pytest.raises(ValueError, match=f"val_size={val} fits neither"):
+        splits.quarter_split(pool, seed=0, part_size=part, val_size=val)
+    with pytest.raises(ValueError, match="val_size must be >= 0"):
+        splits.validation_source(pool, part, -1)
 
 
 def test_balanced_keep_mask_puts_every_example_in_half_the_models():

@@ -225,20 +225,52 @@ def _inversion_report(result: mi_face.Inversion, attack: mi_face.MIFaceConfig, c
     }
 
 
+# The display stretch of the figures' extra rows: per image, these percentiles -> 0 and 255.
+STRETCH_PERCENTILES = (1.0, 99.0)
+STRETCH_TEXT = "stretched per image (p1-p99)"
+
+
+def stretch(images, percentiles=STRETCH_PERCENTILES) -> np.ndarray:
+    """[..., H, W, 1] float images -> uint8 [..., H, W], each image's own [p1, p99] mapped
+    linearly to [0, 255] (clipped outside).
+
+    A display aid: reconstructions spread over far fewer grey levels than real faces
+    (see ``pixel_spread``), so unstretched they print as grey squares. Percentiles rather
+    than min/max so a few outlying pixels do not flatten the rest. A constant image
+    has nothing to stretch and stays mid-grey (128).
+    """
+    x = np.asarray(images, np.float32)[..., 0]
+    lo, hi = np.percentile(x, percentiles, axis=(-2, -1), keepdims=True)
+    span = hi - lo
+    scaled = np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0) * 255.0, 127.5)
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def pixel_spread(images, percentiles=STRETCH_PERCENTILES) -> float:
+    """Mean over images of p99 - p1 of the pixels, in grey levels of 255: how much there is
+    to see before stretching."""
+    x = np.asarray(images, np.float32)[..., 0]
+    lo, hi = np.percentile(x, percentiles, axis=(-2, -1))
+    return float(np.mean(hi - lo) * 255)
+
+
 def iterations_figure(people, real, budget_images: dict[int, np.ndarray], class_names):
-    """The seed's figure: each row a person, a real image then the reconstructions per budget."""
+    """The seed's figure: each row a person, a real image then the reconstructions per budget;
+    under it the same images stretched per image (p1-p99), the raw row unchanged."""
     rows, captions = [], []
     for c in people:
         rows.append([report.to_uint8(real[c])]
                     + [report.to_uint8(images[c]) for images in budget_images.values()])
         captions.append([f"{class_names[c]} real"] + [
             f"{b} iterations" if b != 1 else "1 iteration" for b in budget_images])
+        rows.append([stretch(real[c])] + [stretch(images[c]) for images in budget_images.values()])
+        captions.append(["p1-p99 stretched"] + [f"{b} it. stretched" for b in budget_images])
     return report.image_grid(rows, captions)
 
 
 def all_classes_figure(real, recon, class_names, predicted=None, columns: int = 8):
-    """Every person's reconstruction under a real image of that person; captions: who the
-    evaluator takes the reconstruction for."""
+    """Every person's reconstruction under a real image of that person, then the reconstruction
+    stretched per image (p1-p99); captions: who the evaluator takes the reconstruction for."""
     rows, captions = [], []
     for start in range(0, len(recon), columns):
         people = range(start, min(start + columns, len(recon)))
@@ -247,6 +279,8 @@ def all_classes_figure(real, recon, class_names, predicted=None, columns: int = 
         rows.append([report.to_uint8(recon[c]) for c in people])
         captions.append([f"-> {class_names[predicted[c]]}" if predicted is not None
                          else "inverted" for c in people])
+        rows.append([stretch(recon[c]) for c in people])
+        captions.append(["stretched p1-p99" for c in people])
     return report.image_grid(rows, captions)
 
 
@@ -367,7 +401,10 @@ def run(config: Config, dataset=None) -> dict:
             "references": references,
             "speed": speed,
             "figures": {"iterations": "iterations.png", "all_classes": "all_classes.png",
-                        "all_classes_budget": largest},
+                        "all_classes_budget": largest, "stretch": STRETCH_TEXT,
+                        # Mean per-image p99 - p1 in grey levels: why the stretched rows exist.
+                        "pixel_spread": {"real": pixel_spread(real),
+                                         "reconstruction": pixel_spread(budget_images[largest])}},
         })
         runs.write_text(summary_path(config), summary_markdown(results))
         return results
@@ -415,4 +452,18 @@ def summary_markdown(results: dict) -> str:
     if stop:
         lines.append(f"\nStopping rules (alpha {stop['max_iterations']}, beta {stop['patience']}, "
                      f"gamma {stop['cost_threshold']}): {stop['stop_reasons']}.\n")
+    f = results.get("figures")
+    if f:
+        spread = f.get("pixel_spread")
+        spread = (f" The raw reconstructions at {f['all_classes_budget']} iterations span about "
+                  f"{spread['reconstruction']:.0f}/255 grey levels (p1-p99, mean per image) "
+                  f"against {spread['real']:.0f}/255 for the real faces." if spread else "")
+        lines.append(
+            f"\nFigures: `{f['iterations']}` shows each drawn person's real image and the "
+            "reconstruction per iteration budget, with under each raw row the same images "
+            f"{f.get('stretch', STRETCH_TEXT)}; `{f['all_classes']}` shows every person's real "
+            f"image, the raw reconstruction at {f['all_classes_budget']} iterations (caption: the "
+            "evaluator's guess) and that reconstruction stretched. Stretched = each image's own "
+            "1st and 99th pixel percentiles mapped linearly to 0 and 255 (clipped outside), for "
+            f"display only: every score above uses the raw images.{spread}\n")
     return "\n".join(lines)

@@ -41,7 +41,10 @@ class Config:
     attack_epochs: int = setting(50, "Attack MLP training epochs.", low=1)
     train_size: int | None = setting(None, "Members per model (default: a quarter of the train "
                                      "split).", low=2)
-    val_size: int = setting(1000, "Validation slice of each out part (early stopping).", low=0)
+    val_size: int = setting(1000, "Validation examples per role (early stopping), drawn from the "
+                            "examples outside the four parts when 2x this many are left, else "
+                            "from the start of each out part (the seed's full configuration).",
+                            low=0)
     num_posteriors: int = setting(10, "Sorted posteriors fed to the attack MLP: 3 or 10.",
                                   choices=(3, 10))
     defense: str = setting("none", "none; dropout_early_stopping (dropout and early stopping on "
@@ -95,10 +98,22 @@ class Config:
             raise config_lib.ConfigError(
                 f"--batch_size={self.batch_size} is larger than a model's "
                 f"{self.part_size(pool_size)} members — lower it.")
-        if self.val_size >= self.part_size(pool_size):
+        self.val_source(pool_size)
+
+    def val_source(self, pool_size: int) -> str:
+        """Where the validation sets come from (see splits.validation_source)."""
+        part = self.part_size(pool_size)
+        try:
+            return splits.validation_source(pool_size, part, self.val_size)
+        except ValueError:
+            unused, room = pool_size - 4 * part, (pool_size - 2 * self.val_size) // 4
+            fix = f"lower --val_size below {part}" + (
+                f", or --train_size to at most {room}" if room >= 2 else "")
             raise config_lib.ConfigError(
                 f"--val_size={self.val_size} leaves no non-member to evaluate with "
-                f"--train_size={self.part_size(pool_size)} — lower --val_size.")
+                f"--train_size={part}: the two validation sets fit neither in the {unused} "
+                f"examples the four parts leave unused (needs {2 * self.val_size}) nor inside an "
+                f"out part of {part} — {fix}.") from None
 
     def training_key(self, dataset: data.Dataset, role: str = "shadow") -> dict:
         """Everything the trained ``role`` depends on: the training settings and the data's
@@ -107,8 +122,11 @@ class Config:
                 "strategy", "checkpoint_every", "dp_delta", "norm")
         skip += ("num_shadow",) if role == "target" else ()
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        return {**fields, "norm": self.model_norm, "data": dataset.digest,
-                "train_size": self.part_size(len(dataset.train))}
+        key = {**fields, "norm": self.model_norm, "data": dataset.digest,
+               "train_size": self.part_size(len(dataset.train))}
+        # Validation from unused data changes the sets; the seed's layout keeps its old keys.
+        source = self.val_source(len(dataset.train))
+        return {**key, "val_source": source} if source == "unused" else key
 
 
 # Named configurations; explicit flags override them. "quick" fits a 2-core CPU in minutes.
@@ -152,22 +170,28 @@ class _Role:
     validation: splits.MemberSets | None
 
 
-def _roles(split: splits.QuarterSplit, num_shadow: int, val_size: int, seed: int):
+def _roles(split: splits.QuarterSplit, num_shadow: int, seed: int):
+    """The target and shadow roles; validation as ``split.val_source`` says."""
+    validation = lambda sets: splits.MemberSets.from_lists(sets) if split.val_size else None
     target = _Role("target", splits.MemberSets.from_lists([split.target_in]),
-                   [split.target_out_eval],
-                   splits.MemberSets.from_lists([split.target_val]) if val_size else None)
+                   [split.target_out_eval], validation([split.target_val]))
     if num_shadow == 1:  # The seed: shadow-in are members, shadow-out non-members.
-        non_members = [split.shadow_out]
         members = splits.MemberSets.from_lists([split.shadow_in])
-    else:  # Each shadow gets its own random half of the shadow pool.
-        pool = np.concatenate([split.shadow_in, split.shadow_out])
-        members = splits.random_member_sets(pool, num_shadow, len(split.shadow_in), seed=seed + 1)
-        rng = np.random.default_rng(seed + 2)
-        non_members = [rng.permutation(np.setdiff1d(pool, members.member(k)))
-                       for k in range(num_shadow)]
-    validation = (splits.MemberSets.from_lists([o[:val_size] for o in non_members])
-                  if val_size else None)
-    return target, _Role("shadow", members, [o[val_size:] for o in non_members], validation)
+        return target, _Role("shadow", members, [split.shadow_out_eval],
+                             validation([split.shadow_val]))
+    # Each shadow gets its own random half of the shadow pool.
+    pool = np.concatenate([split.shadow_in, split.shadow_out])
+    members = splits.random_member_sets(pool, num_shadow, len(split.shadow_in), seed=seed + 1)
+    rng = np.random.default_rng(seed + 2)
+    non_members = [rng.permutation(np.setdiff1d(pool, members.member(k)))
+                   for k in range(num_shadow)]
+    if split.val_source == "unused":  # one validation set outside the pool serves every shadow
+        return target, _Role("shadow", members, non_members,
+                             validation([split.shadow_val] * num_shadow))
+    # No room outside the parts: each shadow's validation is the start of its non-members.
+    size = split.val_size
+    return target, _Role("shadow", members, [o[size:] for o in non_members],
+                         validation([o[:size] for o in non_members]))
 
 
 def _train_role(role: _Role, model, config: Config, dataset: data.Dataset, preprocess, seed: int,
@@ -234,7 +258,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
                                             precision=config.precision,
                                             width_scale=config.width_scale, norm=config.model_norm)
-        target_role, shadow_role = _roles(split, config.num_shadow, config.val_size, config.seed)
+        target_role, shadow_role = _roles(split, config.num_shadow, config.seed)
         trained = {}
         for role, seed in ((target_role, config.seed), (shadow_role, config.seed + 1000)):
             key = config.training_key(dataset, role.name)
@@ -255,7 +279,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         results = run_.finish({
             "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
                      "digest": dataset.digest, "pool_size": pool_size, "members_per_model": part,
-                     "val_size": config.val_size,
+                     "val_size": config.val_size, "val_source": split.val_source,
                      "attack_test_members": int(target["membership"].sum()),
                      "attack_test_non_members": int((1 - target["membership"]).sum())},
             "target": {"train_acc": target_info["train_acc"][0],
@@ -289,6 +313,14 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         return results
 
 
+_VALIDATION = {  # summary sentence per splits.QuarterSplit.val_source
+    "unused": "Validation: {n} examples per role from the data outside the four parts, so "
+              "every out part is evaluated whole. ",
+    "out_part": "Validation: the first {n} examples of each out part (the seed's layout); "
+                "the rest of each is evaluated. ",
+}
+
+
 def summary_markdown(results: dict) -> str:
     """The seed's table shape (accuracies in %), then every attack with the modern metrics."""
     c, pct = results["config"], report.pct
@@ -315,6 +347,7 @@ def summary_markdown(results: dict) -> str:
             f"{d['members_per_model']} members per model, defence `{c['defense']}`, "
             f"{c['num_shadow']} shadow model(s), width x{c['width_scale']}, precision "
             f"{c['precision']}; attack tested on {d['attack_test_members']} members + "
-            f"{d['attack_test_non_members']} non-members of the target. Backend: "
+            f"{d['attack_test_non_members']} non-members of the target. "
+            f"{_VALIDATION.get(d.get('val_source'), '').format(n=d.get('val_size'))}Backend: "
             f"{p['backend']} ({p['device_kind']}).\n\n"
             f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{attacks_table}")

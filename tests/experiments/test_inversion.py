@@ -2,6 +2,7 @@
 
 
 import numpy as np
+from PIL import Image
 
 from jaxpet import data
 from jaxpet.experiments import inversion
@@ -35,3 +36,38 @@ def test_experiment_writes_every_output(tmp_path, check_common_schema):
     assert saved["speed"]["classes"] == 4 and saved["speed"]["ratio"] > 0
     assert saved["speed"]["max_abs_image_difference"] < 1e-5
     assert 0.0 <= saved["target"]["val_acc"] <= 1.0 and results["target"]["seed"]["val_acc"] == 0.9531
+    # Each raw row of reconstructions has a stretched row under it: 2 people x 2 rows in
+    # iterations.png; real, raw and stretched rows for the 4 people of all_classes.png.
+    cell = 16 + 13 + 4  # tile height + caption + padding (report.image_grid)
+    iterations_png = np.asarray(Image.open(workdir / "iterations.png"))
+    all_classes_png = np.asarray(Image.open(workdir / "all_classes.png"))
+    assert iterations_png.shape == (2 * 2 * cell + 4, 3 * (12 + 4) + 4)
+    assert all_classes_png.shape == (3 * cell + 4, 4 * (12 + 4) + 4)
+    raw, stretched = (all_classes_png[row * cell + 17:row * cell + 33, 4:16] for row in (1, 2))
+    assert np.ptp(raw) < 255 and stretched.min() == 0 and stretched.max() == 255
+    text = (workdir / "summary.md").read_text()
+    assert "stretched per image (p1-p99)" in text and "1st and 99th pixel percentiles" in text
+    spread = saved["figures"]["pixel_spread"]
+    assert 0 <= spread["reconstruction"] and 0 < spread["real"] <= 255
+
+
+def test_stretch_maps_each_images_p1_p99_to_0_255():
+    ramp = np.linspace(0.40, 0.47, 101, dtype=np.float32)  # p1 = ramp[1], p99 = ramp[99] exactly
+    image = ramp.reshape(1, 101, 1)
+    out = inversion.stretch(image)
+    assert out.shape == (1, 101) and out.dtype == np.uint8
+    assert out[0, 1] == 0 and out[0, 99] == 255  # the percentiles themselves
+    assert out[0, 0] == 0 and out[0, 100] == 255  # clipped outside them
+    assert out[0, 50] in (127, 128)
+    assert np.all(np.diff(out[0].astype(int)) >= 0)  # linear, so order is kept
+    # Per image: a faint image and a full-range one both end up spanning 0..255.
+    batch = np.stack([image, 0.1 + 0.8 * (image - 0.40) / 0.07])
+    stretched = inversion.stretch(batch)
+    np.testing.assert_allclose(stretched[0], stretched[1], atol=1)  # up to float rounding
+    assert stretched[1].min() == 0 and stretched[1].max() == 255
+
+
+def test_stretch_keeps_a_constant_image_mid_grey():
+    out = inversion.stretch(np.full((2, 4, 3, 1), 0.3, np.float32))
+    np.testing.assert_array_equal(out, 128)
+    assert inversion.pixel_spread(np.full((1, 4, 3, 1), 0.3)) == 0.0

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxpet import report, runs, training
+from jaxpet import report, runs, splits, training
 from jaxpet.attacks import registry
 from jaxpet.experiments import membership
 
@@ -43,10 +43,15 @@ def test_membership_run_writes_every_output(finished):
     preds = np.load(workdir / "predictions.npz")
     members = preds["indices"][preds["membership"] == 1]
     non_members = preds["indices"][preds["membership"] == 0]
-    assert len(members) == len(non_members) == 80  # balanced: 100 in vs 100 - 20 validation out
+    # 800 examples hold four parts of 100 and both validation sets of 20 outside them, so the
+    # out part is evaluated whole: balanced 100 in vs 100 out.
+    assert results["data"]["val_source"] == "unused"
+    assert len(members) == len(non_members) == 100
     assert not set(members) & set(non_members)
-    assert preds["posteriors"].shape == (160, 10)
-    assert results["data"]["attack_test_members"] == 80
+    assert preds["posteriors"].shape == (200, 10)
+    assert results["data"]["attack_test_members"] == 100
+    assert "Validation: 20 examples per role from the data outside the four parts" in (
+        workdir / "summary.md").read_text()
 
 
 def test_results_schema(finished, check_common_schema):
@@ -54,8 +59,8 @@ def test_results_schema(finished, check_common_schema):
     check_common_schema(results, workdir)
     assert {"config", "data", "target", "shadow", "attacks", "privacy", "attack_train_acc",
             "seconds", "provenance"} <= set(results)
-    assert {"dataset", "digest", "pool_size", "members_per_model", "attack_test_members",
-            "attack_test_non_members"} <= set(results["data"])
+    assert {"dataset", "digest", "pool_size", "members_per_model", "val_size", "val_source",
+            "attack_test_members", "attack_test_non_members"} <= set(results["data"])
     assert {"train_acc", "test_acc", "epochs_run"} <= set(results["target"])
     assert {"target", "shadow", "attacks"} <= set(results["seconds"])
     for attack in results["attacks"].values():
@@ -160,4 +165,63 @@ def test_bad_settings_fail_before_any_work(tmp_path, kwargs, flag):
 def test_sizes_the_data_cannot_hold_fail_before_training(tmp_path, make_dataset):
     with pytest.raises(ValueError, match="train_size=300 is larger than a quarter"):
         membership.run(_config(tmp_path, train_size=300), dataset=make_dataset())
+    # 2 x 250 validation examples fit neither in the 400 unused nor in an out part of 100.
+    with pytest.raises(ValueError, match="--val_size=250 leaves no non-member"):
+        membership.run(_config(tmp_path, val_size=250), dataset=make_dataset())
     assert not list((tmp_path / "run").glob("stages/*"))
+
+
+def test_train_size_alone_fits_the_full_pool():
+    """--train_size=1000 on CIFAR-10's 50,000: validation comes from the unused 46,000."""
+    config = membership.Config(dataset="cifar10", train_size=1000)
+    config.check_sizes(50_000)
+    assert config.val_source(50_000) == "unused"
+    assert membership.Config(dataset="cifar10").val_source(50_000) == "out_part"  # the seed's
+    with pytest.raises(ValueError, match=r"--val_size=12500 .* lower --val_size below 12500, "
+                                         r"or --train_size to at most 6250\.$"):
+        membership.Config(dataset="cifar10", val_size=12_500).check_sizes(50_000)
+    with pytest.raises(ValueError, match=r"--val_size=25000 .* lower --val_size below 12500\.$"):
+        membership.Config(dataset="cifar10", val_size=25_000).check_sizes(50_000)
+    with pytest.raises(ValueError, match=r"--val_size=12000 .* or --train_size to at most 6500"):
+        membership.Config(dataset="cifar10", train_size=12_000, val_size=12_000).check_sizes(50_000)
+
+
+def test_the_seed_layout_keeps_the_training_key(tmp_path, make_dataset):
+    """Where the four parts fill the pool nothing changed, so finished stages stay valid."""
+    dataset = make_dataset()
+    assert "val_source" not in _config(tmp_path, train_size=None).training_key(dataset)
+    assert _config(tmp_path).training_key(dataset)["val_source"] == "unused"
+
+
+@pytest.mark.parametrize("pool_size, source", [(800, "unused"), (400, "out_part")])
+@pytest.mark.parametrize("num_shadow", [1, 3])
+def test_roles_keep_members_validation_and_non_members_apart(pool_size, source, num_shadow):
+    split = splits.quarter_split(pool_size, seed=0, part_size=100, val_size=20)
+    assert split.val_source == source
+    target, shadow = membership._roles(split, num_shadow, seed=0)
+    for role in (target, shadow):
+        assert role.validation.num_models == role.members.num_models
+        for k in range(role.members.num_models):
+            members, val = set(role.members.member(k)), set(role.validation.member(k))
+            non_members = set(role.non_members[k])
+            assert len(val) == 20 and not members & val and not val & non_members
+            assert not members & non_members
+    target_sets = set(target.members.member(0)) | set(target.validation.member(0)) | set(
+        target.non_members[0])
+    for k in range(num_shadow):
+        shadow_sets = set(shadow.members.member(k)) | set(shadow.validation.member(k)) | set(
+            shadow.non_members[k])
+        assert not target_sets & shadow_sets
+        if source == "unused":  # every shadow validates on the shadow set outside the parts
+            np.testing.assert_array_equal(shadow.validation.member(k), split.shadow_val)
+            assert len(shadow.non_members[k]) == 100
+        else:
+            assert len(shadow.non_members[k]) == 80
+
+
+def test_the_seed_layout_runs_with_validation_in_the_out_part(tmp_path, make_dataset):
+    results = membership.run(_config(tmp_path, epochs=1, attack_epochs=1),
+                             dataset=make_dataset(n_train=400))
+    assert results["data"]["val_source"] == "out_part"
+    assert results["data"]["attack_test_members"] == 80  # 100 out - 20 validation
+    assert "the first 20 examples of each out part" in (tmp_path / "run" / "summary.md").read_text()
