@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib, data, models, report, runs, splits, training
+from jaxpet import config as config_lib, data, models, progress, report, runs, splits, training
 from jaxpet.attacks import mi_face
 from jaxpet.benchmark import inversion as inversion_timing
 from jaxpet.config import setting
@@ -351,20 +351,27 @@ def run(config: Config, dataset=None) -> dict:
             return result, out, (targets, inits, run_s, np.asarray(result.image))
 
         budgets, budget_images, timings = {}, {}, {}
-        with run_.timed("inversion"):
+        # Progress in gradient steps of one image (each class is one image per step); the
+        # stopping-rules run is counted at its cap.
+        steps = sum(set(config.iterations)) + config.max_iterations + 100 * len(config.variants)
+        with run_.timed("inversion"), progress.phase(
+                "inversion", num_classes * steps, unit="image steps") as phase:
             for budget in sorted(set(config.iterations)):
                 result, budgets[str(budget)], timings[budget] = invert(
                     config.attack_config(budget), config.init, f"{budget} iterations")
                 budget_images[budget] = np.asarray(result.image)
+                phase.advance(num_classes * budget)
             stop_result, budgets["stopping_rules"], _ = invert(
                 config.attack_config(config.max_iterations, stopping_rules=True), config.init,
                 "stopping rules")
+            phase.advance(num_classes * config.max_iterations)
             variants = {}
             for name in config.variants:
                 overrides = dict(VARIANTS[name])
                 init = overrides.pop("init", config.init)
                 _, variants[name], _ = invert(config.attack_config(100, **overrides), init,
                                               f"variant {name}")
+                phase.advance(num_classes * 100)
         references = {
             "mean_face_of_everyone": score(np.broadcast_to(train_pixels.mean(0),
                                                            person_means.shape),
