@@ -41,7 +41,7 @@ ORDER = ("roc.png", "exposed.png", "all_classes.png", "iterations.png", "privacy
 # Markdown files rendered as the page's body, first found first.
 SUMMARIES = ("summary.md", "privacy_curve.md", "seed_tables.md", "benchmark.md")
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
@@ -250,7 +250,7 @@ def render_page(folder) -> str:
         body.append("<details><summary>results.json (every number of the run)</summary>"
                     f"<pre>{html.escape(json.dumps(results, indent=2))}</pre></details>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 

@@ -65,8 +65,9 @@ class Phase:
     """One running phase: its size, what is done, and the rate so far."""
 
     def __init__(self, tracker: "Tracker", name: str, total_units: float, unit: str,
-                 images_per_unit: float):
+                 images_per_unit: float, logs_itself: bool = False):
         self.tracker = tracker
+        self.logs_itself = logs_itself  # e.g. the trainer's line per epoch: no extra log lines
         self.name = name
         self.total = float(total_units)
         self.unit = unit
@@ -151,7 +152,7 @@ class Tracker:
     # -- phases
     @contextlib.contextmanager
     def phase(self, name: str, total_units: float, *, unit: str = "images",
-              images_per_unit: float = 1.0) -> Iterator[Phase]:
+              images_per_unit: float = 1.0, logs_itself: bool = False) -> Iterator[Phase]:
         """A phase of ``total_units``; it takes its units out of the expectation whose name
         begins its own ("logits" covers "logits, query 1/2"), which ends when used up."""
         for key in [k for k in self.expected if name == k or name.startswith(k + ",")
@@ -159,7 +160,7 @@ class Tracker:
             self.expected[key].units -= total_units
             if self.expected[key].units <= 1e-9 * max(total_units, 1.0):
                 del self.expected[key]
-        p = Phase(self, name, total_units, unit, images_per_unit)
+        p = Phase(self, name, total_units, unit, images_per_unit, logs_itself)
         self._phases.append(p)
         try:
             yield p
@@ -170,7 +171,7 @@ class Tracker:
                 self.stream.write("\n")
                 self.stream.flush()
                 self._bar_shown = False
-            elif self.mode == "log" and p.elapsed >= self.interval:
+            elif self.mode == "log" and p.elapsed >= self.interval and not p.logs_itself:
                 logging.info("%s: done, %s", p.name, p.status())
 
     def _advanced(self, p: Phase, units: float) -> None:
@@ -178,7 +179,8 @@ class Tracker:
         now = self.clock()
         if self.mode == "bar":
             self._draw(p)
-        elif self.mode == "log" and now - p._last_report >= self.interval and p.done < p.total:
+        elif (self.mode == "log" and not p.logs_itself and now - p._last_report >= self.interval
+              and p.done < p.total):
             p._last_report = now
             logging.info("%s: %.0f%%, %s", p.name, 100 * p.done / max(p.total, 1e-12), p.status())
 

@@ -127,3 +127,14 @@ def test_history_rows_are_one_per_epoch_per_model():
     assert [(r["epoch"], r["model"]) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert [r["loss"] for r in rows] == [1.0, 2.0, 0.5, 1.5]
     assert rows[1]["active"] is False
+
+
+def test_a_phase_that_logs_itself_gets_no_extra_lines(caplog):
+    clock = FakeClock()
+    tracker = progress.Tracker("log", interval=1.0, clock=clock)
+    with caplog.at_level(std_logging.INFO):
+        with tracker.phase("target", 10, logs_itself=True) as phase:
+            for _ in range(10):
+                clock.now += 5
+                phase.advance(1)
+    assert not caplog.records

@@ -366,7 +366,8 @@ def _epochs(model, images, labels, config, state, history, start_epoch, member_i
                                           progress.FORWARD * float(np.sum(np.asarray(val_counts))))
     tracker = progress.current()
     with tracker.phase(phase_name(log_prefix), (last_epoch - start_epoch) * units_per_epoch,
-                       images_per_unit=images_per_epoch / max(units_per_epoch, 1e-12)) as phase:
+                       images_per_unit=images_per_epoch / max(units_per_epoch, 1e-12),
+                       logs_itself=True) as phase:
         for epoch in range(start_epoch, last_epoch):
             tick = time.perf_counter()
             state, metrics = _run_epoch(
