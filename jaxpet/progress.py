@@ -219,6 +219,13 @@ class Tracker:
             sink(phase, rows)
 
 
+# Log lines name the code that reports (the trainer's epoch line says trainer.py), not this module.
+logging.ABSLLogger.register_frame_to_skip(__file__, "info")
+logging.ABSLLogger.register_frame_to_skip(__file__, "_advanced")
+logging.ABSLLogger.register_frame_to_skip(__file__, "phase")
+logging.ABSLLogger.register_frame_to_skip(__file__, "advance")
+logging.ABSLLogger.register_frame_to_skip(contextlib.__file__, "__exit__")  # a phase's end
+
 _CURRENT: contextvars.ContextVar[Tracker] = contextvars.ContextVar("jaxpet_progress",
                                                                     default=Tracker("log"))
 _DEFAULT_MODE = ["log"]
