@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -183,3 +184,20 @@ def test_a_bug_inside_jaxpet_is_not_taken_for_a_user_error():
     with pytest.raises(ValueError) as error:
         namespace["unpack"]()
     assert not cli.is_user_error(error.value)
+
+
+@pytest.mark.skipif(not REAL_DATA, reason="needs JAXPET_DATA_DIR with the real MNIST")
+def test_progress_is_logged_with_an_eta_and_quiet_silences_it(tmp_path):
+    args = ("--dataset=mnist", "--role=shadow", "--num_models=1", "--train_size=256", "--epochs=2",
+            "--batch_size=64")
+    loud = _script("train_ensemble", *args, f"--workdir={tmp_path}/loud", "--progress=log",
+                   cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    epochs = [line for line in loud.stderr.splitlines() if "epoch " in line]
+    assert len(epochs) == 2 and all("images/s" in line and "ETA" in line for line in epochs)
+    quiet = _script("train_ensemble", *args, f"--workdir={tmp_path}/quiet", "--quiet",
+                    cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not re.search(r"^I\d{4} ", quiet.stderr, re.M) and "ETA" not in quiet.stderr
+    assert "# " in quiet.stdout  # the summary is still printed
+    assert (tmp_path / "quiet" / "report.html").exists()

@@ -55,6 +55,7 @@ def test_the_script_writes_markdown_csv_html_and_the_overlaid_rocs(three_runs, t
                            f"--output={out}", "--quiet"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    assert not re.search(r"^I\d{4} ", done.stderr, re.M)  # --quiet: no info lines
     assert "| seed=1, attack_epochs=2 |" in done.stdout
     table = list(csv.DictReader(io.StringIO((out / "compare.csv").read_text())))
     assert [row["seed"] for row in table] == ["0", "1", "0"]
