@@ -43,6 +43,8 @@ def check_common_schema():
         assert prov["started"] <= prov["finished"]
         assert all(isinstance(v, (int, float)) and v >= 0 for v in saved["seconds"].values())
         assert set(saved) == set(results)
+        page = (workdir / "report.html").read_text()  # every run's page, built without error
+        assert "<h2>Provenance</h2>" in page and "results.json" in page
         return saved
 
     return check
