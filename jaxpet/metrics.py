@@ -56,14 +56,26 @@ def roc_auc(labels, scores) -> float:
     return float(_trapezoid(tpr, fpr))
 
 
-def tpr_at_fpr(labels, scores, fpr_levels: Sequence[float] = DEFAULT_FPR_LEVELS) -> dict[str, float]:
-    """Highest TPR of any threshold whose FPR is at most each level; keys are the levels as str."""
+FPR_RULES = ("le", "lt")
+
+
+def tpr_at_fpr(labels, scores, fpr_levels: Sequence[float] = DEFAULT_FPR_LEVELS,
+               rule: str = "le") -> dict[str, float]:
+    """Highest TPR of any threshold whose FPR is at most each level; keys are the levels as str.
+
+    ``rule="lt"`` counts only FPRs strictly below the level, as LiRA's plotting code does
+    (``tpr[np.where(fpr < level)[0][-1]]``); the two differ only where the ROC curve has a
+    point exactly at the level. With "lt" the level 0 admits no threshold and gives 0.
+    """
+    if rule not in FPR_RULES:
+        raise ValueError(f"FPR rule must be one of {FPR_RULES} (<= or <), got {rule!r}.")
     fpr, tpr, _ = roc_curve(labels, scores)
     out = {}
     for level in fpr_levels:
         if not 0 <= level <= 1:
             raise ValueError(f"FPR level must be in [0, 1], got {level}.")
-        out[str(level)] = float(tpr[fpr <= level].max())
+        allowed = fpr <= level if rule == "le" else fpr < level
+        out[str(level)] = float(tpr[allowed].max()) if allowed.any() else 0.0
     return out
 
 

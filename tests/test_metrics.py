@@ -120,3 +120,16 @@ def test_correlation_is_blind_to_brightness_and_contrast():
     np.testing.assert_allclose([corr[0, 0], corr[1, 1]], [1.0, -1.0], atol=1e-12)
     expected = np.corrcoef(a[2].ravel(), a[0].ravel())[0, 1]
     np.testing.assert_allclose(corr[2, 0], expected, atol=1e-12)
+
+
+def test_tpr_at_fpr_strict_and_inclusive_rules_differ_exactly_at_the_boundary():
+    # 4 non-members, 4 members. Thresholds from the top: the 1st non-member ranks 3rd, so
+    # the ROC passes (0, 0.5) -> (0.25, 0.5) -> (0.25, 1.0): FPR 0.25 is reached exactly.
+    scores = [9, 8, 7, 6, 5, 1, 1, 1]
+    labels = [1, 1, 0, 1, 1, 0, 0, 0]
+    inclusive = metrics.tpr_at_fpr(labels, scores, (0.25, 0.3, 0.0), rule="le")
+    strict = metrics.tpr_at_fpr(labels, scores, (0.25, 0.3, 0.0), rule="lt")
+    assert inclusive == {"0.25": 1.0, "0.3": 1.0, "0.0": 0.5}
+    assert strict == {"0.25": 0.5, "0.3": 1.0, "0.0": 0.0}  # < 0.25 stops at (0, 0.5)
+    with pytest.raises(ValueError, match="FPR rule"):
+        metrics.tpr_at_fpr(labels, scores, rule="<")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Sequence
+import warnings
 
 import numpy as np
 from scipy import special
@@ -127,14 +128,32 @@ def equalized_use(ref_keep, seed: int | Sequence[int] = 0) -> np.ndarray:
     return use
 
 
-def group_moments(values, mask):
-    """Per-example mean and unbiased variance [N, A] over the rows in ``mask``; NaN if undefined."""
+def group_moments(values, mask, ddof: int = 1):
+    """Per-example mean and variance [N, A] over the rows in ``mask`` (divided by n - ``ddof``;
+    1: unbiased, 0: the population variance, numpy's default); NaN where undefined. A
+    variance needs two rows whatever ``ddof``: one score says nothing of the spread."""
     w = mask.astype(np.float64)[:, :, None]
     n = w.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (w * values).sum(0) / n
-        var = (w * (values - np.nan_to_num(mean)) ** 2).sum(0) / (n - 1)
+        var = (w * (values - np.nan_to_num(mean)) ** 2).sum(0) / (n - ddof)
     return n, np.where(n >= 1, mean, np.nan), np.where(n >= 2, var, np.nan)
+
+
+def group_medians(values, mask):
+    """Per-example median [N, A] over the rows in ``mask``; NaN where the group is empty."""
+    masked = np.where(mask[:, :, None], values, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: an empty group
+        return np.nanmedian(masked, axis=0)
+
+
+def global_std(values, mask, ddof: int = 0) -> np.ndarray:
+    """The std of every selected score, across examples and queries ([A], one value repeated):
+    the fixed variance of LiRA's reference code, which does not centre each example."""
+    chosen = values[mask]
+    std = chosen.std(ddof=ddof) if chosen.size > ddof else 1.0
+    return np.full(values.shape[2], max(float(std), MIN_STD))
 
 
 def pooled_std(values, masks) -> np.ndarray:
@@ -167,11 +186,65 @@ def log_normal_pdf(x, mean, std):
     return -np.log(std) - 0.5 * ((x - mean) / std) ** 2 - 0.5 * np.log(2 * np.pi)
 
 
+# --------------------------------------------------------------------------- conventions
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+    """How LiRA's Gaussians are fitted and the offline test is read.
+
+    ``center``: "mean" (the paper's mu) or "median" (LiRA's reference code);
+    ``ddof``: 1 (unbiased variance) or 0 (numpy's default, the code's);
+    ``fixed_std``: with fixed variance, "pooled" (within-example deviations pooled over
+    examples) or "global" (the code's ``np.std`` of all IN scores, uncentred per example, used
+    for both Gaussians online; of all OUT scores offline);
+    ``offline``: "one_sided" (the paper's Pr[Z > phi] under the OUT Gaussian) or
+    "two_sided" (the code's minus log-density: far from the OUT centre on either side).
+    """
+
+    center: str = "mean"
+    ddof: int = 1
+    fixed_std: str = "pooled"
+    offline: str = "one_sided"
+
+    def __post_init__(self):
+        for name, allowed in (("center", ("mean", "median")), ("ddof", (0, 1)),
+                              ("fixed_std", ("pooled", "global")),
+                              ("offline", ("one_sided", "two_sided"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LiRA convention {name} must be one of {allowed}, got "
+                                 f"{getattr(self, name)!r}.")
+
+
+# The paper as written (Carlini et al. 2022, Algorithm 1 and Sec. IV-C), jaxpet's default, and
+# what the authors' released plotting code (tensorflow/privacy research/mi_lira_2021/plot.py)
+# computes; their figures come from the latter.
+CONVENTIONS = {"paper": Convention(),
+               "code": Convention(center="median", ddof=0, fixed_std="global",
+                                  offline="two_sided")}
+
+
+def convention(name_or_convention) -> Convention:
+    """A :class:`Convention` from its name in :data:`CONVENTIONS` (or itself)."""
+    if isinstance(name_or_convention, Convention):
+        return name_or_convention
+    if name_or_convention not in CONVENTIONS:
+        raise ValueError(f"LiRA convention must be one of {tuple(CONVENTIONS)}, got "
+                         f"{name_or_convention!r}.")
+    return CONVENTIONS[name_or_convention]
+
+
+def _centres(ref, mask, c: Convention):
+    """(count, centre, variance) per example for the group ``mask`` under convention ``c``."""
+    n, mean, var = group_moments(ref, mask, c.ddof)
+    return n, (group_medians(ref, mask) if c.center == "median" else mean), var
+
+
 # --------------------------------------------------------------------------- attacks
 
 
-def lira_online(target_phi, ref_phi, ref_keep, *, use=None,
-                fixed_variance: bool = False) -> np.ndarray:
+def lira_online(target_phi, ref_phi, ref_keep, *, use=None, fixed_variance: bool = False,
+                conv: Convention | str = "paper") -> np.ndarray:
     """LiRA online: log N(phi; mu_in, s_in) - log N(phi; mu_out, s_out), averaged over queries.
 
     Args:
@@ -180,27 +253,30 @@ def lira_online(target_phi, ref_phi, ref_keep, *, use=None,
       use: bool [M, N], which reference scores to use (default all; see :func:`equalized_use`).
       fixed_variance: one global std (per query) for IN and OUT instead of per example
         (better with few references; the ranking does not depend on its value).
+      conv: the :class:`Convention` (or its name): centres, ddof, the fixed std.
 
     Per-example stds need two references in the group; with fewer the global std is used.
     An example with no IN (OUT) reference gets mu_in = mu_out + delta (mu_out = mu_in -
     delta), delta being the mean gap between all IN and all OUT reference scores; one
     with no reference at all gets the means of all IN and all OUT scores.
     """
+    c = convention(conv)
     target, ref, ins, outs = check_reference(target_phi, ref_phi, ref_keep, use)
     if not ins.any() or not outs.any():
         raise ValueError("LiRA online needs both IN and OUT reference scores; the references "
                          f"hold {int(ins.sum())} IN and {int(outs.sum())} OUT.")
     glob = pooled_std(ref, (ins, outs))
     pooled_in, pooled_out = pooled_mean(ref, ins), pooled_mean(ref, outs)
-    _, mu_in, var_in = group_moments(ref, ins)
-    _, mu_out, var_out = group_moments(ref, outs)
+    _, mu_in, var_in = _centres(ref, ins, c)
+    _, mu_out, var_out = _centres(ref, outs, c)
     neither = np.isnan(mu_in) & np.isnan(mu_out)
     mu_in, mu_out = np.where(neither, pooled_in, mu_in), np.where(neither, pooled_out, mu_out)
     delta = pooled_in - pooled_out
     mu_in = np.where(np.isnan(mu_in), mu_out + delta, mu_in)
     mu_out = np.where(np.isnan(mu_out), mu_in - delta, mu_out)
     if fixed_variance:
-        std_in = std_out = np.broadcast_to(glob, target.shape)
+        fixed = glob if c.fixed_std == "pooled" else global_std(ref, ins, c.ddof)
+        std_in = std_out = np.broadcast_to(fixed, target.shape)
     else:
         std_in = np.maximum(np.where(np.isnan(var_in), glob ** 2, var_in) ** 0.5, MIN_STD)
         std_out = np.maximum(np.where(np.isnan(var_out), glob ** 2, var_out) ** 0.5, MIN_STD)
@@ -208,25 +284,31 @@ def lira_online(target_phi, ref_phi, ref_keep, *, use=None,
     return llr.mean(-1)
 
 
-def lira_offline(target_phi, ref_phi, ref_keep, *, use=None,
-                 fixed_variance: bool = False) -> np.ndarray:
-    """LiRA offline: one-sided test against the OUT Gaussian, log Phi((phi - mu_out) / s_out).
+def lira_offline(target_phi, ref_phi, ref_keep, *, use=None, fixed_variance: bool = False,
+                 conv: Convention | str = "paper") -> np.ndarray:
+    """LiRA offline: a test of phi against the OUT Gaussian only, averaged over queries.
 
-    Only OUT references are used. The log of the one-sided p-value is averaged over
-    queries (it stays finite far in the tail, where Phi itself rounds to 1 and ties).
-    An example with no OUT reference is compared with the mean of all OUT scores.
+    One-sided (the paper): log Phi((phi - mu_out) / s_out), the log of the one-sided
+    p-value, which stays finite far in the tail where Phi itself rounds to 1 and ties.
+    Two-sided (the reference code): minus log N(phi; mu_out, s_out), high far from the
+    OUT centre on either side. An example with no OUT reference is compared with the mean
+    of all OUT scores.
     """
+    c = convention(conv)
     target, ref, _, outs = check_reference(target_phi, ref_phi, ref_keep, use)
     if not outs.any():
         raise ValueError("LiRA offline needs OUT reference scores; every reference trained on "
                          "every example.")
     glob = pooled_std(ref, (outs,))
-    _, mu_out, var_out = group_moments(ref, outs)
+    _, mu_out, var_out = _centres(ref, outs, c)
     mu_out = np.where(np.isnan(mu_out), pooled_mean(ref, outs), mu_out)
     if fixed_variance:
-        std = np.broadcast_to(glob, target.shape)
+        fixed = glob if c.fixed_std == "pooled" else global_std(ref, outs, c.ddof)
+        std = np.broadcast_to(fixed, target.shape)
     else:
         std = np.maximum(np.where(np.isnan(var_out), glob ** 2, var_out) ** 0.5, MIN_STD)
+    if c.offline == "two_sided":
+        return -log_normal_pdf(target, mu_out, std).mean(-1)
     return special.log_ndtr((target - mu_out) / std).mean(-1)
 
 
@@ -236,9 +318,9 @@ def lira_offline(target_phi, ref_phi, ref_keep, *, use=None,
 def _lira(fn, fixed_variance: bool):
     """``fn`` (:func:`lira_online` or :func:`lira_offline`) in the reference family's signature."""
     def attack(signals: Signals, target, references, ref_keep, use, config) -> np.ndarray:
-        del config
         return fn(signals.phi[target], signals.phi[references], ref_keep, use=use,
-                  fixed_variance=fixed_variance)
+                  fixed_variance=fixed_variance,
+                  conv=getattr(config, "lira_convention", "paper"))
 
     return attack
 

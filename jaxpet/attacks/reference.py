@@ -18,6 +18,7 @@ import numpy as np
 from jaxpet import metrics
 from jaxpet.attacks import registry
 from jaxpet.attacks.lira import Signals, equalized_use
+from jaxpet.attacks.lira import convention as lira_convention
 from jaxpet.attacks.rmia import check_rmia_knobs
 from jaxpet.attacks.signals import negative_loss
 
@@ -41,16 +42,25 @@ def _resolve(attacks: Sequence[str] | None) -> list[registry.MembershipAttack]:
 
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """Knobs of the scoring (not of training): queries used and RMIA's a and gamma."""
+    """Knobs of the scoring (not of training): queries used, RMIA's a and gamma, LiRA's
+    convention (:data:`jaxpet.attacks.lira.CONVENTIONS`) and the FPR rule of TPR@FPR
+    (:data:`jaxpet.metrics.FPR_RULES`: "le" counts FPR <= level, "lt" FPR < level as LiRA's
+    plotting code does)."""
 
     num_queries: int = 2  # 1: the original image only; 2: also its horizontal flip
     rmia_offline_a: float = 0.3
     rmia_gamma: float = 2.0
+    lira_convention: str = "paper"
+    fpr_rule: str = "le"
 
     def __post_init__(self):
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}.")
         check_rmia_knobs(self.rmia_gamma, self.rmia_offline_a)
+        lira_convention(self.lira_convention)
+        if self.fpr_rule not in metrics.FPR_RULES:
+            raise ValueError(f"fpr_rule must be one of {metrics.FPR_RULES}, got "
+                             f"{self.fpr_rule!r}.")
 
 
 def attack_scores(signals: Signals, keep, target: int, references: Sequence[int],
@@ -81,12 +91,13 @@ def attack_scores(signals: Signals, keep, target: int, references: Sequence[int]
     return {a.name: a.fn(s, target, references, ref_keep, use, config) for a in chosen}
 
 
-def attack_metrics(labels, scores, fpr_levels: Sequence[float] = metrics.FPR_LEVELS) -> dict:
+def attack_metrics(labels, scores, fpr_levels: Sequence[float] = metrics.FPR_LEVELS,
+                   fpr_rule: str = "le") -> dict:
     """AUC, balanced accuracy at the best threshold and TPR at each FPR level."""
     fpr, tpr, _ = metrics.roc_curve(labels, scores)
     return {"auc": metrics.roc_auc(labels, scores),
             "balanced_accuracy": float(np.max(1 - (fpr + (1 - tpr)) / 2)),
-            "tpr_at_fpr": metrics.tpr_at_fpr(labels, scores, fpr_levels)}
+            "tpr_at_fpr": metrics.tpr_at_fpr(labels, scores, fpr_levels, rule=fpr_rule)}
 
 
 def _flatten(report: dict) -> dict[str, float]:
@@ -157,7 +168,7 @@ def leave_one_out(signals: Signals, keep, *, targets: Sequence[int] | None = Non
         scores = attack_scores(signals, keep, t, others[chosen], config, use=use[chosen],
                                attacks=attacks)
         for name, s in scores.items():
-            per_target[name].append(attack_metrics(keep[t], s))
+            per_target[name].append(attack_metrics(keep[t], s, fpr_rule=config.fpr_rule))
         if t == keep_scores_of:
             result["scores"], result["labels"] = scores, keep[t]
     result["per_target"] = per_target

@@ -96,6 +96,8 @@ class Config:
     flip_queries: bool = setting(True, "Query each image's horizontal flip too and average the "
                                  "two (images only; turn off where a flip changes the class, "
                                  "e.g. digits).")
+    lira_convention: str = settings.lira_convention()
+    fpr_rule: str = settings.fpr_rule()
     width_scale: float = settings.width_scale()
     precision: str = settings.precision()
     strategy: str = settings.strategy()
@@ -417,9 +419,12 @@ def run(config: Config) -> dict[str, Any]:
             all_keep = np.concatenate([target_keep[None], keep])
             scores = reference.attack_scores(signals, all_keep, 0,
                                              list(range(1, config.num_references + 1)),
-                                             reference.AttackConfig(num_queries=queries),
+                                             reference.AttackConfig(
+                                                 num_queries=queries,
+                                                 lira_convention=config.lira_convention,
+                                                 fpr_rule=config.fpr_rule),
                                              attacks=attack_names(config))
-            attacks = {name: reference.attack_metrics(target_keep, s)
+            attacks = {name: reference.attack_metrics(target_keep, s, fpr_rule=config.fpr_rule)
                        for name, s in scores.items()}
         hits = saved["logits"][0, :, 0].argmax(-1) == audit.y[pool]
         test_hits = saved["population_logits"][0, :, 0].argmax(-1) == audit.test_y[population]
@@ -512,6 +517,8 @@ def summary_markdown(results: dict) -> str:
             f"{c['num_references']} reference models ({c['optimizer']}, lr {c['learning_rate']}, "
             f"{c['schedule']} schedule, {c['epochs']} epochs), each on a random half of the pool; "
             f"RMIA population {d['population_size']} held-out examples; {d['queries']} "
-            f"quer{'ies' if d['queries'] > 1 else 'y'} per example. Backend "
+            f"quer{'ies' if d['queries'] > 1 else 'y'} per example; LiRA convention "
+            f"{c.get('lira_convention', 'paper')}, TPR at FPR "
+            f"{'<' if c.get('fpr_rule') == 'lt' else '<='} level. Backend "
             f"{results['provenance']['backend']}.\n\n## Attacks\n\n{table}\n"
             f"## Most exposed training examples\n\n{exposed}")

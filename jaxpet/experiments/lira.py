@@ -70,6 +70,8 @@ class Config:
                                     "(1 - a)) / 2.", low=0, high=1)
     rmia_gamma: float = setting(2.0, "RMIA: x dominates z when its likelihood ratio against z "
                                 "is at least gamma.", low=0, low_open=True)
+    lira_convention: str = settings.lira_convention()  # the summary reports the other too
+    fpr_rule: str = settings.fpr_rule()
     max_reference_sweep: int | None = setting(None, "Largest number of reference models in the "
                                               "sweep 1, 2, 4, ... (default: num_models - 1).",
                                               low=1)
@@ -114,7 +116,17 @@ class Config:
 
     def attack_config(self) -> reference.AttackConfig:
         return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
-                                      rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma)
+                                      rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma,
+                                      lira_convention=self.lira_convention,
+                                      fpr_rule=self.fpr_rule)
+
+    def other_attack_config(self) -> reference.AttackConfig:
+        """The other LiRA convention and FPR rule: the paper's if this run uses the code's, the
+        code's (with its strict FPR rule) otherwise."""
+        return dataclasses.replace(
+            self.attack_config(),
+            lira_convention="code" if self.lira_convention == "paper" else "paper",
+            fpr_rule="lt" if self.lira_convention == "paper" else "le")
 
     def training_key(self, dataset: data.Dataset) -> dict:
         """Everything the saved logits depend on (not the scoring knobs), sizes resolved."""
@@ -220,6 +232,9 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             attack_config = config.attack_config()
             main = reference.leave_one_out(signals, keep, targets=targets, config=attack_config,
                                            seed=config.seed, keep_scores_of=0)
+            other_config = config.other_attack_config()
+            other = reference.leave_one_out(signals, keep, targets=targets, config=other_config,
+                                            seed=config.seed)
         with run_.timed("sweep"):
             sweep = reference.reference_sweep(
                 signals, keep, reference.sweep_counts(num_models, config.max_reference_sweep),
@@ -237,6 +252,11 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             "models": _accuracies(saved),
             "targets": targets,
             "attacks": main["summary"],
+            "conventions": {"lira": attack_config.lira_convention,
+                            "fpr_rule": attack_config.fpr_rule},
+            "other_conventions": {"lira": other_config.lira_convention,
+                                  "fpr_rule": other_config.fpr_rule,
+                                  "attacks": other["summary"]},
             "per_target": main["per_target"],
             "sweep": sweep,
             "reused_logits": reused,
@@ -261,6 +281,15 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         return results
 
 
+_RULE = {"le": "<=", "lt": "<"}
+_CONVENTION_NOTE = (
+    "paper: Gaussian centres are means, variances unbiased, the fixed variance pooled within "
+    "examples, the offline test one-sided (Carlini et al. 2022 as written); code: medians, "
+    "population variances, the fixed variance one std of all IN scores (used for OUT too), the "
+    "offline score two-sided, TPR at FPR < level (the authors' released plot.py). RMIA and the "
+    "loss baseline change only through the FPR rule.")
+
+
 # Published CIFAR-10 figures the summary compares with (their models: WRN28-2 with augmentation).
 _LIRA_CODE = "LiRA code (Carlini et al.), 16 WRN28-2 models on CIFAR-10"
 PUBLISHED = {
@@ -279,12 +308,20 @@ def _mean_std(stat: dict, pct: bool = False) -> str:
 def summary_markdown(results: dict) -> str:
     """Every attack (mean ± std over targets), the published figures and the reference sweep."""
     c, d, m = results["config"], results["data"], results["models"]
-    rows = [[name, _mean_std(s["auc"]), _mean_std(s["balanced_accuracy"], True),
-             *(_mean_std(s[f"tpr_at_fpr_{level}"], True) for level in metrics.FPR_LEVELS)]
-            for name, s in results["attacks"].items()]
-    table = report.markdown_table(
-        ["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)", "TPR@0.1%FPR (%)",
-         "TPR@0.01%FPR (%)", "TPR@0%FPR (%)"], rows)
+    def attack_table(summary):
+        rows = [[name, _mean_std(s["auc"]), _mean_std(s["balanced_accuracy"], True),
+                 *(_mean_std(s[f"tpr_at_fpr_{level}"], True) for level in metrics.FPR_LEVELS)]
+                for name, s in summary.items()]
+        return report.markdown_table(
+            ["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)", "TPR@0.1%FPR (%)",
+             "TPR@0.01%FPR (%)", "TPR@0%FPR (%)"], rows)
+
+    table = attack_table(results["attacks"])
+    conv = results.get("conventions", {"lira": "paper", "fpr_rule": "le"})
+    other = results.get("other_conventions")
+    other_section = "" if other is None else (
+        f"## Under the other conventions: LiRA {other['lira']}, FPR {_RULE[other['fpr_rule']]} "
+        f"level\n\n{attack_table(other['attacks'])}\n{_CONVENTION_NOTE}\n\n")
     published = []
     for name, p in results["published"].items():
         ours = results["attacks"][name]
@@ -323,9 +360,11 @@ def summary_markdown(results: dict) -> str:
         f"{secs['training']:.0f} s, logits {secs['predict']:.0f} s"
         f"{' (reused)' if results['reused_logits'] else ''}, scoring {secs['scoring']:.0f} s, "
         f"sweep {secs['sweep']:.0f} s.\n\n"
-        f"## Attacks (mean ± std over target models)\n\n{table}\n"
+        f"## Attacks (mean ± std over target models)\n\nLiRA convention {conv['lira']}, "
+        f"TPR at FPR {_RULE[conv['fpr_rule']]} level.\n\n{table}\n"
         f"Each target has about {negatives} non-members, so the smallest non-zero FPR is "
         f"{100 / max(negatives, 1):.3f}%; TPR at lower FPR levels equals TPR@0%FPR.\n\n"
+        f"{other_section}"
         f"## Published figures (CIFAR-10)\n\n{published_table}\n"
         "Not a like-for-like comparison: the published models are WideResNet-28-2 trained with "
         "augmentation (flips and crops) on 25,000 of 50,000 images for 100+ epochs; ours are the "

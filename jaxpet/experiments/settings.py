@@ -7,7 +7,8 @@ the help text and the checks.
 
 from __future__ import annotations
 
-from jaxpet import models, training
+from jaxpet import metrics, models, training
+from jaxpet.attacks import lira
 from jaxpet.config import setting
 
 _DP = ("dpsgd",)
@@ -53,3 +54,17 @@ def dp_clip_norm():
 def dp_delta():
     return setting(1e-5, "delta at which DP-SGD's epsilon is reported.", low=0, high=1,
                    low_open=True, high_open=True, when=("defense", _DP))
+
+
+def lira_convention():
+    return setting(
+        "paper", "How LiRA fits its Gaussians: paper (means, unbiased variances, the fixed "
+        "variance pooled within examples, one-sided offline test: Carlini et al. 2022 as "
+        "written) or code (medians, population variances, one global std of all IN scores, "
+        "two-sided offline: the authors' released plotting code).",
+        choices=tuple(lira.CONVENTIONS))
+
+
+def fpr_rule():
+    return setting("le", "TPR at FPR counts thresholds with FPR <= the level (le) or < it (lt, "
+                   "LiRA's plotting code).", choices=metrics.FPR_RULES)

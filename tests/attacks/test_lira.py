@@ -91,3 +91,59 @@ def test_bad_inputs_raise_clear_value_errors():
         lira.lira_online(np.zeros((5, 1)), np.zeros((3, 5, 1)), np.zeros((3, 5), bool))
     with pytest.raises(ValueError, match="needs OUT"):
         lira.lira_offline(np.zeros((5, 1)), np.zeros((3, 5, 1)), np.ones((3, 5), bool))
+
+
+# Two examples, one query, six references: 0-2 IN and 3-5 OUT on both examples.
+#   example 0: IN {1, 2, 6} (mean 3, median 2, squared deviations 14), OUT {-4, -2, 3}
+#              (mean -1, median -2, squared deviations 26);
+#   example 1: the same shifted by +10.
+_CONV_REF = np.array([[[1.0], [11.0]], [[2.0], [12.0]], [[6.0], [16.0]],
+                      [[-4.0], [6.0]], [[-2.0], [8.0]], [[3.0], [13.0]]])
+_CONV_KEEP = np.array([[True, True]] * 3 + [[False, False]] * 3)
+_CONV_TARGET = np.array([[2.0], [12.0]])
+
+
+def test_lira_code_convention_uses_medians_and_population_variances():
+    paper = lira.lira_online(_CONV_TARGET, _CONV_REF, _CONV_KEEP)
+    code = lira.lira_online(_CONV_TARGET, _CONV_REF, _CONV_KEEP, conv="code")
+    norm = stats.norm.logpdf
+    expected_paper = norm(2, 3, math.sqrt(14 / 2)) - norm(2, -1, math.sqrt(26 / 2))
+    expected_code = norm(2, 2, math.sqrt(14 / 3)) - norm(2, -2, math.sqrt(26 / 3))
+    np.testing.assert_allclose(paper, [expected_paper] * 2, rtol=1e-12)
+    np.testing.assert_allclose(code, [expected_code] * 2, rtol=1e-12)
+
+
+def test_lira_code_convention_fixes_one_global_std_of_all_in_scores():
+    # The code's fixed std is np.std over every IN score of every example (not centred per
+    # example): std of {1, 2, 6, 11, 12, 16}, population (ddof 0), for IN and OUT alike.
+    global_in = np.std([1, 2, 6, 11, 12, 16])
+    code = lira.lira_online(_CONV_TARGET, _CONV_REF, _CONV_KEEP, fixed_variance=True,
+                            conv="code")
+    norm = stats.norm.logpdf
+    np.testing.assert_allclose(code[0], norm(2, 2, global_in) - norm(2, -2, global_in),
+                               rtol=1e-12)
+    # The paper convention pools within-example deviations of IN and OUT: (2*14 + 2*26) / 8.
+    paper = lira.lira_online(_CONV_TARGET, _CONV_REF, _CONV_KEEP, fixed_variance=True)
+    pooled = math.sqrt((2 * 14 + 2 * 26) / 8)
+    np.testing.assert_allclose(paper[0], norm(2, 3, pooled) - norm(2, -1, pooled), rtol=1e-12)
+
+
+def test_lira_offline_one_sided_and_two_sided():
+    # Target phi 2 against OUT {-4, -2, 3}: paper: log Phi((2 - (-1)) / sqrt(13));
+    # code: minus log N(2; median -2, sqrt(26/3)), which also rises below the centre.
+    one = lira.lira_offline(_CONV_TARGET, _CONV_REF, _CONV_KEEP)
+    two = lira.lira_offline(_CONV_TARGET, _CONV_REF, _CONV_KEEP, conv="code")
+    np.testing.assert_allclose(one[0], stats.norm.logcdf(3 / math.sqrt(13)), rtol=1e-12)
+    np.testing.assert_allclose(two[0], -stats.norm.logpdf(2, -2, math.sqrt(26 / 3)), rtol=1e-12)
+    below = np.array([[-6.0], [4.0]])  # 4 below the OUT median, as far as 2 is above it
+    two_below = lira.lira_offline(below, _CONV_REF, _CONV_KEEP, conv="code")
+    one_below = lira.lira_offline(below, _CONV_REF, _CONV_KEEP)
+    np.testing.assert_allclose(two_below, two, rtol=1e-12)  # symmetric about the centre
+    assert (one_below < one).all()  # one-sided: below the centre is less member-like
+
+
+def test_lira_conventions_are_checked():
+    with pytest.raises(ValueError, match="convention must be one of"):
+        lira.lira_online(_CONV_TARGET, _CONV_REF, _CONV_KEEP, conv="mine")
+    with pytest.raises(ValueError, match="center must be one of"):
+        lira.Convention(center="mode")

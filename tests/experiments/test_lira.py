@@ -81,6 +81,15 @@ def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_
         assert row["TPR@0.1%FPR (%)"].startswith(f"{100 * s['tpr_at_fpr_0.001']['mean']:.2f} ±")
         assert row["TPR@1%FPR (%)"].startswith(f"{100 * s['tpr_at_fpr_0.01']['mean']:.2f} ±")
 
+    # The other LiRA convention (the released code's, with its strict FPR rule) is reported too.
+    other = saved["other_conventions"]
+    assert (other["lira"], other["fpr_rule"]) == ("code", "lt")
+    assert saved["conventions"] == {"lira": "paper", "fpr_rule": "le"}
+    assert set(other["attacks"]) == set(saved["attacks"])
+    assert other["attacks"]["lira_online"] != saved["attacks"]["lira_online"]
+    assert other["attacks"]["rmia_online"]["auc"] == saved["attacks"]["rmia_online"]["auc"]
+    assert "## Under the other conventions: LiRA code, FPR < level" in text
+
     # A rerun with other scoring knobs reuses the logits and trains nothing.
     def no_training(*args, **kwargs):
         raise AssertionError("retrained although the logits stage matches")
