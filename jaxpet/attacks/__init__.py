@@ -22,7 +22,8 @@ from jaxpet.attacks import lira, rmia, reference  # register LiRA, RMIA, then gl
 from jaxpet.attacks import attribute, mi_face
 from jaxpet.attacks.registry import (FAMILIES, AttackOutput, LabeledPosteriors, MembershipAttack,
                                      attack_names, get_attack, list_attacks, register, unregister)
-from jaxpet.attacks.shadow import ShadowAttackConfig, shadow_mlp_attack, sort_posteriors
+from jaxpet.attacks.shadow import (CONFIDENCES, THRESHOLD_SCOPES, ShadowAttackConfig,
+                                   shadow_mlp_attack, sort_posteriors)
 from jaxpet.attacks.signals import (confidence_score, entropy_score, loss_score,
                                     modified_entropy_score)
 from jaxpet.attacks.threshold import THRESHOLD_ATTACKS, threshold_attack

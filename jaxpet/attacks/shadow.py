@@ -24,6 +24,10 @@ def sort_posteriors(posteriors, top_k: int) -> np.ndarray:
     return -np.sort(-posteriors, axis=-1)[..., :top_k]
 
 
+THRESHOLD_SCOPES = ("per_class", "global")
+CONFIDENCES = ("true_class", "max")
+
+
 @dataclasses.dataclass(frozen=True)
 class ShadowAttackConfig:
     """The seed's attack MLP hyper-parameters (Task 1): 128 ReLU units, batch 10, 50 epochs."""
@@ -35,6 +39,18 @@ class ShadowAttackConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-7
     lr_decay: float = 0.96
+    # The threshold attacks (jaxpet.attacks.threshold): Song & Mittal's code (USENIX Security
+    # 2021) fits one threshold per class and reads confidence as the true class's probability;
+    # "global" and "max" are the single threshold and the top posterior.
+    thresholds: str = "per_class"
+    confidence: str = "true_class"
+
+    def __post_init__(self):
+        if self.thresholds not in THRESHOLD_SCOPES:
+            raise ValueError(f"thresholds must be one of {THRESHOLD_SCOPES}, got "
+                             f"{self.thresholds!r}.")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}.")
 
     def train_config(self) -> training.TrainConfig:
         return training.TrainConfig(epochs=self.epochs, batch_size=self.batch_size,

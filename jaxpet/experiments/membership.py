@@ -47,6 +47,14 @@ class Config:
                             low=0)
     num_posteriors: int = setting(10, "Sorted posteriors fed to the attack MLP: 3 or 10.",
                                   choices=(3, 10))
+    thresholds: str = setting("per_class", "Threshold attacks: one threshold per true class "
+                              "fitted on the shadow (per_class, Song & Mittal's code) or one for "
+                              "all (global). The summary also reports the other.",
+                              choices=attacks.THRESHOLD_SCOPES)
+    confidence: str = setting("true_class", "The confidence attack's signal: the true class's "
+                              "probability (true_class, Song & Mittal) or the top posterior "
+                              "(max). The summary also reports the other.",
+                              choices=attacks.CONFIDENCES)
     defense: str = setting("none", "none; dropout_early_stopping (dropout and early stopping on "
                            "validation); or dpsgd (DP-SGD: GroupNorm CNNs, per-example clipping, "
                            "Gaussian noise; epsilon reported).", choices=DEFENSES)
@@ -119,7 +127,7 @@ class Config:
         """Everything the trained ``role`` depends on: the training settings and the data's
         content (not the attack's knobs), so runs differing only in the attack share them."""
         skip = ("preset", "data_dir", "workdir", "stage_dir", "num_posteriors", "attack_epochs",
-                "strategy", "checkpoint_every", "dp_delta", "norm")
+                "strategy", "checkpoint_every", "dp_delta", "norm", "thresholds", "confidence")
         skip += ("num_shadow",) if role == "target" else ()
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         key = {**fields, "norm": self.model_norm, "data": dataset.digest,
@@ -143,6 +151,16 @@ def get_config(preset: str = "seed", **overrides) -> Config:
     if preset not in PRESETS:
         raise config_lib.ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
     return Config(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+# The threshold attacks' other convention, reported beside the chosen one: Song & Mittal's
+# (per-class thresholds, true-class confidence) against a single threshold on the top posterior.
+OTHER_CONVENTION = {
+    ("per_class", "true_class"): dict(thresholds="global", confidence="max"),
+    ("global", "max"): dict(thresholds="per_class", confidence="true_class"),
+    ("per_class", "max"): dict(thresholds="global", confidence="true_class"),
+    ("global", "true_class"): dict(thresholds="per_class", confidence="max"),
+}
 
 
 # The files a run writes besides config.json and results.json.
@@ -277,11 +295,18 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         with run_.timed("attacks"):
             observed = lambda arrays: attacks.LabeledPosteriors(
                 arrays["posteriors"], arrays["labels"], arrays["membership"])
-            attack_config = attacks.ShadowAttackConfig(top_k=config.num_posteriors,
-                                                       epochs=config.attack_epochs)
+            attack_config = attacks.ShadowAttackConfig(
+                top_k=config.num_posteriors, epochs=config.attack_epochs,
+                thresholds=config.thresholds, confidence=config.confidence)
             outputs = {a.name: a.fn(observed(shadow), observed(target), config=attack_config,
                                     seed=config.seed)
                        for a in attacks.registry.list_attacks("shadow")}
+            # The threshold attacks under the other convention, reported beside.
+            other = dataclasses.replace(attack_config, **OTHER_CONVENTION[
+                (config.thresholds, config.confidence)])
+            other_outputs = {name: attacks.get_attack(name, "shadow").fn(
+                observed(shadow), observed(target), config=other, seed=config.seed)
+                for name in attacks.THRESHOLD_ATTACKS}
         results = run_.finish({
             "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
                      "digest": dataset.digest, "pool_size": pool_size, "members_per_model": part,
@@ -298,6 +323,10 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                        "per_model_test_acc": shadow_info["test_acc"],
                        "epochs_run": shadow_info["epochs_run"]},
             "attacks": {name: out.report for name, out in outputs.items()},
+            "conventions": {"thresholds": config.thresholds, "confidence": config.confidence},
+            "other_conventions": {"thresholds": other.thresholds, "confidence": other.confidence,
+                                  "attacks": {name: out.report
+                                              for name, out in other_outputs.items()}},
             # At report time, for the smallest member set: --dp_delta needs no retraining.
             "privacy": (dpsgd.training_epsilon(
                 config.dp_noise_multiplier, config.batch_size, target_info["members_min"],
@@ -327,6 +356,12 @@ _VALIDATION = {  # summary sentence per splits.QuarterSplit.val_source
 }
 
 
+_SCOPE = {"per_class": "one threshold per true class, fitted on the shadow (Song & Mittal's "
+                        "code; the score is the margin over its class's threshold)",
+          "global": "one threshold for all classes, fitted on the shadow"}
+_CONF = {"true_class": "the true class's probability", "max": "the top posterior"}
+
+
 def summary_markdown(results: dict) -> str:
     """The seed's table shape (accuracies in %), then every attack with the modern metrics."""
     c, pct = results["config"], report.pct
@@ -338,15 +373,26 @@ def summary_markdown(results: dict) -> str:
           f"Train = {pct(s['train_acc'])} Test = {pct(s['test_acc'])}",
           f"Train = {pct(results['attack_train_acc'])} Test = {pct(a['accuracy'])} "
           f"Precision = {a['precision']:.2f} Recall = {a['recall']:.2f} F1 = {a['f1']:.2f}"]])
-    rows = []
-    for name, r in results["attacks"].items():
-        tpr = r["tpr_at_fpr"]
-        rows.append([name, pct(r["accuracy"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}",
-                     f"{r['f1']:.3f}", f"{r['auc']:.4f}", pct(tpr["0.01"]), pct(tpr["0.001"]),
-                     pct(tpr["0.0"])])
-    attacks_table = report.markdown_table(
-        ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
-         "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+    def attacks_table(reports):
+        rows = []
+        for name, r in reports.items():
+            tpr = r["tpr_at_fpr"]
+            rows.append([name, pct(r["accuracy"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                         f"{r['f1']:.3f}", f"{r['auc']:.4f}", pct(tpr["0.01"]),
+                         pct(tpr["0.001"]), pct(tpr["0.0"])])
+        return report.markdown_table(
+            ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
+             "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+
+    conv = results.get("conventions")
+    other = results.get("other_conventions")
+    conv_line = "" if conv is None else (
+        f"Threshold attacks: {_SCOPE[conv['thresholds']]}; confidence = "
+        f"{_CONF[conv['confidence']]}.\n\n")
+    other_section = "" if other is None else (
+        f"\n## Threshold attacks under the other convention\n\n"
+        f"{_SCOPE[other['thresholds']]}; confidence = {_CONF[other['confidence']]}.\n\n"
+        f"{attacks_table(other['attacks'])}")
     d, p = results["data"], results["provenance"]
     return (f"# Membership inference: {c['dataset']}\n\n"
             f"{report.epsilon_sentence(results.get('privacy'), c['dp_clip_norm'])}"
@@ -356,4 +402,5 @@ def summary_markdown(results: dict) -> str:
             f"{d['attack_test_non_members']} non-members of the target. "
             f"{_VALIDATION.get(d.get('val_source'), '').format(n=d.get('val_size'))}Backend: "
             f"{p['backend']} ({p['device_kind']}).\n\n"
-            f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{attacks_table}")
+            f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{conv_line}"
+            f"{attacks_table(results['attacks'])}{other_section}")

@@ -7,18 +7,22 @@ from jaxpet import attacks, metrics
 from jaxpet.attacks import threshold
 
 
-def _run(name, shadow, target):
+def _run(name, shadow, target, **conventions):
     return threshold.threshold_attack(name, shadow.posteriors, shadow.labels, shadow.membership,
-                                      target.posteriors, target.labels, target.membership)
+                                      target.posteriors, target.labels, target.membership,
+                                      **conventions)
 
 
+@pytest.mark.parametrize("scope", ["per_class", "global"])
 @pytest.mark.parametrize("name", sorted(threshold.THRESHOLD_ATTACKS))
-def test_threshold_attacks_beat_chance_on_overfit_model(overfit, name):
-    out = _run(name, overfit.shadow(), overfit.target())
+def test_threshold_attacks_beat_chance_on_overfit_model(overfit, name, scope):
+    out = _run(name, overfit.shadow(), overfit.target(), thresholds=scope)
     assert out.report["auc"] > 0.75, out.report
     assert out.report["accuracy"] > 0.65, out.report
-    # The threshold is the shadow's most accurate one, applied as score >= threshold.
-    np.testing.assert_array_equal(out.predictions, out.scores >= out.report["threshold"])
+    # The global threshold is the shadow's most accurate one, applied as score >= threshold;
+    # per class, the score is the margin over the example's class threshold.
+    cut = out.report["threshold"] if scope == "global" else 0.0
+    np.testing.assert_array_equal(out.predictions, out.scores >= cut)
 
 
 @pytest.mark.parametrize("name", ["loss", "modified_entropy"])
@@ -52,3 +56,39 @@ def test_threshold_fitted_on_a_hand_built_toy():
 def test_unknown_threshold_attack():
     with pytest.raises(ValueError, match="Unknown threshold attack 'hinge'"):
         threshold.threshold_attack("hinge", *([np.zeros(2)] * 6))
+
+
+def test_per_class_thresholds_on_a_hand_built_toy():
+    # Two classes, true-class confidence. Shadow class 0: members 0.9, 0.8, non-members 0.6,
+    # 0.5 -> threshold 0.8; class 1: members 0.4, 0.35, non-members 0.3, 0.2 -> threshold
+    # 0.35. One global threshold cannot separate both classes (0.4 member < 0.5 non-member).
+    conf = np.array([0.9, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.2])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    membership = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    # Rows: the true class gets conf; the rest goes to the other class.
+    post = np.zeros((8, 2))
+    post[np.arange(8), labels] = conf
+    post[np.arange(8), 1 - labels] = 1 - conf
+    per_class = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                           membership)
+    assert per_class.report["class_thresholds"] == pytest.approx([0.8, 0.35])
+    np.testing.assert_allclose(per_class.scores, conf - np.array([0.8] * 4 + [0.35] * 4))
+    assert per_class.report["accuracy"] == 1.0
+    glob = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                      membership, thresholds="global")
+    assert glob.report["accuracy"] == 0.75  # the best single cut (0.8) misses class 1's members
+
+
+def test_confidence_is_the_true_class_probability_or_the_top_posterior():
+    post = np.array([[0.7, 0.3], [0.2, 0.8]])
+    labels = np.array([1, 1])
+    membership = np.array([0, 1])
+    true_class = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                            membership, thresholds="global")
+    top = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                     membership, thresholds="global", confidence="max")
+    np.testing.assert_allclose(true_class.scores, [0.3, 0.8])
+    np.testing.assert_allclose(top.scores, [0.7, 0.8])
+    with pytest.raises(ValueError, match="thresholds must be one of"):
+        threshold.threshold_attack("loss", post, labels, membership, post, labels, membership,
+                                   thresholds="per_model")

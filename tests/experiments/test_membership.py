@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxpet import report, runs, splits, training
+from jaxpet import attacks as attacks_lib
 from jaxpet.attacks import registry
 from jaxpet.experiments import membership
 
@@ -225,3 +226,18 @@ def test_the_seed_layout_runs_with_validation_in_the_out_part(tmp_path, make_dat
     assert results["data"]["val_source"] == "out_part"
     assert results["data"]["attack_test_members"] == 80  # 100 out - 20 validation
     assert "the first 20 examples of each out part" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_threshold_attacks_are_reported_under_both_conventions(finished):
+    workdir, results = finished
+    assert results["conventions"] == {"thresholds": "per_class", "confidence": "true_class"}
+    other = results["other_conventions"]
+    assert (other["thresholds"], other["confidence"]) == ("global", "max")
+    assert list(other["attacks"]) == list(attacks_lib.THRESHOLD_ATTACKS)
+    for name in other["attacks"]:  # per-class margins rank examples differently
+        assert other["attacks"][name]["auc"] != results["attacks"][name]["auc"], name
+    assert "class_thresholds" in results["attacks"]["loss"]
+    text = (workdir / "summary.md").read_text()
+    assert "## Threshold attacks under the other convention" in text
+    rows = report.parse_markdown_table(text[text.index("under the other convention"):])
+    assert rows[0]["AUC"] == f"{other['attacks']['loss']['auc']:.4f}"
