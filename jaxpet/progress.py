@@ -59,6 +59,7 @@ def resolve_mode(mode: str, stream=None) -> str:
 class _Expected:
     units: float
     stage: str | None
+    cost: float = 1.0  # seconds of one of its units relative to a training image's
 
 
 class Phase:
@@ -74,6 +75,7 @@ class Phase:
         self.images_per_unit = images_per_unit
         self.done = 0.0
         self.images = 0.0
+        self.cost = 1.0  # from the expectation it took over (see Tracker.expect)
         self.started = tracker.clock()
         self._last_report = self.started
 
@@ -127,11 +129,15 @@ class Tracker:
         self._phases: list[Phase] = []
         self._sinks: list[Callable[[str, list[dict]], None]] = []
         self._bar_shown = False
+        self._planned = False  # a run that states no plan has no run ETA
 
     # -- the run's plan
-    def expect(self, name: str, units: float, *, stage: str | None = None) -> None:
-        """The run will do phase ``name`` of ``units`` (part of stage ``stage``, if any)."""
-        self.expected[name] = _Expected(float(units), stage)
+    def expect(self, name: str, units: float, *, stage: str | None = None,
+               cost: float = 1.0) -> None:
+        """The run will do phase ``name`` of ``units`` (part of stage ``stage``, if any), each
+        costing ``cost`` training images (e.g. 0.01 for a small MLP on 10 features)."""
+        self.expected[name] = _Expected(float(units), stage, float(cost))
+        self._planned = True
 
     def stage_reused(self, stage: str) -> None:
         """A finished stage was loaded: the phases it holds will not run."""
@@ -140,13 +146,13 @@ class Tracker:
 
     def run_eta(self) -> float | None:
         """Seconds left for the whole run: units still expected over the rate so far."""
-        if not self.expected or self.units_done <= 0:
+        if not self._planned or self.units_done <= 0:
             return None
         busy = self.busy_seconds + sum(p.elapsed for p in self._phases)
         if busy <= 0:
             return None
-        left = sum(e.units for e in self.expected.values())
-        left += sum(max(p.total - p.done, 0.0) for p in self._phases)
+        left = sum(e.units * e.cost for e in self.expected.values())
+        left += sum(max(p.total - p.done, 0.0) * p.cost for p in self._phases)
         return left * busy / self.units_done
 
     # -- phases
@@ -155,12 +161,13 @@ class Tracker:
               images_per_unit: float = 1.0, logs_itself: bool = False) -> Iterator[Phase]:
         """A phase of ``total_units``; it takes its units out of the expectation whose name
         begins its own ("logits" covers "logits, query 1/2"), which ends when used up."""
+        p = Phase(self, name, total_units, unit, images_per_unit, logs_itself)
         for key in [k for k in self.expected if name == k or name.startswith(k + ",")
                     or name.startswith(k + " ")][:1]:
+            p.cost = self.expected[key].cost
             self.expected[key].units -= total_units
             if self.expected[key].units <= 1e-9 * max(total_units, 1.0):
                 del self.expected[key]
-        p = Phase(self, name, total_units, unit, images_per_unit, logs_itself)
         self._phases.append(p)
         try:
             yield p
@@ -175,7 +182,7 @@ class Tracker:
                 logging.info("%s: done, %s", p.name, p.status())
 
     def _advanced(self, p: Phase, units: float) -> None:
-        self.units_done += units
+        self.units_done += units * p.cost
         now = self.clock()
         if self.mode == "bar":
             self._draw(p)

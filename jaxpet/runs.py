@@ -512,10 +512,11 @@ class Run:
         finally:
             self.workdir.unlock()
 
-    def expect(self, phase: str, units: float, *, stage: str | None = None) -> None:
-        """This run will do ``phase`` (``units`` of training-image work; part of ``stage``):
-        what the whole run's ETA counts (see :mod:`jaxpet.progress`)."""
-        self.progress.expect(phase, units, stage=stage)
+    def expect(self, phase: str, units: float, *, stage: str | None = None,
+               cost: float = 1.0) -> None:
+        """This run will do ``phase`` (``units`` of work, each ``cost`` training images; part of
+        ``stage``): what the whole run's ETA counts (see :mod:`jaxpet.progress`)."""
+        self.progress.expect(phase, units, stage=stage, cost=cost)
 
     @contextlib.contextmanager
     def timed(self, name: str):

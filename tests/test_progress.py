@@ -138,3 +138,19 @@ def test_a_phase_that_logs_itself_gets_no_extra_lines(caplog):
                 clock.now += 5
                 phase.advance(1)
     assert not caplog.records
+
+
+def test_an_expected_phase_counts_at_its_cost():
+    clock = FakeClock()
+    tracker = progress.Tracker("off", clock=clock)
+    tracker.expect("cnn", 100)
+    tracker.expect("mlp", 1000, cost=0.01)  # 1000 cheap units: 10 training images' worth
+    with tracker.phase("cnn", 100) as phase:
+        clock.now = 10.0
+        phase.advance(100)
+    assert tracker.run_eta() == pytest.approx(1.0)  # 10 units left at 10 units/s
+    with tracker.phase("mlp", 1000) as phase:
+        assert phase.cost == 0.01
+        clock.now = 10.5
+        phase.advance(500)  # 5 weighted units in 0.5 s
+        assert tracker.run_eta() == pytest.approx(5 * 10.5 / 105)

@@ -226,9 +226,10 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             "weight_decay", "precision")}}
         # The run's ETA: the targets, then one attack ensemble per layer and the pixel one.
         run_.expect("target", config.epochs * k * len(split.target), stage="targets")
-        for layer in (config.layer, *config.compare_layers):
-            run_.expect(f"attack {layer}", config.attack_epochs * 2 * k * len(split.attack))
-        run_.expect("pixels", config.attack_epochs * k * len(split.attack))
+        for layer in (config.layer, *config.compare_layers):  # MLPs: a fraction of a LeNet image
+            run_.expect(f"attack {layer}", config.attack_epochs * 2 * k * len(split.attack),
+                        cost=0.1)
+        run_.expect("pixels", config.attack_epochs * k * len(split.attack), cost=0.1)
         with run_.timed("target"):
             arrays, target_info = run_.stages.run("targets", key, train_targets)
             trained = runs.arrays_to_tree("trained", arrays)
