@@ -9,10 +9,14 @@ gradient descent on the pixels of one image to minimise the paper's cost
 
 starting from a blank (or a given) image: ``x <- Process(clip(x - lambda *
 grad c(x)))``, and returns the lowest-cost image seen. It stops after
-``max_iterations`` steps (alpha), when the best cost has not improved for
-``patience`` evaluations (beta), when the cost falls to ``cost_threshold``
-(gamma), or when the cost or its gradient is not finite; each class records
-why it stopped. The loop is a ``lax.while_loop`` under ``jax.jit`` and the
+``max_iterations`` steps (alpha), by the rule beta (``patience``; see
+``stopping``), when the cost falls to ``cost_threshold`` (gamma), or when the
+cost or its gradient is not finite; each class records why it stopped.
+
+Rule beta, ``stopping="window"`` (Algorithm 1, the default): stop at step i >= 1
+when c(x_i) >= max(c(x_{i-1}), ..., c(x_{i-beta})), i.e. the new cost is no lower
+than any of the last beta costs (fewer at the start). ``stopping="no_new_best"``
+(jaxpet's earlier rule): stop after beta evaluations without a new lowest cost. The loop is a ``lax.while_loop`` under ``jax.jit`` and the
 classes are inverted together by ``jax.vmap``; each keeps its own stopping
 state (a stopped class is frozen while the others run on).
 
@@ -38,6 +42,8 @@ import numpy as np
 # Stop codes; STOP_REASONS[code] names them. RUNNING only appears inside the loop.
 RUNNING, MAX_ITERATIONS, PATIENCE, THRESHOLD, NON_FINITE = range(5)
 STOP_REASONS = ("running", "max_iterations", "patience", "threshold", "non_finite")
+# Rule beta: Fredrikson et al.'s window over the last beta costs, or beta steps without a new best.
+STOPPING_RULES = ("window", "no_new_best")
 PROCESSES = ("none", "denoise", "sharpen", "denoise_sharpen")
 # What the gradient step descends: the paper's cost 1 - p, or the seed's cross entropy -log p
 # (the same direction, scaled by 1/p: far larger steps while p is small).
@@ -54,7 +60,8 @@ class MIFaceConfig:
 
     step_size: float = 0.1  # lambda
     max_iterations: int = 100  # alpha: gradient steps at most
-    patience: int | None = None  # beta: stop after this many evaluations without a new best cost
+    patience: int | None = None  # beta: the window of costs (or steps without a new best)
+    stopping: str = "window"  # how beta is read, one of STOPPING_RULES
     cost_threshold: float | None = None  # gamma: stop once the cost is <= this
     process: str = "none"  # Process step between iterations, one of PROCESSES
     loss: str = "one_minus_p"  # what the gradient descends, one of LOSSES
@@ -70,6 +77,8 @@ class MIFaceConfig:
         if self.patience is not None and (not isinstance(self.patience, (int, np.integer))
                                           or self.patience < 1):
             raise ValueError(f"patience must be a positive integer or None (off), got {self.patience!r}.")
+        if self.stopping not in STOPPING_RULES:
+            raise ValueError(f"stopping must be one of {STOPPING_RULES}, got {self.stopping!r}.")
         if self.cost_threshold is not None and not math.isfinite(self.cost_threshold):
             raise ValueError(f"cost_threshold must be finite or None (off), got {self.cost_threshold!r}.")
         if self.process not in PROCESSES:
@@ -123,6 +132,24 @@ def process_image(x, process: str, sharpen_amount: float = 1.0):
     return x
 
 
+def beta_stops(rule: str, step, log_p, since, window, beta: int):
+    """Whether rule beta stops at ``step`` whose image has ``log_p`` (see the module docstring).
+
+    ``window`` holds log p of the last ``beta`` images (+inf where none yet); ``since``
+    counts evaluations since the last new best. The window rule compares in log p:
+    c(x_i) >= max of the window's costs <=> log p_i <= min of its log p, exact where
+    1 - p would round to 1 in float32 while p is tiny.
+    """
+    if rule == "window":
+        return (step >= 1) & (log_p <= jnp.min(window))
+    return since >= beta
+
+
+def push_window(window, step, log_p):
+    """The window after image ``step`` (a ring of the last beta log p; non-finite as -inf)."""
+    return window.at[step % window.shape[0]].set(jnp.where(jnp.isfinite(log_p), log_p, -jnp.inf))
+
+
 def _invert_one(apply_fn, config: MIFaceConfig, params, target, init) -> Inversion:
     """MI-FACE for ONE class as a ``lax.while_loop``; vmap it over (target, init) for many."""
     lo, hi = config.pixel_range
@@ -136,8 +163,10 @@ def _invert_one(apply_fn, config: MIFaceConfig, params, target, init) -> Inversi
 
     loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
+    beta = config.patience or 1
+
     def body(state):
-        x, step, best, best_log_p, best_step, since, _, trace = state
+        x, step, best, best_log_p, best_step, since, _, trace, window = state
         (_, log_p), grad = loss_and_grad(x)
         cost = -jnp.expm1(log_p)  # 1 - p, exact to float32 precision even as p -> 1
         finite = jnp.isfinite(log_p) & jnp.all(jnp.isfinite(grad))
@@ -153,7 +182,8 @@ def _invert_one(apply_fn, config: MIFaceConfig, params, target, init) -> Inversi
         # Later checks overwrite earlier ones: a NaN outranks every other reason.
         code = jnp.where(step >= alpha, MAX_ITERATIONS, code)
         if config.patience is not None:
-            code = jnp.where(since >= config.patience, PATIENCE, code)
+            code = jnp.where(beta_stops(config.stopping, step, log_p, since, window,
+                                        config.patience), PATIENCE, code)
         if config.cost_threshold is not None:
             code = jnp.where(finite & (cost <= config.cost_threshold), THRESHOLD, code)
         code = jnp.where(finite, code, NON_FINITE)
@@ -161,14 +191,17 @@ def _invert_one(apply_fn, config: MIFaceConfig, params, target, init) -> Inversi
         moved = jnp.clip(process_image(jnp.clip(x - config.step_size * grad, lo, hi),
                                        config.process, config.sharpen_amount), lo, hi)
         x = jnp.where(go, moved, x)
-        return x, step + go.astype(jnp.int32), best, best_log_p, best_step, since, code, trace
+        window = push_window(window, step, log_p)
+        return (x, step + go.astype(jnp.int32), best, best_log_p, best_step, since, code, trace,
+                window)
 
     init = jnp.asarray(init, jnp.float32)
     state = (init, jnp.zeros((), jnp.int32), init, jnp.asarray(-jnp.inf, jnp.float32),
              jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.asarray(RUNNING, jnp.int32),
-             jnp.full((alpha + 1,), jnp.nan, jnp.float32))
+             jnp.full((alpha + 1,), jnp.nan, jnp.float32),
+             jnp.full((beta,), jnp.inf, jnp.float32))  # log p of the last beta images
     state = jax.lax.while_loop(lambda s: s[6] == RUNNING, body, state)
-    _, step, best, best_log_p, best_step, _, code, trace = state
+    _, step, best, best_log_p, best_step, _, code, trace, _ = state
     return Inversion(image=best, cost=-jnp.expm1(best_log_p), log_p=best_log_p,
                      best_iteration=best_step, iterations=step, stop_code=code, trace=trace)
 

@@ -82,8 +82,12 @@ class Config:
                                           low=1, high=1_000_000)
     max_iterations: int = setting(1000, "Stopping-rule run: at most this many steps (alpha).",
                                   low=1, high=1_000_000)
-    patience: int = setting(100, "Stopping-rule run: stop after this many steps without a new "
-                            "best cost (beta); 0 turns it off.", low=0)
+    patience: int = setting(100, "Stopping-rule run: beta, the window of --stopping; 0 turns "
+                            "it off.", low=0)
+    stopping: str = setting("window", "Stopping-rule run, how beta is read: window (Fredrikson "
+                            "et al.'s Algorithm 1: stop when the cost is no lower than any of "
+                            "the last beta costs) or no_new_best (stop after beta steps without "
+                            "a new lowest cost).", choices=mi_face.STOPPING_RULES)
     cost_threshold: float = setting(0.01, "Stopping-rule run: stop once the cost 1 - p is at most "
                                     "this (gamma); a negative value turns it off.", low=-1, high=1)
     figure_people: int = setting(6, "People (rows) in iterations.png.", low=1)
@@ -106,7 +110,7 @@ class Config:
         values = dict(step_size=self.step_size, max_iterations=budget, process=self.process,
                       loss=self.loss)
         if stopping_rules:
-            values.update(patience=self.patience or None,
+            values.update(patience=self.patience or None, stopping=self.stopping,
                           cost_threshold=self.cost_threshold if self.cost_threshold >= 0 else None)
         values.update(overrides)
         return mi_face.MIFaceConfig(**values)
@@ -214,6 +218,7 @@ def _inversion_report(result: mi_face.Inversion, attack: mi_face.MIFaceConfig, c
     reasons = result.stop_reasons
     return {
         "max_iterations": attack.max_iterations, "patience": attack.patience,
+        "stopping": attack.stopping,
         "cost_threshold": attack.cost_threshold, "step_size": attack.step_size,
         "loss": attack.loss, "process": attack.process,
         "seconds": run_s, "compile_seconds": compile_s,
@@ -457,8 +462,11 @@ def summary_markdown(results: dict) -> str:
                      f"{s['loop_seconds']:.2f}s: {s['ratio']:.1f}x.\n")
     stop = results["budgets"].get("stopping_rules")
     if stop:
-        lines.append(f"\nStopping rules (alpha {stop['max_iterations']}, beta {stop['patience']}, "
-                     f"gamma {stop['cost_threshold']}): {stop['stop_reasons']}.\n")
+        rule = {"window": "Algorithm 1's window: stop when the cost is no lower than any of the "
+                          "last beta", "no_new_best": "stop after beta steps without a new best"}
+        lines.append(f"\nStopping rules (alpha {stop['max_iterations']}, beta {stop['patience']}"
+                     f" read as {rule.get(stop.get('stopping'), 'no new best')}, gamma "
+                     f"{stop['cost_threshold']}): {stop['stop_reasons']}.\n")
     f = results.get("figures")
     if f:
         spread = f.get("pixel_spread")

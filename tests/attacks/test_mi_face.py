@@ -79,14 +79,16 @@ def test_cost_threshold_stops_early_with_reason():
         assert np.all(trace[c, :n] > 0.5) and trace[c, n] <= 0.5 and np.all(np.isnan(trace[c, n + 1:]))
 
 
-def test_patience_stops_when_the_cost_does_not_improve():
+@pytest.mark.parametrize("rule, steps", [("window", 1), ("no_new_best", 3)])
+def test_patience_stops_when_the_cost_does_not_improve(rule, steps):
     def flat(params, x):  # the cost never changes, whatever the image
         return jnp.zeros((x.shape[0], 3)) + 0.0 * jnp.sum(x) + params
 
-    config = mi_face.MIFaceConfig(max_iterations=100, patience=3)
+    # Window: c(x_1) = c(x_0) >= max(c(x_0)) stops at once; no new best: after 3 evaluations.
+    config = mi_face.MIFaceConfig(max_iterations=100, patience=3, stopping=rule)
     result = mi_face.mi_face(flat, jnp.float32(0.0), image_shape=SHAPE, config=config)
     assert result.stop_reasons == ["patience"] * 3
-    np.testing.assert_array_equal(result.iterations, 3)
+    np.testing.assert_array_equal(result.iterations, steps)
     np.testing.assert_array_equal(result.best_iteration, 0)
     np.testing.assert_allclose(result.cost, 2 / 3, rtol=1e-6)
 
@@ -196,3 +198,32 @@ def test_process_step():
     noise = jnp.asarray(np.random.default_rng(0).random((16, 16, 1)), jnp.float32)
     assert float(jnp.std(mi_face.process_image(noise, "denoise"))) < 0.6 * float(jnp.std(noise))
     assert float(jnp.std(mi_face.process_image(noise, "sharpen"))) > float(jnp.std(noise))
+
+
+def _first_stop(rule, costs, beta):
+    """The step at which rule beta stops on this cost sequence (None: never), run through the
+    loop's own helpers."""
+    window = jnp.full((beta,), jnp.inf, jnp.float32)
+    best, since = np.inf, 0
+    for step, cost in enumerate(costs):
+        log_p = jnp.log1p(-jnp.float32(cost))
+        since = 0 if cost < best else since + 1
+        best = min(best, cost)
+        if bool(mi_face.beta_stops(rule, step, log_p, since, window, beta)):
+            return step
+        window = mi_face.push_window(window, step, log_p)
+    return None
+
+
+@pytest.mark.parametrize("costs, window_stop, no_new_best_stop", [
+    # Slowly falling after a bump: never >= the max of the last 2, but no new best after 0.8.
+    ([0.9, 0.8, 0.85, 0.84, 0.83, 0.82], None, 3),
+    # A jump above everything in the window stops the window rule at once.
+    ([0.9, 0.5, 0.95, 0.4], 2, None),
+    # c_5 = 0.76 >= max(c_4, c_3) = max(0.75, 0.7): Algorithm 1's test, hand-checked.
+    ([0.9, 0.8, 0.85, 0.7, 0.75, 0.76], 5, 5),
+])
+def test_the_window_rule_of_algorithm_1_on_hand_built_costs(costs, window_stop,
+                                                            no_new_best_stop):
+    assert _first_stop("window", costs, beta=2) == window_stop
+    assert _first_stop("no_new_best", costs, beta=2) == no_new_best_stop
