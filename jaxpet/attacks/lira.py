@@ -21,8 +21,10 @@ import numpy as np
 from scipy import special
 
 from jaxpet.attacks import registry
-from jaxpet.attacks.signals import logit_scaled_confidence, true_class_log_prob
+from jaxpet.attacks.signals import (logit_scaled_confidence, soft_margin_log_prob,
+                                    true_class_log_prob)
 
+RMIA_SIGNALS = ("softmax", "taylor_soft_margin")
 MIN_STD = 1e-6  # floor on fitted standard deviations (a reference set of identical scores)
 
 
@@ -38,14 +40,32 @@ class Signals:
     phi: np.ndarray
     log_p: np.ndarray
     population_log_p: np.ndarray | None = None
+    # RMIA's Pr(x|theta) when it is not the softmax (see signals.soft_margin_log_prob).
+    rmia_log_p: np.ndarray | None = None
+    population_rmia_log_p: np.ndarray | None = None
+
+    @property
+    def rmia(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(candidates, population) log Pr(.|theta) for RMIA: the soft-margin signal if built,
+        else the softmax's."""
+        if self.rmia_log_p is not None:
+            return self.rmia_log_p, self.population_rmia_log_p
+        return self.log_p, self.population_log_p
 
     @property
     def num_models(self) -> int:
         return self.phi.shape[0]
 
     @classmethod
-    def from_logits(cls, logits, labels, population_logits=None, population_labels=None) -> "Signals":
-        """``logits`` [K, N, A, C] with ``labels`` [N]; the population alike ([K, Z, A, C], [Z])."""
+    def from_logits(cls, logits, labels, population_logits=None, population_labels=None, *,
+                    rmia_signal: str = "softmax") -> "Signals":
+        """``logits`` [K, N, A, C] with ``labels`` [N]; the population alike ([K, Z, A, C], [Z]).
+
+        ``rmia_signal``: RMIA's Pr(x|theta), one of :data:`RMIA_SIGNALS`: "softmax" (the
+        true class's probability) or "taylor_soft_margin" (RMIA's released CIFAR-10 setting).
+        """
+        if rmia_signal not in RMIA_SIGNALS:
+            raise ValueError(f"rmia_signal must be one of {RMIA_SIGNALS}, got {rmia_signal!r}.")
         logits = np.asarray(logits)
         if logits.ndim != 4:
             raise ValueError(f"logits must be [models, examples, queries, classes], got shape "
@@ -66,15 +86,23 @@ class Signals:
                 raise ValueError(f"population labels must be [{population_logits.shape[1]}], "
                                  f"got shape {population_labels.shape}.")
             population = true_class_log_prob(population_logits, population_labels[:, None])
+        rmia = rmia_population = None
+        if rmia_signal == "taylor_soft_margin":
+            rmia = soft_margin_log_prob(logits, labels[:, None])
+            if population_logits is not None:
+                rmia_population = soft_margin_log_prob(population_logits,
+                                                       population_labels[:, None])
         return cls(phi=logit_scaled_confidence(logits, labels[:, None]),
-                   log_p=true_class_log_prob(logits, labels[:, None]), population_log_p=population)
+                   log_p=true_class_log_prob(logits, labels[:, None]), population_log_p=population,
+                   rmia_log_p=rmia, population_rmia_log_p=rmia_population)
 
     def queries(self, num: int) -> "Signals":
         """The first ``num`` queries only (e.g. 1: the original image without its flip)."""
         if not 1 <= num <= self.phi.shape[2]:
             raise ValueError(f"num queries must be in [1, {self.phi.shape[2]}], got {num}.")
-        pop = None if self.population_log_p is None else self.population_log_p[:, :, :num]
-        return Signals(self.phi[:, :, :num], self.log_p[:, :, :num], pop)
+        cut = lambda a: None if a is None else a[:, :, :num]
+        return Signals(self.phi[:, :, :num], self.log_p[:, :, :num], cut(self.population_log_p),
+                       cut(self.rmia_log_p), cut(self.population_rmia_log_p))
 
 
 # --------------------------------------------------------------------------- reference statistics

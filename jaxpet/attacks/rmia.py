@@ -83,17 +83,61 @@ def rmia(target_log_p, ref_log_p, ref_keep, target_population_log_p, ref_populat
     return _dominated_fraction(log_ratio_x, log_ratio_z, gamma)
 
 
+A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def fit_offline_a(log_p, ref_keep, population_log_p, *, use=None, gamma: float = 2.0,
+                  grid=A_GRID, pseudo_targets: int = 2) -> float:
+    """RMIA offline's a fitted on the reference models alone, as the paper does: each of the
+    first ``pseudo_targets`` references in turn plays the target, the others are its OUT
+    references, and the a of ``grid`` with the best mean AUC is kept (ties: the smallest).
+
+    ``log_p`` [M, N, A] and ``ref_keep`` [M, N] are the references' signals and membership,
+    ``population_log_p`` [M, Z, A]. No target-model information enters, so the fit cannot
+    leak the target's membership.
+    """
+    from jaxpet import metrics  # local: metrics is a leaf module the attacks otherwise avoid
+
+    log_p = np.asarray(log_p, np.float64)
+    keep = np.asarray(ref_keep, bool)
+    use = np.ones_like(keep) if use is None else np.asarray(use, bool)
+    m = log_p.shape[0]
+    if m < 2:
+        return 0.3  # one reference cannot play target and reference at once
+    best, best_auc = None, -np.inf
+    for a in grid:
+        aucs = []
+        for t in range(min(pseudo_targets, m)):
+            others = np.array([k for k in range(m) if k != t])
+            labels = keep[t]
+            if labels.all() or not labels.any() or not (~keep[others] & use[others]).any():
+                continue
+            scores = rmia(log_p[t], log_p[others], keep[others], population_log_p[t],
+                          population_log_p[others], use=use[others], online=False,
+                          offline_a=float(a), gamma=gamma)
+            aucs.append(metrics.roc_auc(labels, scores))
+        if aucs and np.mean(aucs) > best_auc + 1e-12:
+            best, best_auc = float(a), float(np.mean(aucs))
+    return 0.3 if best is None else best
+
+
 # --------------------------------------------------------------------------- registered attacks
 
 
-def _rmia(online: bool):
-    """:func:`rmia` in the reference family's signature, with ``config``'s a and gamma."""
+def _rmia(online: bool, fit_a: bool = False):
+    """:func:`rmia` in the reference family's signature, with ``config``'s a and gamma (a fitted
+    on the references with ``fit_a``)."""
     def attack(signals: Signals, target, references, ref_keep, use, config) -> np.ndarray:
-        if signals.population_log_p is None:
+        x, population = signals.rmia
+        if population is None:
             raise ValueError("RMIA needs population signals; build Signals with population_logits.")
-        return rmia(signals.log_p[target], signals.log_p[references], ref_keep,
-                    signals.population_log_p[target], signals.population_log_p[references], use=use,
-                    online=online, offline_a=config.rmia_offline_a, gamma=config.rmia_gamma)
+        a = config.rmia_offline_a
+        if fit_a:
+            a = fit_offline_a(x[references], ref_keep, population[references], use=use,
+                              gamma=config.rmia_gamma)
+        return rmia(x[target], x[references], ref_keep, population[target],
+                    population[references], use=use, online=online, offline_a=a,
+                    gamma=config.rmia_gamma)
 
     return attack
 
@@ -104,3 +148,7 @@ registry.register("rmia_online", family="reference",
 registry.register("rmia_offline", family="reference",
                   description="RMIA offline: as rmia_online with OUT references only")(
                       _rmia(online=False))
+registry.register("rmia_offline_fitted_a", family="reference",
+                  description="RMIA offline with a fitted on the references (each plays the "
+                              "target in turn), as the paper tunes it")(
+                      _rmia(online=False, fit_a=True))

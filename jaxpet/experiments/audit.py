@@ -96,6 +96,7 @@ class Config:
     flip_queries: bool = setting(True, "Query each image's horizontal flip too and average the "
                                  "two (images only; turn off where a flip changes the class, "
                                  "e.g. digits).")
+    rmia_signal: str = settings.rmia_signal()
     lira_convention: str = settings.lira_convention()
     fpr_rule: str = settings.fpr_rule()
     width_scale: float = settings.width_scale()
@@ -415,7 +416,7 @@ def run(config: Config) -> dict[str, Any]:
         with run_.timed("scoring"):
             signals = lira_attack.Signals.from_logits(
                 saved["logits"], audit.y[pool], saved["population_logits"],
-                audit.test_y[population])
+                audit.test_y[population], rmia_signal=config.rmia_signal)
             all_keep = np.concatenate([target_keep[None], keep])
             scores = reference.attack_scores(signals, all_keep, 0,
                                              list(range(1, config.num_references + 1)),

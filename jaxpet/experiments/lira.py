@@ -70,6 +70,7 @@ class Config:
                                     "(1 - a)) / 2.", low=0, high=1)
     rmia_gamma: float = setting(2.0, "RMIA: x dominates z when its likelihood ratio against z "
                                 "is at least gamma.", low=0, low_open=True)
+    rmia_signal: str = settings.rmia_signal()
     lira_convention: str = settings.lira_convention()  # the summary reports the other too
     fpr_rule: str = settings.fpr_rule()
     max_reference_sweep: int | None = setting(None, "Largest number of reference models in the "
@@ -225,7 +226,8 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         with run_.timed("scoring"):
             signals = lira_attack.Signals.from_logits(saved["logits"], saved["labels"],
                                                       saved["population_logits"],
-                                                      saved["population_labels"])
+                                                      saved["population_labels"],
+                                                      rmia_signal=config.rmia_signal)
             keep = saved["keep"].astype(bool)
             num_models = keep.shape[0]
             targets = list(range(config.num_targets or num_models))
@@ -355,7 +357,9 @@ def summary_markdown(results: dict) -> str:
         f"{c['num_models'] - 1} as references (leave-one-out); {d['queries']} "
         f"quer{'ies' if d['queries'] > 1 else 'y'} per example "
         f"({'original + horizontal flip' if d['queries'] > 1 else 'original only'}); RMIA "
-        f"a={c['rmia_offline_a']}, gamma={c['rmia_gamma']}, population {d['population_size']} "
+        f"a={c['rmia_offline_a']} (rmia_offline_fitted_a fits it on each target's references), "
+        f"gamma={c['rmia_gamma']}, Pr(x|theta) = {c.get('rmia_signal', 'softmax')}, population "
+        f"{d['population_size']} "
         f"test images. Backend {results['provenance']['backend']}; training "
         f"{secs['training']:.0f} s, logits {secs['predict']:.0f} s"
         f"{' (reused)' if results['reused_logits'] else ''}, scoring {secs['scoring']:.0f} s, "

@@ -68,3 +68,9 @@ def lira_convention():
 def fpr_rule():
     return setting("le", "TPR at FPR counts thresholds with FPR <= the level (le) or < it (lt, "
                    "LiRA's plotting code).", choices=metrics.FPR_RULES)
+
+
+def rmia_signal():
+    return setting("softmax", "RMIA's Pr(x|theta): softmax (the true class's probability) or "
+                   "taylor_soft_margin (RMIA's released CIFAR-10 setting: temperature 2, margin "
+                   "0.6, 4 Taylor terms).", choices=lira.RMIA_SIGNALS)

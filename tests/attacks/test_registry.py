@@ -12,7 +12,7 @@ def test_built_in_attacks_in_results_order():
                                               "modified_entropy")
     assert attacks.attack_names("reference") == (
         "lira_online", "lira_online_fixed_variance", "lira_offline", "lira_offline_fixed_variance",
-        "rmia_online", "rmia_offline", "global_loss")
+        "rmia_online", "rmia_offline", "rmia_offline_fitted_a", "global_loss")
     assert attacks.attack_names() == attacks.attack_names("shadow") + attacks.attack_names("reference")
     for attack in attacks.list_attacks():
         assert attack.description and callable(attack.fn), attack

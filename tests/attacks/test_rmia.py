@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from jaxpet.attacks import lira, reference, rmia
+from jaxpet import metrics
+from jaxpet.attacks import lira, reference, rmia, signals
 
 
 def test_rmia_on_a_hand_built_toy():
@@ -43,3 +44,40 @@ def test_bad_knobs_and_a_missing_population():
     keep = np.array([[True, False, True, False], [False, True, False, True], [True, True, False, False]])
     with pytest.raises(ValueError, match="RMIA needs population signals"):
         reference.attack_scores(no_population, keep, 0, [1, 2], attacks=["rmia_online"])
+
+
+def test_soft_margin_signal_by_hand():
+    # Logits (2, 0, 0), label 0, temperature 2, margin 0.6: z = (1, 0, 0).
+    logits = np.array([[2.0, 0.0, 0.0]])
+    exact = signals.soft_margin_log_prob(logits, [0], taylor_order=None)
+    np.testing.assert_allclose(exact, np.log(np.exp(0.4) / (np.exp(0.4) + 2)), rtol=1e-12)
+    # Four Taylor terms of e^x: 1 + x + x^2/2 + x^3/6; at 0.4: 1.490666..., at 0: 1.
+    t = 1 + 0.4 + 0.4 ** 2 / 2 + 0.4 ** 3 / 6
+    taylor = signals.soft_margin_log_prob(logits, [0])
+    np.testing.assert_allclose(taylor, np.log(t / (t + 2)), rtol=1e-12)
+    # Zero margin and many terms: the plain softmax at temperature 2.
+    plain = signals.soft_margin_log_prob(logits, [0], margin=0.0, taylor_order=40)
+    np.testing.assert_allclose(plain, np.log(np.e / (np.e + 2)), rtol=1e-9)
+
+
+def test_fitted_a_uses_the_references_only_and_picks_the_best_grid_value():
+    rng = np.random.default_rng(0)
+    m, n, z = 6, 200, 100
+    keep = np.zeros((m, n), bool)
+    for k in range(m):
+        keep[k, rng.permutation(n)[: n // 2]] = True
+    # Members get a higher log p; the population sits at the non-members' level.
+    log_p = rng.normal(-1.0, 0.3, (m, n, 1)) + 0.8 * keep[:, :, None]
+    population = rng.normal(-1.0, 0.3, (m, z, 1))
+    a = rmia.fit_offline_a(log_p, keep, population)
+    assert a in rmia.A_GRID
+    # Its AUC over the pseudo-targets is the grid's best (recomputed by hand here).
+    def mean_auc(value):
+        aucs = []
+        for t in range(2):
+            others = [k for k in range(m) if k != t]
+            s = rmia.rmia(log_p[t], log_p[others], keep[others], population[t],
+                          population[others], online=False, offline_a=value)
+            aucs.append(metrics.roc_auc(keep[t], s))
+        return np.mean(aucs)
+    assert mean_auc(a) >= max(mean_auc(v) for v in rmia.A_GRID) - 1e-12

@@ -209,6 +209,6 @@ def test_offline_references_never_train_on_the_targets_members(tmp_path, user_mo
     assert not (keep & target_keep).any() and (keep.sum(0)[~target_keep] == 2).all()
     results = audit.run(config)
     assert set(results["attacks"]) == {"lira_offline", "lira_offline_fixed_variance",
-                                       "rmia_offline", "global_loss"}
+                                       "rmia_offline", "rmia_offline_fitted_a", "global_loss"}
     assert results["attacks"]["lira_offline"]["auc"] > 0.6
     assert results["most_exposed"][0]["attack"] == "lira_offline"
