@@ -19,6 +19,7 @@ from jaxpet.attacks import registry, signals
 from jaxpet.attacks import shadow  # registers shadow_mlp first
 from jaxpet.attacks import threshold  # registers loss, confidence, entropy, modified_entropy
 from jaxpet.attacks import lira, rmia, reference  # register LiRA, RMIA, then global_loss
+from jaxpet.attacks import label_only  # label_only, label_only_threshold; label_only_ref
 from jaxpet.attacks import attribute, mi_face
 from jaxpet.attacks.registry import (FAMILIES, AttackOutput, LabeledPosteriors, MembershipAttack,
                                      attack_names, get_attack, list_attacks, register, unregister)

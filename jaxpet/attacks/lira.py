@@ -43,6 +43,8 @@ class Signals:
     # RMIA's Pr(x|theta) when it is not the softmax (see signals.soft_margin_log_prob).
     rmia_log_p: np.ndarray | None = None
     population_rmia_log_p: np.ndarray | None = None
+    # bool [K, N, Q]: label-only queries (jaxpet.attacks.label_only), where they were made.
+    correct: np.ndarray | None = None
 
     @property
     def rmia(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -102,7 +104,7 @@ class Signals:
             raise ValueError(f"num queries must be in [1, {self.phi.shape[2]}], got {num}.")
         cut = lambda a: None if a is None else a[:, :, :num]
         return Signals(self.phi[:, :, :num], self.log_p[:, :, :num], cut(self.population_log_p),
-                       cut(self.rmia_log_p), cut(self.population_rmia_log_p))
+                       cut(self.rmia_log_p), cut(self.population_rmia_log_p), self.correct)
 
 
 # --------------------------------------------------------------------------- reference statistics

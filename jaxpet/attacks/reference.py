@@ -83,6 +83,8 @@ def attack_scores(signals: Signals, keep, target: int, references: Sequence[int]
         raise ValueError(f"references must be distinct models in [0, {keep.shape[0]}) other than the "
                          f"target {target}, got {references.tolist()}.")
     chosen = _resolve(attacks)
+    if attacks is None:  # every attack whose inputs these signals carry
+        chosen = [a for a in chosen if a.runs_on(signals)]
     s = signals.queries(min(config.num_queries, signals.phi.shape[2]))
     ref_keep = keep[references]
     if use is not None and np.shape(use) != ref_keep.shape:
@@ -158,7 +160,7 @@ def leave_one_out(signals: Signals, keep, *, targets: Sequence[int] | None = Non
     targets = _targets(num_models, targets)
     if num_references is not None and not 1 <= num_references <= num_models - 1:
         raise ValueError(f"num_references must be in [1, {num_models - 1}], got {num_references}.")
-    attacks = [a.name for a in _resolve(attacks)]
+    attacks = [a.name for a in _resolve(attacks) if attacks is not None or a.runs_on(signals)]
     per_target: dict[str, list] = {name: [] for name in attacks}
     result: dict[str, Any] = {}
     for t in targets:
@@ -197,7 +199,8 @@ def reference_sweep(signals: Signals, keep, counts: Sequence[int], *, targets=No
 
     Covers every registered reference attack that uses the references.
     """
-    attacks = [a.name for a in registry.list_attacks("reference") if a.uses_references]
+    attacks = [a.name for a in registry.list_attacks("reference")
+               if a.uses_references and a.runs_on(signals)]
     rows = []
     for count in counts:
         tick = time.perf_counter()

@@ -50,6 +50,8 @@ class LabeledPosteriors:
     posteriors: np.ndarray
     labels: np.ndarray
     membership: np.ndarray
+    # bool [N, Q]: the predicted label is right on each label-only query (see label_only)
+    correct: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,13 @@ class MembershipAttack:
     fn: Callable
     description: str
     uses_references: bool = True
+    # Inputs beyond the family's usual ones, by attribute name (e.g. "correct": label-only
+    # queries); an experiment that does not make them skips the attack.
+    needs: tuple[str, ...] = ()
+
+    def runs_on(self, observed) -> bool:
+        """Whether ``observed`` (LabeledPosteriors or Signals) carries what this attack needs."""
+        return all(getattr(observed, need, None) is not None for need in self.needs)
 
 
 _REGISTRY: dict[str, MembershipAttack] = {}
@@ -76,7 +85,7 @@ def _check_family(family: str | None) -> None:
 
 
 def register(name: str, *, family: str, description: str, uses_references: bool = True,
-             replace: bool = False) -> Callable[[Callable], Callable]:
+             needs: tuple[str, ...] = (), replace: bool = False) -> Callable[[Callable], Callable]:
     """Decorator adding ``fn`` to the registry as attack ``name``; returns ``fn`` unchanged.
 
     A name already taken raises ValueError unless ``replace`` is set.
@@ -91,7 +100,8 @@ def register(name: str, *, family: str, description: str, uses_references: bool 
         if name in _REGISTRY and not replace:
             raise ValueError(f"A membership attack named {name!r} is already registered "
                              f"({_REGISTRY[name].family} family); pass replace=True to replace it.")
-        _REGISTRY[name] = MembershipAttack(name, family, fn, description, uses_references)
+        _REGISTRY[name] = MembershipAttack(name, family, fn, description, uses_references,
+                                           tuple(needs))
         return fn
 
     return add

@@ -9,11 +9,15 @@ from jaxpet.attacks import reference, registry
 
 def test_built_in_attacks_in_results_order():
     assert attacks.attack_names("shadow") == ("shadow_mlp", "loss", "confidence", "entropy",
-                                              "modified_entropy")
+                                              "modified_entropy", "label_only",
+                                              "label_only_threshold")
     assert attacks.attack_names("reference") == (
         "lira_online", "lira_online_fixed_variance", "lira_offline", "lira_offline_fixed_variance",
-        "rmia_online", "rmia_offline", "rmia_offline_fitted_a", "global_loss")
-    assert attacks.attack_names() == attacks.attack_names("shadow") + attacks.attack_names("reference")
+        "rmia_online", "rmia_offline", "rmia_offline_fitted_a", "global_loss", "label_only_ref")
+    assert set(attacks.attack_names()) == set(attacks.attack_names("shadow")
+                                              + attacks.attack_names("reference"))
+    assert [a.name for a in attacks.list_attacks() if a.needs] == [
+        "label_only", "label_only_threshold", "label_only_ref"]
     for attack in attacks.list_attacks():
         assert attack.description and callable(attack.fn), attack
     assert [a.name for a in attacks.list_attacks("reference") if not a.uses_references] == ["global_loss"]
