@@ -52,6 +52,27 @@
 #     its 3-posterior row from the same trained models; --max_seconds=70 starts no later case
 #                                                        ~81 s  (box  95 s)
 #   total expected ~509 s; boxes 575 s (+ 3 s grace each before a box's KILL).
+#   5 (WRN=1 adds it after step 4; WRN=only runs steps 0 and 5 alone, in a session of its own)
+#     WideResNet-28-2 with LiRA's recipe (jaxpet.models.lira_recipe: SGD momentum 0.9, L2 5e-4,
+#     lr 0.1 cosine, batch 256, flip + 4-pixel shift), bf16, vmap: K=16 x 2 epochs of 25,000
+#     CIFAR-10 images (the second epoch timed: the rate a 16-model LiRA run trains at), then
+#     K=64 x 2 epochs of 4,096 (does the rate grow with K?). 1,319.6 MFLOP per training image
+#     (XLA's cost analysis of one step at batch 256; an inference forward pass 447.0 MFLOP):
+#     K=16 1.06e15 FLOP = 5 s at 20% of bf16 peak, 21 s at 5%; K=64 6.9e14 FLOP = 3.5 / 14 s
+#     (small-channel convolutions, grouped under vmap: their fraction of peak is what this
+#     step measures); 2 training programs + 1 for the FLOP count x ~20 s, data, start
+#                                                        ~110 s (box 170 s; with WRN=1 the
+#     boxes add up to 745 s, past a 10-minute command: run WRN=only where time is short)
+#     Memory: XLA's CPU memory analysis of one step at batch 256 is ~1.5 GiB per model (bf16
+#     and fp32 alike), so K=64 needs ~96 GiB and a 256-model run goes in groups of <= 64.
+#     Expected time of a full LiRA run, K models x 100 epochs (LiRA's scripts/train_demo.sh)
+#     x 25,000 members x 1.32 GFLOP (K=16: 5.3e16 FLOP), at 40% / 20% / 5% of bf16 peak:
+#       K=16:   133 s /   267 s /  1,070 s
+#       K=64:   533 s / 1,070 s /  4,270 s
+#       K=256: 2,130 s / 4,270 s / 17,100 s (36 min / 71 min / 4.7 h)
+#     The step prints the same from its measured rate (goals.md, WRN line). On the 2-core
+#     development CPU one model (K=1, fp32, batch 256, its CPU forms) trains ~50 images/s
+#     (medians 46 and 54 of two 3-step runs, the CPU shared): 16 models would take ~9 days.
 set -uo pipefail
 DATA=${1:-.gpu_data}; OUTDIR=${2:-/tmp/gpu_out}
 PY=${PYTHON:-python3}
@@ -70,6 +91,7 @@ BATCH=128; BENCH_EXTRA=()
 L_MODELS=64; L_EPOCHS=50; L_TARGETS=4; L_EXTRA=()
 SEED_EXTRA=()
 B0=15; B1=95; B2=155; B2_MAX=115; B3=215; B4=95; B4_MAX=70
+W_SIZES=16:25000,64:4096; W_BATCH=256; W_TINY=0; B5=170  # step 5: K:members per model
 if [[ ${SMOKE:-0} == 1 ]]; then
   T_KS=2,4; T_EX=32; T_FIT=2,4; S_KS=1,2; S_EX=32; S_FIT=1,2; BATCH=16
   BENCH_EXTRA=(--device_memory_gib=139)
@@ -78,7 +100,11 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   SEED_EXTRA=(--train_size=256 --val_size=32 --attack_epochs=1 --width_scale=0.125
               --batch_size=64 --cases=cifar10_p10_e30)
   B0=60; B1=300; B2=600; B2_MAX=300; B3=600; B4=900; B4_MAX=0
+  W_SIZES=2:256,4:128; W_BATCH=32; W_TINY=1; B5=600
 fi
+WRN=${WRN:-0}
+[[ $WRN == 0 || $WRN == 1 || $WRN == only ]] ||
+  { echo "WRN must be 0 (no step 5), 1 (add it) or only (steps 0 and 5), got '$WRN'."; exit 2; }
 
 R=/tmp/gpu_results; rm -rf $R $JAX_COMPILATION_CACHE_DIR; mkdir -p $R "$OUTDIR"
 pack() {
@@ -122,6 +148,7 @@ EOF
 step env $B0 bash -c "nvidia-smi 2>/dev/null | head -15; ls -l $DATA; $PY $R/env.py"
 cat $R/env.log
 
+if [[ $WRN != only ]]; then  # steps 1-4: the session's own goals
 # 1: target width, many models: the rate behind G1, and its memory estimate.
 step benchmark_target $B1 $PY experiments/benchmark.py --workdir=$R/benchmark_target \
   --workloads=cifar10_target --num_models=$T_KS --strategies=vmap \
@@ -143,6 +170,80 @@ step lira64 $B3 $PY experiments/lira.py --workdir=$R/lira64 --dataset=cifar10 \
 # 4: the seed's CIFAR-10 rows at full size, the headline 50-epoch ones first.
 step seed_tables $B4 $PY experiments/seed_tables.py --workdir=$R/seed_tables --datasets=cifar10 \
   --max_seconds=$B4_MAX "${SEED_EXTRA[@]}" --alsologtostderr
+fi
+
+# 5 (WRN=1 or WRN=only): WideResNet-28-2 with LiRA's recipe, vmapped; rates and projected times.
+cat > $R/wrn.py <<'EOF'
+"""WRN-28-2 (LiRA's recipe, vmap): images/s at each K, FLOPs per image, projected LiRA times.
+
+argv: K:members,... batch tiny(0/1) precision out_dir. The second epoch of each K is timed
+(the first includes compiling). Writes out_dir/results.json after every K.
+"""
+import json, pathlib, sys, time
+
+import jax
+import numpy as np
+
+from jaxpet import data, models, splits, training
+from jaxpet.benchmark import throughput
+from jaxpet.benchmark.workloads import peak_flops
+
+sizes = [tuple(int(v) for v in kv.split(":")) for kv in sys.argv[1].split(",")]
+batch, tiny, precision = int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+out = pathlib.Path(sys.argv[5]); out.mkdir(parents=True, exist_ok=True)
+cifar = data.load_dataset("cifar10")
+images, labels = cifar.train.images, cifar.train.labels
+preprocess = data.normalizer("cifar10")
+model = models.wide_resnet(precision=precision, tiny=tiny)
+config = models.lira_recipe(epochs=2, batch_size=batch)
+peak = peak_flops(jax.devices()[0], precision)
+res = {"model": "WRN-10-1" if tiny else "WRN-28-2", "precision": precision, "batch_size": batch,
+       "device": jax.devices()[0].device_kind, "peak_flops": peak, "cells": []}
+save = lambda: (out / "results.json").write_text(json.dumps(res, indent=1))
+state = None
+for k, n in sizes:
+    members = splits.random_member_sets(np.arange(len(labels)), k, n, seed=0)
+    stamps = []
+    mark = lambda e, s, m: (jax.block_until_ready(s.params), stamps.append(time.perf_counter()))
+    start = time.perf_counter()
+    try:
+        result = training.train_ensemble(model, images, labels, members, config, seed=0,
+                                         preprocess=preprocess, strategy="vmap",
+                                         on_epoch_end=mark)
+    except Exception as e:  # e.g. out of device memory: recorded, and the next K tried
+        res["cells"].append({"num_models": k, "examples_per_model": n,
+                             "error": f"{type(e).__name__}: {e}"[:400]})
+        print(f"K={k}: {res['cells'][-1]['error']}", flush=True); save(); continue
+    state = result.state
+    cell = {"num_models": k, "examples_per_model": n, "first_epoch_s": stamps[0] - start,
+            "epoch_s": stamps[1] - stamps[0], "images_per_s": k * n / (stamps[1] - stamps[0]),
+            "loss": [float(h["loss"].mean()) for h in result.history]}
+    res["cells"].append(cell); save()
+    print(f"K={k} x {n}: first epoch (with compile) {cell['first_epoch_s']:.1f} s, timed epoch "
+          f"{cell['epoch_s']:.1f} s = {cell['images_per_s']:.0f} images/s", flush=True)
+measured = sorted((c["num_models"], c["images_per_s"]) for c in res["cells"] if "images_per_s" in c)
+res["projected_s"] = {}
+for k in (16, 64, 256):  # at the rate of the largest measured K <= k (the first one below it)
+    rate = [r for m, r in measured if m <= k] or [r for _, r in measured[:1]]
+    if rate:
+        res["projected_s"][k] = k * 100 * 25_000 / rate[-1]
+        print(f"projected LiRA run, {k} models x 100 epochs x 25,000 members: "
+              f"{res['projected_s'][k] / 60:.1f} min", flush=True)
+save()
+if state is not None:  # FLOPs per training image from one K=1 step (a small compile), last
+    one = jax.tree.map(lambda a: a[:1], state)
+    res["flops_per_image"] = throughput.step_flops(model, config, preprocess, one, images,
+                                                   labels) / batch
+    print(f"{res['flops_per_image'] / 1e6:.1f} MFLOP per training image", flush=True)
+    for cell in res["cells"]:
+        if "images_per_s" in cell and peak:
+            cell["fraction_of_peak"] = cell["images_per_s"] * res["flops_per_image"] / peak
+    save()
+EOF
+if [[ $WRN != 0 ]]; then
+  step wrn $B5 $PY $R/wrn.py $W_SIZES $W_BATCH $W_TINY bfloat16 $R/wrn
+  grep -E "^(K=|projected|[0-9.]+ MFLOP)" $R/wrn.log
+fi
 
 # The goals, read off the results (missing figures say so).
 $PY - $R > $R/goals.md 2>&1 <<'EOF'
@@ -225,6 +326,21 @@ if lira:
           f"best attack {best[0]} AUC {best[1]['auc']['mean']:.3f}.")
 else:
     print("- LiRA: no results.")
+try:
+    wrn = json.loads((r / "wrn" / "results.json").read_text())
+except (OSError, ValueError):
+    wrn = None
+for c in (wrn or {}).get("cells", []):
+    if "error" in c:
+        print(f"- WRN: {wrn['model']} K={c['num_models']}: {c['error']}")
+        continue
+    frac = c.get("fraction_of_peak")
+    print(f"- WRN: {wrn['model']}, LiRA recipe, vmap K={c['num_models']} {wrn['precision']}: "
+          f"{c['images_per_s']:.0f} images/s" + (f", {100 * frac:.1f}% of peak" if frac else "")
+          + ".")
+if (wrn or {}).get("projected_s"):
+    print("- WRN: projected LiRA runs (100 epochs x 25,000 members): " + ", ".join(
+        f"{k} models {s / 60:.0f} min" for k, s in wrn["projected_s"].items()) + ".")
 tables = r / "seed_tables" / "seed_tables.md"
 print("\n" + (tables.read_text() if tables.exists() else "Seed tables: no results.\n"))
 print("Steps (name, exit status, seconds):\n")
