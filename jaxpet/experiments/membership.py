@@ -63,6 +63,10 @@ class Config:
     patience: int = setting(10, "Early-stopping patience in epochs.", low=1,
                             when=("defense", _ES))
     num_shadow: int = setting(1, "Shadow models, trained together in one vmapped call.", low=1)
+    label_only_shift: int = setting(1, "Label-only attacks (Choquette-Choo et al.): each example "
+                                    "is queried for its predicted label only, shifted by up to "
+                                    "this many pixels (|dx| + |dy|), and flipped on CIFAR-10.",
+                                    low=0, high=4)
     precision: str = settings.precision()
     batch_size: int = setting(128, "Target/shadow batch size.", low=1)
     width_scale: float = settings.width_scale()
@@ -87,6 +91,13 @@ class Config:
     def output_dir(self) -> str:
         suffix = "" if self.preset == "seed" else f"_{self.preset}"
         return self.workdir or f"runs/membership_{self.dataset}{suffix}"
+
+    @property
+    def label_only_queries(self) -> attacks.label_only.Queries:
+        """The label-only attacks' augmentations: shifts, and flips where they keep the class
+        (CIFAR-10's objects; not MNIST's digits)."""
+        return attacks.label_only.Queries(max_shift=self.label_only_shift,
+                                          flips=self.dataset == "cifar10")
 
     @property
     def model_norm(self) -> str:
@@ -131,7 +142,8 @@ class Config:
         skip += ("num_shadow",) if role == "target" else ()
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         key = {**fields, "norm": self.model_norm, "data": dataset.digest,
-               "train_size": self.part_size(len(dataset.train))}
+               "train_size": self.part_size(len(dataset.train)),
+               "label_only_queries": dataclasses.asdict(self.label_only_queries)}
         # Validation from unused data changes the sets; the seed's layout keeps its old keys.
         source = self.val_source(len(dataset.train))
         return {**key, "val_source": source} if source == "unused" else key
@@ -240,15 +252,21 @@ def _train_role(role: _Role, model, config: Config, dataset: data.Dataset, prepr
     # One vmapped pass of all K models over every example any of them is evaluated on.
     pool = np.unique(np.concatenate([np.concatenate(c) for c in chosen]))
     pool_post = training.predict(model, variables, train.images[pool], preprocess=preprocess)
+    pool_correct = attacks.label_only.query_correct(model, variables, train.images[pool],
+                                                    train.labels[pool], config.label_only_queries,
+                                                    preprocess=preprocess)
+    correct = []
     post, labels, membership, indices, owner = [], [], [], [], []
     for k, (ins, outs) in enumerate(chosen):
         idx = np.concatenate([ins, outs])
         post.append(pool_post[k, np.searchsorted(pool, idx)])
+        correct.append(pool_correct[k, np.searchsorted(pool, idx)])
         labels.append(train.labels[idx])
         membership.append(np.r_[np.ones(len(ins), np.int32), np.zeros(len(outs), np.int32)])
         indices.append(idx)
         owner.append(np.full(len(idx), k, np.int32))
-    arrays = {"posteriors": np.concatenate(post), "labels": np.concatenate(labels),
+    arrays = {"posteriors": np.concatenate(post), "correct": np.concatenate(correct),
+              "labels": np.concatenate(labels),
               "membership": np.concatenate(membership), "indices": np.concatenate(indices),
               "model": np.concatenate(owner)}
     info = {"train_acc": train_eval["accuracy"].tolist(), "test_acc": test_eval["accuracy"].tolist(),
@@ -296,13 +314,15 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
 
         with run_.timed("attacks"):
             observed = lambda arrays: attacks.LabeledPosteriors(
-                arrays["posteriors"], arrays["labels"], arrays["membership"])
+                arrays["posteriors"], arrays["labels"], arrays["membership"],
+                correct=arrays.get("correct"))
             attack_config = attacks.ShadowAttackConfig(
                 top_k=config.num_posteriors, epochs=config.attack_epochs,
                 thresholds=config.thresholds, confidence=config.confidence)
             outputs = {a.name: a.fn(observed(shadow), observed(target), config=attack_config,
                                     seed=config.seed)
-                       for a in attacks.registry.list_attacks("shadow")}
+                       for a in attacks.registry.list_attacks("shadow")
+                       if a.runs_on(observed(target))}
             # The threshold attacks under the other convention, reported beside.
             other = dataclasses.replace(attack_config, **OTHER_CONVENTION[
                 (config.thresholds, config.confidence)])
@@ -313,6 +333,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
                      "digest": dataset.digest, "pool_size": pool_size, "members_per_model": part,
                      "val_size": config.val_size, "val_source": split.val_source,
+                     "label_only_queries": config.label_only_queries.count,
                      "attack_test_members": int(target["membership"].sum()),
                      "attack_test_non_members": int((1 - target["membership"]).sum())},
             "target": {"train_acc": target_info["train_acc"][0],
@@ -391,6 +412,13 @@ def summary_markdown(results: dict) -> str:
     conv_line = "" if conv is None else (
         f"Threshold attacks: {_SCOPE[conv['thresholds']]}; confidence = "
         f"{_CONF[conv['confidence']]}.\n\n")
+    queries = results["data"].get("label_only_queries")
+    if queries:
+        conv_line += (f"Label-only attacks (Choquette-Choo et al. 2021) see only the predicted "
+                      f"label of {queries} augmented copies of each example (shifts by up to "
+                      f"{c.get('label_only_shift', 1)} pixel(s)"
+                      f"{', with and without a flip' if c['dataset'] == 'cifar10' else ''}), "
+                      "fitted on the shadow.\n\n")
     other_section = "" if other is None else (
         f"\n## Threshold attacks under the other convention\n\n"
         f"{_SCOPE[other['thresholds']]}; confidence = {_CONF[other['confidence']]}.\n\n"

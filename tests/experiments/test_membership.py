@@ -105,20 +105,21 @@ def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(training, "train_ensemble",
                         lambda *a, **k: calls.append(k.get("log_prefix")) or real(*a, **k))
     membership.run(config, dataset=tiny_dataset())
-    assert calls == ["attack "]  # target and shadow were not retrained
+    # Target and shadow were not retrained: only the attack models are.
+    assert calls == ["attack ", "attack label-only "]
     # Another attack on the same models reuses them; another training config does not.
     calls.clear()
     membership.run(_config(tmp_path, epochs=2, attack_epochs=1, num_posteriors=10),
                    dataset=tiny_dataset())
-    assert calls == ["attack "]
+    assert calls == ["attack ", "attack label-only "]
     calls.clear()
     membership.run(_config(tmp_path, epochs=3, attack_epochs=1), dataset=tiny_dataset())
-    assert calls == ["target ", "shadow ", "attack "]
+    assert calls == ["target ", "shadow ", "attack ", "attack label-only "]
     # The same workdir and settings on other data (same shapes and counts): retrained, not reused.
     calls.clear()
     other = membership.run(_config(tmp_path, epochs=3, attack_epochs=1),
                            dataset=tiny_dataset(seed=1))
-    assert calls == ["target ", "shadow ", "attack "]
+    assert calls == ["target ", "shadow ", "attack ", "attack label-only "]
     assert other["data"]["digest"] == tiny_dataset(seed=1).digest != tiny_dataset().digest
     # A truncated stage file is discarded and that stage recomputed; the other is reused.
     shadow_file = next(p for p in stages.glob("shadow-*.npz")
@@ -128,7 +129,7 @@ def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch
     shadow_file.write_bytes(shadow_file.read_bytes()[:100])
     calls.clear()
     membership.run(_config(tmp_path, epochs=3, attack_epochs=1), dataset=tiny_dataset(seed=1))
-    assert calls == ["shadow ", "attack "]
+    assert calls == ["shadow ", "attack ", "attack label-only "]
 
 
 def test_several_shadow_models_train_together(tmp_path, make_dataset):
