@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxpet import (config as config_lib, data, metrics, models, progress, report, runs, splits,
                     training)
+from jaxpet import attacks as attacks_lib
 from jaxpet.attacks import lira as lira_attack
 from jaxpet.attacks import reference, registry
 from jaxpet.config import setting
@@ -96,6 +97,7 @@ class Config:
     flip_queries: bool = setting(True, "Query each image's horizontal flip too and average the "
                                  "two (images only; turn off where a flip changes the class, "
                                  "e.g. digits).")
+    label_only_shift: int = settings.label_only_shift()  # images only; flips with --flip_queries
     rmia_signal: str = settings.rmia_signal()
     lira_convention: str = settings.lira_convention()
     fpr_rule: str = settings.fpr_rule()
@@ -379,13 +381,18 @@ def run(config: Config) -> dict[str, Any]:
             target_vars = checkpoint_digest = None
         keep = reference_sets(config, target_keep)
         queries = 2 if audit.kind == "images" and config.flip_queries else 1
+        # Label-only queries (images only): shifts, and flips where --flip_queries allows them.
+        label_queries = (attacks_lib.label_only.Queries(max_shift=config.label_only_shift,
+                                                        flips=queries == 2)
+                         if audit.kind == "images" else None)
         key = {"data": audit.digest, "model": _model_identity(model, sample),
                "pool": pool, "population": population, "target": checkpoint_digest,
                "preprocess": repr(audit.preprocess),
                "target_keep": target_keep, **{k: getattr(config, k) for k in (
                    "seed", "num_references", "references", "pool_size", "population_size", "epochs",
                    "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
-                   "schedule", "lr_decay", "augment", "precision", "flip_queries")}}
+                   "schedule", "lr_decay", "augment", "precision", "flip_queries")},
+               "label_only": (dataclasses.asdict(label_queries) if label_queries else None)}
 
         def train_and_query():
             sets = ([target_keep] if target_vars is None else []) + list(keep)
@@ -403,9 +410,13 @@ def run(config: Config) -> dict[str, Any]:
                                                     preprocess=audit.preprocess,
                                                     batch_size=config.eval_batch_size,
                                                     flips=queries == 2)
-            return ({"logits": query(audit.x[pool]),
-                     "population_logits": query(audit.test_x[population])},
-                    {"train_seconds": result.seconds})
+            arrays = {"logits": query(audit.x[pool]),
+                      "population_logits": query(audit.test_x[population])}
+            if label_queries is not None:
+                arrays["correct"] = attacks_lib.label_only.query_correct(
+                    model, variables, audit.x[pool], audit.y[pool], label_queries,
+                    preprocess=audit.preprocess, batch_size=config.eval_batch_size)
+            return arrays, {"train_seconds": result.seconds}
 
         trained = len(keep) + (1 if target_vars is None else 0)
         run_.expect("audit", config.epochs * trained * len(pool) / 2, stage="logits")
@@ -417,6 +428,7 @@ def run(config: Config) -> dict[str, Any]:
             signals = lira_attack.Signals.from_logits(
                 saved["logits"], audit.y[pool], saved["population_logits"],
                 audit.test_y[population], rmia_signal=config.rmia_signal)
+            signals = dataclasses.replace(signals, correct=saved.get("correct"))
             all_keep = np.concatenate([target_keep[None], keep])
             scores = reference.attack_scores(signals, all_keep, 0,
                                              list(range(1, config.num_references + 1)),
@@ -424,7 +436,7 @@ def run(config: Config) -> dict[str, Any]:
                                                  num_queries=queries,
                                                  lira_convention=config.lira_convention,
                                                  fpr_rule=config.fpr_rule),
-                                             attacks=attack_names(config))
+                                             attacks=attack_names(config, signals))
             attacks = {name: reference.attack_metrics(target_keep, s, fpr_rule=config.fpr_rule)
                        for name, s in scores.items()}
         hits = saved["logits"][0, :, 0].argmax(-1) == audit.y[pool]
@@ -468,10 +480,12 @@ def reference_sets(config: Config, target_keep: np.ndarray) -> np.ndarray:
     return keep
 
 
-def attack_names(config: Config) -> list[str]:
+def attack_names(config: Config, signals=None) -> list[str]:
     """Every reference-family attack (online references), or those that need no reference
-    trained on the target's members (offline)."""
-    names = registry.attack_names("reference")
+    trained on the target's members (offline); of those, the ones ``signals`` can feed (the
+    label-only attack needs image queries)."""
+    names = [n for n in registry.attack_names("reference")
+             if signals is None or registry.get_attack(n).runs_on(signals)]
     if config.references == "online":
         return list(names)
     return [n for n in names if "offline" in n or not registry.get_attack(n).uses_references]

@@ -63,10 +63,7 @@ class Config:
     patience: int = setting(10, "Early-stopping patience in epochs.", low=1,
                             when=("defense", _ES))
     num_shadow: int = setting(1, "Shadow models, trained together in one vmapped call.", low=1)
-    label_only_shift: int = setting(1, "Label-only attacks (Choquette-Choo et al.): each example "
-                                    "is queried for its predicted label only, shifted by up to "
-                                    "this many pixels (|dx| + |dy|), and flipped on CIFAR-10.",
-                                    low=0, high=4)
+    label_only_shift: int = settings.label_only_shift()  # flips on CIFAR-10, not on digits
     precision: str = settings.precision()
     batch_size: int = setting(128, "Target/shadow batch size.", low=1)
     width_scale: float = settings.width_scale()

@@ -74,3 +74,9 @@ def rmia_signal():
     return setting("softmax", "RMIA's Pr(x|theta): softmax (the true class's probability) or "
                    "taylor_soft_margin (RMIA's released CIFAR-10 setting: temperature 2, margin "
                    "0.6, 4 Taylor terms).", choices=lira.RMIA_SIGNALS)
+
+
+def label_only_shift():
+    return setting(1, "Label-only attacks (Choquette-Choo et al. 2021): each example is queried "
+                   "for its predicted label only, shifted by up to this many pixels (|dx| + |dy|) "
+                   "and flipped where flips keep the class.", low=0, high=4)

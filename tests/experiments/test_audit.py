@@ -109,6 +109,10 @@ def test_images_with_a_batchnorm_module_without_mask(tmp_path, user_models):
                                 epochs=8, population_size=20))
     assert results["data"]["queries"] == 2 and results["attacks"]["lira_online"]["auc"] > 0.55
     assert (tmp_path / "audit" / "exposed.png").stat().st_size > 0
+    # Images get the label-only attack too: 10 queries (5 shifts, with and without a flip).
+    assert 0 <= results["attacks"]["label_only_ref"]["auc"] <= 1
+    stage = next((tmp_path / "audit" / "stages").glob("logits-*.npz"))
+    assert np.load(stage)["correct"].shape[-1] == 10
 
 
 def test_a_tfds_dataset_by_name(tmp_path, user_models, monkeypatch):
