@@ -34,7 +34,7 @@ from jaxpet.attacks import reference, registry
 from jaxpet.config import setting
 from jaxpet.experiments import settings
 
-BUILTIN_MODELS = ("seed_cnn", "mlp")
+BUILTIN_MODELS = ("seed_cnn", "mlp", "wrn")
 BUILTIN_DATASETS = ("cifar10", "mnist")
 TARGETS = ("train", "checkpoint")
 
@@ -45,7 +45,10 @@ class Config:
 
     model: str = setting("seed_cnn", "The model: an import path module:function to a function "
                          "that takes num_classes and returns a Flax module called as "
-                         "module(x, train), or one of jaxpet's: seed_cnn (the seed's CNN), mlp.")
+                         "module(x, train), or one of jaxpet's: seed_cnn (the seed's CNN), mlp, "
+                         "wrn (WideResNet-28-2, the published LiRA/RMIA model; its recipe is "
+                         "--optimizer=sgd --learning_rate=0.1 --momentum=0.9 --weight_decay=5e-4 "
+                         "--schedule=cosine --augment --batch_size=256 --epochs=100).")
     data: str = setting("cifar10", "cifar10, mnist, tfds:<name> (any TensorFlow Datasets "
                         "image-classification dataset, e.g. tfds:fashion_mnist), or a path to an "
                         ".npz with 'images' (uint8 or float, NHWC) or 'features' (float vectors) "
@@ -228,6 +231,9 @@ def make_model(config: Config, num_classes: int) -> nn.Module:
     if config.model == "seed_cnn":
         return models.SeedCNN(*(max(1, round(w * config.width_scale)) for w in (128, 256, 256)),
                               num_classes=num_classes, dtype=models.compute_dtype(config.precision))
+    if config.model == "wrn":  # --width_scale scales the widen factor 2
+        return models.wide_resnet(28, max(1, round(2 * config.width_scale)),
+                                  num_classes=num_classes, precision=config.precision)
     if config.model == "mlp":
         return models.MLP(hidden_sizes=(max(1, round(256 * config.width_scale)),),
                           num_classes=num_classes, dtype=models.compute_dtype(config.precision))

@@ -25,6 +25,8 @@ from jaxpet.config import setting
 from jaxpet.experiments import settings
 
 DEFENSES = ("none", "dpsgd")
+MODELS = ("seed_cnn", "wrn")
+RECIPES = ("adam", "lira")
 DATASETS = ("cifar10", "mnist")
 
 
@@ -46,10 +48,22 @@ class Config:
                                     low=2)
     population_size: int = setting(10_000, "Test-split examples used as RMIA's reference "
                                    "population z (capped at the split's size).", low=1)
-    epochs: int = setting(50, "Training epochs of every model.", low=1)
-    batch_size: int = setting(128, "Batch size per model.", low=1)
-    learning_rate: float = setting(1e-3, "Adam learning rate (decayed x0.96 per epoch).", low=0,
-                                   low_open=True, high=10)
+    epochs: int = setting(50, "Training epochs of every model (the LiRA recipe's published "
+                          "count is 100).", low=1)
+    model: str = setting("seed_cnn", "Architecture: seed_cnn (the seed's CNN, --width_scale) or "
+                         "wrn (WideResNet, --wrn_depth/--wrn_width; WRN-28-2 is the model of "
+                         "every published LiRA/RMIA CIFAR-10 figure).", choices=MODELS)
+    wrn_depth: int = setting(28, "WideResNet depth, 6n+4.", low=10, when=("model", ("wrn",)))
+    wrn_width: int = setting(2, "WideResNet widen factor.", low=1, when=("model", ("wrn",)))
+    recipe: str = setting("adam", "Training recipe: adam (the seed's: Adam, lr x0.96 per epoch, "
+                          "--learning_rate, --batch_size) or lira (LiRA's and RMIA's: SGD "
+                          "momentum 0.9, weight decay 5e-4, lr 0.1 on a cosine schedule, batch "
+                          "256, flips and 4-pixel shifts).", choices=RECIPES)
+    batch_size: int = setting(128, "Batch size per model (--recipe=adam).", low=1,
+                              when=("recipe", ("adam",)))
+    learning_rate: float = setting(1e-3, "Adam learning rate, decayed x0.96 per epoch "
+                                   "(--recipe=adam).", low=0, low_open=True, high=10,
+                                   when=("recipe", ("adam",)))
     width_scale: float = settings.width_scale()
     precision: str = settings.precision()
     defense: str = setting("none", "Training defence: none, or dpsgd (GroupNorm CNNs, "
@@ -91,6 +105,15 @@ class Config:
             raise config_lib.ConfigError(
                 f"--max_reference_sweep={self.max_reference_sweep} exceeds the "
                 f"{self.num_models - 1} other models a target has — use at most that.")
+        if self.model == "wrn" and self.defense == "dpsgd":
+            raise config_lib.ConfigError("--model=wrn uses BatchNorm, which mixes examples and so "
+                                         "breaks DP-SGD's per-example bound — use the seed CNN "
+                                         "(GroupNorm under --defense=dpsgd).")
+        if self.model == "wrn":
+            models.wide_resnet_blocks(self.wrn_depth)  # 6n+4, or a clear error
+        if self.recipe == "lira" and self.dataset == "mnist":
+            raise config_lib.ConfigError("--recipe=lira flips images, which does not preserve "
+                                         "digit labels: use it with --dataset=cifar10.")
         if self.augment_training and self.dataset == "mnist":
             raise config_lib.ConfigError("--augment_training flips images, which does not "
                                          "preserve digit labels: use it with --dataset=cifar10.")
@@ -111,9 +134,11 @@ class Config:
                 f"--population_size={self.population_size} is larger than the test split "
                 f"({len(dataset.test)}) it is drawn from — use at most {len(dataset.test)}.")
         members = (self.pool_size or len(dataset.train)) // 2
-        if self.batch_size > members:
-            raise config_lib.ConfigError(f"--batch_size={self.batch_size} is larger than a "
-                                         f"model's ~{members} members — lower it.")
+        batch = self.train_config().batch_size
+        if batch > members:
+            raise config_lib.ConfigError(f"the batch of {batch} (--batch_size, or the lira "
+                                         f"recipe's 256) is larger than a model's ~{members} "
+                                         "members — lower it or enlarge --pool_size.")
 
     def attack_config(self) -> reference.AttackConfig:
         return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
@@ -135,9 +160,32 @@ class Config:
             "dataset", "seed", "num_models", "epochs", "batch_size", "learning_rate",
             "width_scale", "precision", "defense", "augment_training", "dp_noise_multiplier",
             "dp_clip_norm")}
+        if self.model != "seed_cnn" or self.recipe != "adam":  # the seed's keys stay as they were
+            fields.update(model=self.model, recipe=self.recipe)
+            if self.model == "wrn":
+                fields.update(wrn_depth=self.wrn_depth, wrn_width=self.wrn_width)
         return {**fields, "data": dataset.digest,
                 "pool_size": self.pool_size or len(dataset.train),
                 "population_size": min(self.population_size, len(dataset.test))}
+
+    def make_model(self):
+        """The architecture every model of the run shares."""
+        if self.model == "wrn":
+            return models.wide_resnet(self.wrn_depth, self.wrn_width, precision=self.precision)
+        return models.seed_cnn(self.dataset, "target", precision=self.precision,
+                               width_scale=self.width_scale,
+                               norm="group" if self.defense == "dpsgd" else "batch")
+
+    def train_config(self) -> training.TrainConfig:
+        """The recipe's TrainConfig (augmentation on with --augment_training or the lira
+        recipe; DP-SGD with --defense=dpsgd)."""
+        dp = dict(dpsgd=self.defense == "dpsgd", dp_clip_norm=self.dp_clip_norm,
+                  dp_noise_multiplier=self.dp_noise_multiplier)
+        if self.recipe == "lira":
+            return models.lira_recipe(epochs=self.epochs, **dp)
+        return training.TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            augment="flip_crop" if self.augment_training else "none", **dp)
 
 
 # The files a run writes besides config.json and results.json.
@@ -156,17 +204,11 @@ def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
     population = np.sort(rng.choice(len(dataset.test), key["population_size"], replace=False))
     keep = splits.balanced_keep_mask(len(pool), config.num_models, config.seed)
     images, labels = dataset.train.images[pool], dataset.train.labels[pool]
-    model = models.seed_cnn(config.dataset, "target", precision=config.precision,
-                            width_scale=config.width_scale,
-                            norm="group" if config.defense == "dpsgd" else "batch")
+    model = config.make_model()
     preprocess = data.normalizer(config.dataset)
     logging.info("Training %d models at once, each on about half (%d-%d) of %d pool examples",
                  config.num_models, keep.sum(1).min(), keep.sum(1).max(), len(pool))
-    train_config = training.TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        augment="flip_crop" if config.augment_training else "none",
-        dpsgd=config.defense == "dpsgd", dp_clip_norm=config.dp_clip_norm,
-        dp_noise_multiplier=config.dp_noise_multiplier)
+    train_config = config.train_config()
     result = training.train_ensemble(
         model, images, labels, splits.MemberSets.from_mask(keep), train_config, seed=config.seed,
         preprocess=preprocess, log_prefix="lira ", mesh=training.default_mesh(config.strategy),
@@ -302,6 +344,20 @@ PUBLISHED = {
 }
 
 
+def _model_words(c: dict) -> str:
+    if c.get("model", "seed_cnn") == "wrn":
+        return f"WRN-{c['wrn_depth']}-{c['wrn_width']} models"
+    return f"seed CNNs (width x{c['width_scale']})"
+
+
+def _recipe_words(c: dict) -> str:
+    if c.get("recipe", "adam") == "lira":
+        return ("LiRA/RMIA recipe: SGD momentum 0.9, weight decay 5e-4, lr 0.1 cosine, batch 256, "
+                "random flips and crops")
+    augment = "random flips and crops" if c["augment_training"] else "no training augmentation"
+    return f"Adam lr {c['learning_rate']}, batch {c['batch_size']}, {augment}"
+
+
 def _mean_std(stat: dict, pct: bool = False) -> str:
     return report.plus_minus(stat["mean"], stat["std"], scale=100 if pct else 1,
                              digits=2 if pct else 4, show_zero=True)
@@ -347,9 +403,8 @@ def summary_markdown(results: dict) -> str:
     return (
         f"# LiRA and RMIA: {c['dataset']}\n\n"
         f"{report.epsilon_sentence(results.get('privacy'), c['dp_clip_norm'])}"
-        f"{c['num_models']} seed CNNs (width x{c['width_scale']}, {c['precision']}, "
-        f"{c['epochs']} epochs, Adam lr {c['learning_rate']}, batch {c['batch_size']}, "
-        f"{'random flips and crops' if c['augment_training'] else 'no training augmentation'}), "
+        f"{c['num_models']} {_model_words(c)} ({c['precision']}, {c['epochs']} epochs, "
+        f"{_recipe_words(c)}), "
         f"each trained on a random half of a {d['pool_size']}-example pool from the train split "
         f"(balanced keep mask). Model accuracy: members {100 * m['train_acc']:.2f}%, pool "
         f"non-members {100 * m['pool_non_member_acc']:.2f}%, test {100 * m['test_acc']:.2f}%. "

@@ -216,3 +216,10 @@ def test_offline_references_never_train_on_the_targets_members(tmp_path, user_mo
                                        "rmia_offline", "rmia_offline_fitted_a", "global_loss"}
     assert results["attacks"]["lira_offline"]["auc"] > 0.6
     assert results["most_exposed"][0]["attack"] == "lira_offline"
+
+
+def test_the_built_in_wide_resnet_is_the_published_architecture():
+    config = audit.Config(model="wrn", data="cifar10", width_scale=0.5)
+    model = audit.make_model(config, 10)
+    assert (model.depth, model.width) == (28, 1)  # widen factor 2 x 0.5
+    assert (audit.make_model(audit.Config(model="wrn", data="cifar10"), 10).width) == 2

@@ -32,6 +32,10 @@ def _dataset(make_dataset, seed=0):
     (dict(dp_clip_norm=3.0), "dp_clip_norm=3.0 has no effect unless --defense is dpsgd"),
     (dict(num_targets=17), "num_targets must be at most"),
     (dict(dataset="mnist", augment_training=True), "augment_training"),
+    (dict(dataset="mnist", recipe="lira", batch_size=128), "recipe=lira flips"),
+    (dict(model="wrn", defense="dpsgd", batch_size=128), "BatchNorm"),
+    (dict(model="wrn", wrn_depth=27, batch_size=128), "6n\\+4"),
+    (dict(recipe="lira", learning_rate=0.5), "learning_rate=0.5 has no effect"),
 ])
 def test_bad_config_raises_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -112,3 +116,22 @@ def test_dpsgd_run_reports_epsilon(tmp_path, make_dataset):
     spent = results["privacy"]
     assert spent["noise_multiplier"] == 2.0 and 0 < spent["epsilon"] < float("inf")
     assert "epsilon" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_a_wide_resnet_with_the_lira_recipe_runs_end_to_end(tmp_path, make_dataset):
+    """The field's architecture and recipe, at a tiny width and depth (WRN-10-1)."""
+    dataset = make_dataset(n_train=600, n_test=40, name="cifar10", shape=(8, 8, 3))
+    config = lira.Config(dataset="cifar10", workdir=str(tmp_path / "wrn"), num_models=2,
+                         pool_size=560, population_size=40, epochs=1, model="wrn", wrn_depth=10,
+                         wrn_width=1, recipe="lira", max_reference_sweep=1)
+    train = config.train_config()
+    assert (train.optimizer, train.momentum, train.weight_decay, train.schedule, train.augment,
+            train.batch_size, train.learning_rate) == ("sgd", 0.9, 5e-4, "cosine", "flip_crop",
+                                                         256, 0.1)
+    results = lira.run(config, dataset=dataset)
+    assert results["data"]["pool_size"] == 560
+    assert 0 <= results["attacks"]["lira_online"]["auc"]["mean"] <= 1
+    text = (tmp_path / "wrn" / "summary.md").read_text()
+    assert "2 WRN-10-1 models" in text and "LiRA/RMIA recipe" in text
+    key = config.training_key(dataset)
+    assert (key["model"], key["recipe"], key["wrn_depth"]) == ("wrn", "lira", 10)
