@@ -70,6 +70,13 @@
 #       K=16:   133 s /   267 s /  1,070 s
 #       K=64:   533 s / 1,070 s /  4,270 s
 #       K=256: 2,130 s / 4,270 s / 17,100 s (36 min / 71 min / 4.7 h)
+#     The full runs themselves, each a session of its own (the LiRA experiment with the same
+#     model and recipe; --precision=bfloat16; K=256 under lax.map, one model's memory at a time):
+#       python experiments/lira.py --dataset=cifar10 --model=wrn --recipe=lira --epochs=100 \
+#         --num_models=16 --precision=bfloat16 --workdir=runs/lira_wrn28_2_16
+#       ... --num_models=64 --strategy=vmap ...   ... --num_models=256 --strategy=map ...
+#     laid beside LiRA's code (16 models: online AUC 0.668, TPR@0.1%FPR 1.7%; fixed variance
+#     0.686 / 5.9%) with --lira_convention=code --fpr_rule=lt, and RMIA's paper (254: 0.7225).
 #     The step prints the same from its measured rate (goals.md, WRN line). On the 2-core
 #     development CPU one model (K=1, fp32, batch 256, its CPU forms) trains ~50 images/s
 #     (medians 46 and 54 of two 3-step runs, the CPU shared): 16 models would take ~9 days.
