@@ -189,7 +189,7 @@ class Config:
 
 
 # The files a run writes besides config.json and results.json.
-OUTPUTS = ("roc.png", "sweep.png", "summary.md")
+OUTPUTS = ("roc.png", "sweep.png", "summary.md", "scores.npz")
 
 
 def summary_path(config: Config) -> str:
@@ -313,6 +313,9 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                         "predict": float(info["predict_seconds"])},
             "published": PUBLISHED,
         })
+        # Target model 0's scores, in the layout compare.py overlays (membership + score_<attack>).
+        runs.write_npz(run_.path / "scores.npz", membership=main["labels"].astype(np.int32),
+                       **{f"score_{name}": s for name, s in main["scores"].items()})
         runs.save_figure(report.roc_figure(
             {name: (main["labels"], main["scores"][name]) for name in main["scores"]},
             title=f"{config.dataset}: {num_models} models, target model 0"), run_.path / "roc.png")

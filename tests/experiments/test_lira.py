@@ -52,7 +52,8 @@ def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_
     results = lira.run(_config(tmp_path), dataset=_dataset(make_dataset))
     workdir = tmp_path / "run"
     check_common_schema(results, workdir)
-    for name in ("results.json", "summary.md", "roc.png", "sweep.png", "config.json"):
+    for name in ("results.json", "summary.md", "roc.png", "sweep.png", "config.json",
+                 "scores.npz"):
         assert (workdir / name).stat().st_size > 0, name
     saved = json.loads((workdir / "results.json").read_text())
     for key in ("config", "data", "models", "attacks", "per_target", "sweep", "seconds",
@@ -95,6 +96,10 @@ def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_
     assert other["attacks"]["lira_online"] != saved["attacks"]["lira_online"]
     assert other["attacks"]["rmia_online"]["auc"] == saved["attacks"]["rmia_online"]["auc"]
     assert "## Under the other conventions: LiRA code, FPR < level" in text
+    # Target 0's scores, in the layout compare.py overlays.
+    from jaxpet import compare
+    overlaid = compare.scores(compare.RunRecord(workdir, saved))
+    assert set(overlaid) == set(saved["attacks"]) and len(overlaid["lira_online"][0]) == 64
 
     # A rerun with other scoring knobs reuses the logits and trains nothing.
     def no_training(*args, **kwargs):
