@@ -48,7 +48,7 @@ class Config:
                          "module(x, train), or one of jaxpet's: seed_cnn (the seed's CNN), mlp, "
                          "wrn (WideResNet-28-2, the published LiRA/RMIA model; its recipe is "
                          "--optimizer=sgd --learning_rate=0.1 --momentum=0.9 --weight_decay=5e-4 "
-                         "--schedule=cosine --augment --batch_size=256 --epochs=100).")
+                         "--schedule=lira_cosine --augment --batch_size=256 --epochs=100).")
     data: str = setting("cifar10", "cifar10, mnist, tfds:<name> (any TensorFlow Datasets "
                         "image-classification dataset, e.g. tfds:fashion_mnist), or a path to an "
                         ".npz with 'images' (uint8 or float, NHWC) or 'features' (float vectors) "

@@ -33,7 +33,10 @@ _CROP_PAD = 4
 OPTIMIZERS = ("adam", "sgd")
 # exponential: learning_rate * lr_decay**epoch (the seed's); constant; cosine: from
 # learning_rate down to 0 over schedule_epochs (default: epochs), one value per epoch.
-SCHEDULES = ("exponential", "constant", "cosine")
+SCHEDULES = ("exponential", "constant", "cosine", "lira_cosine")
+# Which parameters weight_decay applies to: every one, or only conv and dense kernels (as LiRA's
+# code, whose L2 term sums the ".w" variables).
+DECAYED = ("all", "kernels")
 
 
 def augment_batch(key, x, pad: int = _CROP_PAD):
@@ -91,7 +94,8 @@ class TrainConfig:
     optimizer: str = "adam"  # one of OPTIMIZERS; both with coupled L2 weight_decay
     momentum: float = 0.9  # SGD's momentum (optimizer="sgd" only)
     schedule: str = "exponential"  # one of SCHEDULES
-    schedule_epochs: int = 0  # the cosine schedule's length in epochs; 0: epochs
+    schedule_epochs: int = 0  # the cosine schedules' length in epochs; 0: epochs
+    decayed: str = "all"  # one of DECAYED
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -109,6 +113,9 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise UserError(f"TrainConfig.schedule must be one of {SCHEDULES}, got "
                             f"{self.schedule!r}.")
+        if self.decayed not in DECAYED:
+            raise UserError(f"TrainConfig.decayed must be one of {DECAYED}, got "
+                            f"{self.decayed!r}.")
         _check_real("momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)")
         _check_int("schedule_epochs", self.schedule_epochs, 0)
         if self.augment not in AUGMENTATIONS:
@@ -130,6 +137,13 @@ class TrainConfig:
         if self.schedule == "cosine":
             horizon = self.schedule_epochs or self.epochs
             return self.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch / horizon, 1)))
+        if self.schedule == "lira_cosine":
+            # LiRA's code: lr * cos(7 pi t / 16) * min(1, 100 t), t the training progress (a
+            # 1% linear warm-up, ending at cos(7 pi / 16) = 0.195 lr); per epoch here, at the
+            # epoch's midpoint.
+            horizon = self.schedule_epochs or self.epochs
+            t = jnp.minimum((epoch + 0.5) / horizon, 1)
+            return self.learning_rate * jnp.cos(7 * jnp.pi * t / 16) * jnp.minimum(1, 100 * t)
         return self.learning_rate * self.lr_decay ** epoch
 
 
@@ -169,7 +183,11 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
             step = optax.sgd(learning_rate, momentum=config.momentum or None)
         else:
             step = optax.adam(learning_rate)
-        return optax.chain(optax.add_decayed_weights(weight_decay), step)
+        mask = None
+        if config.decayed == "kernels":
+            mask = lambda params: jax.tree_util.tree_map_with_path(
+                lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask), step)
 
     return optax.inject_hyperparams(with_l2)(
         learning_rate=config.learning_rate, weight_decay=config.weight_decay

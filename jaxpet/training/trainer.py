@@ -169,8 +169,9 @@ def _run_epoch(strategy, model, config, preprocess, state, images, labels, membe
     """One epoch of the whole ensemble by ``strategy``; returns (state, [K] metrics)."""
     # The epoch program does not depend on the number of epochs: one compile serves all runs.
     # (A cosine schedule keeps its length in schedule_epochs.)
+    cosine = config.schedule in ("cosine", "lira_cosine")
     config = dataclasses.replace(config, epochs=1, schedule_epochs=(
-        config.schedule_epochs or config.epochs) if config.schedule == "cosine" else 0)
+        config.schedule_epochs or config.epochs) if cosine else 0)
     if strategy == "vmap":
         return train_ensemble_epoch(model, config, preprocess, state, images, labels,
                                     member_indices, member_counts, val_indices, val_counts, epoch)

@@ -131,7 +131,7 @@ def test_a_wide_resnet_with_the_lira_recipe_runs_end_to_end(tmp_path, make_datas
                          wrn_width=1, recipe="lira", max_reference_sweep=1)
     train = config.train_config()
     assert (train.optimizer, train.momentum, train.weight_decay, train.schedule, train.augment,
-            train.batch_size, train.learning_rate) == ("sgd", 0.9, 5e-4, "cosine", "flip_crop",
+            train.batch_size, train.learning_rate) == ("sgd", 0.9, 5e-4, "lira_cosine", "flip_crop",
                                                          256, 0.1)
     results = lira.run(config, dataset=dataset)
     assert results["data"]["pool_size"] == 560

@@ -136,3 +136,27 @@ def test_batchnorm_without_mask_and_fewer_members_than_a_batch_is_refused():
         training.train_ensemble(PlainCNN(), images, labels,
                                 splits.MemberSets.from_lists([np.arange(6), np.arange(20)]),
                                 CONFIG)
+
+
+def test_lira_cosine_schedule_by_hand():
+    config = training.TrainConfig(epochs=100, learning_rate=0.1, schedule="lira_cosine",
+                                  optimizer="sgd")
+    # Epoch 0's midpoint: t = 0.005, warm-up factor 0.5; epoch 50: t = 0.505; the last: 0.995.
+    for epoch, t, warm in ((0, 0.005, 0.5), (50, 0.505, 1.0), (99, 0.995, 1.0)):
+        expected = 0.1 * np.cos(7 * np.pi * t / 16) * warm
+        np.testing.assert_allclose(float(config.learning_rate_at(epoch)), expected, rtol=1e-6)
+
+
+def test_weight_decay_on_kernels_only_leaves_biases_and_scales_alone():
+    params = {"conv": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+              "norm": {"scale": jnp.ones(2)}}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for decayed, decays in (("kernels", {"kernel"}), ("all", {"kernel", "bias", "scale"})):
+        config = training.TrainConfig(optimizer="sgd", momentum=0.0, learning_rate=1.0,
+                                      weight_decay=0.5, decayed=decayed)
+        optimizer = training.make_optimizer(config)
+        updates, _ = optimizer.update(zero, optimizer.init(params), params)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(updates):
+            name = path[-1].key
+            # A zero gradient plus 0.5 * w, times -lr: -0.5 where decayed, 0 elsewhere.
+            np.testing.assert_allclose(leaf, -0.5 if name in decays else 0.0, err_msg=name)
