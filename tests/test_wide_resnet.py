@@ -119,8 +119,8 @@ def test_lira_recipe():
     config = models.lira_recipe()
     assert (config.epochs, config.batch_size, config.learning_rate) == (100, 256, 0.1)
     assert (config.optimizer, config.momentum, config.weight_decay) == ("sgd", 0.9, 5e-4)
-    assert (config.schedule, config.augment, config.decayed) == ("lira_cosine", "flip_crop",
-                                                               "kernels")
+    assert (config.schedule, config.augment, config.decayed, config.ema) == (
+        "lira_cosine", "flip_crop", "kernels", 0.999)
     assert "cosine" in training.SCHEDULES and "flip_crop" in training.AUGMENTATIONS
     assert models.lira_recipe(3, batch_size=16).batch_size == 16
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):

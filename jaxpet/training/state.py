@@ -96,6 +96,9 @@ class TrainConfig:
     schedule: str = "exponential"  # one of SCHEDULES
     schedule_epochs: int = 0  # the cosine schedules' length in epochs; 0: epochs
     decayed: str = "all"  # one of DECAYED
+    # An exponential moving average of the weights (and BatchNorm statistics) with this momentum,
+    # debiased, is what the trained model predicts with (LiRA's code: 0.999); 0: off.
+    ema: float = 0.0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -113,6 +116,10 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise UserError(f"TrainConfig.schedule must be one of {SCHEDULES}, got "
                             f"{self.schedule!r}.")
+        _check_real("ema", self.ema, lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.ema and self.early_stopping:
+            raise UserError("TrainConfig.ema and early_stopping both choose the weights the model "
+                            "predicts with — use one of them.")
         if self.decayed not in DECAYED:
             raise UserError(f"TrainConfig.decayed must be one of {DECAYED}, got "
                             f"{self.decayed!r}.")
@@ -162,15 +169,28 @@ class ModelState:
     best_val_acc: jax.Array
     best_epoch: jax.Array
     epochs_since_best: jax.Array
+    # The weights' moving average (None unless TrainConfig.ema): sums started at 0, and
+    # 1 - ema^steps, which debiases them.
+    ema_params: Any = None
+    ema_batch_stats: Any = None
+    ema_norm: Any = None
 
     @property
     def num_models(self) -> int:
         return int(jax.tree.leaves(self.rng)[0].shape[0])
 
     def variables(self, use_best: bool = False):
-        """Flax variables for ``model.apply``; the best-validation ones when asked and kept."""
+        """Flax variables for ``model.apply``; with ``use_best``, the ones the trained model
+        predicts with: the best-validation ones under early stopping, the debiased moving
+        average under TrainConfig.ema, else the last."""
         if use_best and self.best_params is not None:
             return {"params": self.best_params, "batch_stats": self.best_batch_stats}
+        if use_best and self.ema_params is not None:
+            norm = jnp.maximum(self.ema_norm, 1e-12)
+            debias = lambda tree: jax.tree.map(
+                lambda x: x / norm.reshape(norm.shape + (1,) * (x.ndim - norm.ndim)), tree)
+            return {"params": debias(self.ema_params),
+                    "batch_stats": debias(self.ema_batch_stats)}
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
@@ -237,6 +257,9 @@ def init_model_state(model: nn.Module, config: TrainConfig, key, sample_input) -
         best_val_acc=jnp.full((), -1.0, jnp.float32),
         best_epoch=jnp.full((), -1, jnp.int32),
         epochs_since_best=jnp.zeros((), jnp.int32),
+        ema_params=jax.tree.map(jnp.zeros_like, params) if config.ema else None,
+        ema_batch_stats=jax.tree.map(jnp.zeros_like, batch_stats) if config.ema else None,
+        ema_norm=jnp.zeros((), jnp.float32) if config.ema else None,
     )
 
 
@@ -315,6 +338,12 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
         opt_state=opt_state,
         step=state.step + 1,
     )
+    if config.ema:  # after every applied step, as LiRA's code updates its EMA model
+        m = config.ema
+        blend = lambda avg, new: jax.tree.map(lambda a, n: m * a + (1 - m) * n, avg, new)
+        updated = updated.replace(ema_params=blend(state.ema_params, updated.params),
+                                  ema_batch_stats=blend(state.ema_batch_stats, batch_stats),
+                                  ema_norm=m * state.ema_norm + (1 - m))
     applies = num_real == x.shape[0] if full_only else num_real > 0
     state = select(state.active & applies, updated, state)
     correct = (jnp.argmax(logits, -1) == y) & row_mask

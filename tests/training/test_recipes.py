@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -160,3 +161,33 @@ def test_weight_decay_on_kernels_only_leaves_biases_and_scales_alone():
             name = path[-1].key
             # A zero gradient plus 0.5 * w, times -lr: -0.5 where decayed, 0 elsewhere.
             np.testing.assert_allclose(leaf, -0.5 if name in decays else 0.0, err_msg=name)
+
+
+class _Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(2)(x)
+
+
+def test_the_moving_average_of_the_weights_is_what_the_model_predicts_with():
+    """ema = m: after steps with weights w_1..w_t the model predicts with
+    sum_i (1 - m) m^(t - i) w_i / (1 - m^t) (LiRA's debiased EMA); one step per epoch here."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(16, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, 16).astype(np.int32)
+    members = splits.MemberSets.from_lists([np.arange(16)])
+    config = training.TrainConfig(epochs=3, batch_size=16, optimizer="sgd", learning_rate=0.5,
+                                  ema=0.5)
+    seen = []
+    result = training.train_ensemble(
+        _Linear(), images, labels, members, config, seed=0,
+        on_epoch_end=lambda epoch, state, metrics: seen.append(jax.device_get(state.params)))
+    m, t = 0.5, 3
+    expected = jax.tree.map(
+        lambda *ws: sum((1 - m) * m ** (t - 1 - i) * w for i, w in enumerate(ws)) / (1 - m ** t),
+        *seen)
+    chex.assert_trees_all_close(result.variables()["params"], expected, rtol=1e-6)
+    # The last weights differ from their average (the test would pass trivially otherwise).
+    assert not np.allclose(seen[-1]["Dense_0"]["kernel"], expected["Dense_0"]["kernel"])
+    with pytest.raises(UserError, match="ema and early_stopping"):
+        training.TrainConfig(ema=0.9, early_stopping=True)
