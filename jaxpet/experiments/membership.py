@@ -413,12 +413,13 @@ def summary_markdown(results: dict) -> str:
     if queries:
         conv_line += (f"Label-only attacks (Choquette-Choo et al. 2021) see only the predicted "
                       f"label of {queries} augmented copies of each example (shifts by up to "
-                      f"{c.get('label_only_shift', 1)} pixel(s)"
+                      f"{c.get('label_only_shift', 1)} pixel{'s' if c.get('label_only_shift', 1) != 1 else ''}"
                       f"{', with and without a flip' if c['dataset'] == 'cifar10' else ''}), "
                       "fitted on the shadow.\n\n")
     other_section = "" if other is None else (
         f"\n## Threshold attacks under the other convention\n\n"
-        f"{_SCOPE[other['thresholds']]}; confidence = {_CONF[other['confidence']]}.\n\n"
+        f"{_SCOPE[other['thresholds']][0].upper()}{_SCOPE[other['thresholds']][1:]}; "
+        f"confidence = {_CONF[other['confidence']]}.\n\n"
         f"{attacks_table(other['attacks'])}")
     d, p = results["data"], results["provenance"]
     return (f"# Membership inference: {c['dataset']}\n\n"
