@@ -20,6 +20,7 @@ import numpy as np
 from jaxpet import (config as config_lib, data, dpsgd, metrics, models, progress, report, runs,
                     splits, training)
 from jaxpet.attacks import lira as lira_attack
+from jaxpet.attacks import rmia as rmia_attack
 from jaxpet.attacks import reference
 from jaxpet.config import setting
 from jaxpet.experiments import settings
@@ -279,6 +280,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             other_config = config.other_attack_config()
             other = reference.leave_one_out(signals, keep, targets=targets, config=other_config,
                                             seed=config.seed)
+            fitted_a = _fitted_a(signals, keep, targets, attack_config, config.seed)
         with run_.timed("sweep"):
             sweep = reference.reference_sweep(
                 signals, keep, reference.sweep_counts(num_models, config.max_reference_sweep),
@@ -298,6 +300,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             "attacks": main["summary"],
             "conventions": {"lira": attack_config.lira_convention,
                             "fpr_rule": attack_config.fpr_rule},
+            "rmia_fitted_a": fitted_a,
             "other_conventions": {"lira": other_config.lira_convention,
                                   "fpr_rule": other_config.fpr_rule,
                                   "attacks": other["summary"]},
@@ -345,6 +348,26 @@ PUBLISHED = {
     "rmia_online": {"auc": 0.7225, "tpr_at_fpr_0.001": None,
                     "source": "RMIA paper (Zarifzadeh et al.), 254 reference models on CIFAR-10"},
 }
+
+
+def _fitted_a(signals, keep, targets, attack_config, seed) -> list[float]:
+    """The a that rmia_offline_fitted_a used for each target: fitted on the same equalized
+    references as :func:`reference.leave_one_out` scores it with."""
+    x, population = signals.queries(min(attack_config.num_queries, signals.phi.shape[2])).rmia
+    out = []
+    for t in targets:
+        others = np.array([k for k in range(keep.shape[0]) if k != t])
+        use = lira_attack.equalized_use(keep[others], seed=[seed, t])
+        out.append(rmia_attack.fit_offline_a(x[others], keep[others], population[others],
+                                             use=use, gamma=attack_config.rmia_gamma))
+    return out
+
+
+def _a_range(values) -> str:
+    if not values:
+        return "not recorded"
+    return (f"a = {min(values):.1f}" if min(values) == max(values)
+            else f"a from {min(values):.1f} to {max(values):.1f}, median {np.median(values):.1f}")
 
 
 def _model_words(c: dict) -> str:
@@ -415,7 +438,8 @@ def summary_markdown(results: dict) -> str:
         f"{c['num_models'] - 1} as references (leave-one-out); {d['queries']} "
         f"quer{'ies' if d['queries'] > 1 else 'y'} per example "
         f"({'original + horizontal flip' if d['queries'] > 1 else 'original only'}); RMIA "
-        f"a={c['rmia_offline_a']} (rmia_offline_fitted_a fits it on each target's references), "
+        f"a={c['rmia_offline_a']} (rmia_offline_fitted_a fits it on each target's references: "
+        f"{_a_range(results.get('rmia_fitted_a'))}), "
         f"gamma={c['rmia_gamma']}, Pr(x|theta) = {c.get('rmia_signal', 'softmax')}, population "
         f"{d['population_size']} "
         f"test images. Backend {results['provenance']['backend']}; training "

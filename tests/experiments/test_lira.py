@@ -96,6 +96,10 @@ def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_
     assert other["attacks"]["lira_online"] != saved["attacks"]["lira_online"]
     assert other["attacks"]["rmia_online"]["auc"] == saved["attacks"]["rmia_online"]["auc"]
     assert "## Under the other conventions: LiRA code, FPR < level" in text
+    # The a that rmia_offline_fitted_a chose for each target is recorded.
+    from jaxpet.attacks import rmia as rmia_attack
+    assert len(saved["rmia_fitted_a"]) == 4
+    assert all(a in rmia_attack.A_GRID for a in saved["rmia_fitted_a"])
     # Target 0's scores, in the layout compare.py overlays.
     from jaxpet import compare
     overlaid = compare.scores(compare.RunRecord(workdir, saved))
