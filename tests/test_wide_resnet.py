@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpet import models, splits, training
+from jaxpet import layers, models, splits, training
 
 NUM_CLASSES = 3
 NORMALIZE = training.Normalize(mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -82,7 +82,7 @@ def test_depth_27_module_raises():
 def test_conv_forms_agree(kernel, stride, size):
     """conv, patches and slices: one parameter tree, one function, strided and 1x1 included."""
     x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 3))
-    conv = lambda impl: models.WideConv(5, kernel, stride, conv_impl=impl)
+    conv = lambda impl: layers.WideConv(5, kernel, stride, conv_impl=impl)
     variables = conv("conv").init(jax.random.PRNGKey(0), x)
     want = conv("conv").apply(variables, x)
     assert want.shape == (2, -(-size // stride), -(-size // stride), 5)

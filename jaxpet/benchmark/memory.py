@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import data, models, training
+from jaxpet import data, layers, models, training
 from jaxpet.benchmark import throughput
 from jaxpet.benchmark.workloads import WORKLOADS
 
@@ -279,7 +279,7 @@ def estimate_workload(workload: str, *, precision: str = "float32", conv_impl: s
                       examples_per_model=examples_per_model, fit_models=fit_models,
                       device_bytes=device_bytes)
     return {"workload": workload, "precision": precision, "conv_impl": conv_impl,
-            "conv_impl_resolved": models.resolve_conv_impl(conv_impl), "pool_impl": pool_impl,
+            "conv_impl_resolved": layers.resolve_conv_impl(conv_impl), "pool_impl": pool_impl,
             "batchnorm_impl": batchnorm_impl, **result.as_dict()}
 
 

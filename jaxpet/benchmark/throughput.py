@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import data, models, splits, training
+from jaxpet import data, layers, models, splits, training
 from jaxpet.benchmark import profile, torch_reference
 from jaxpet.benchmark.workloads import STRATEGIES, WORKLOADS, Cell, peak_flops, synthetic_pool
 
@@ -168,9 +168,9 @@ def measure(cell: Cell, examples_per_model: int, batch_size: int = 128, repeats:
     model_epochs_per_s = cell.num_models / seconds
     return {
         **dataclasses.asdict(cell),
-        "conv_impl_resolved": models.resolve_conv_impl(cell.conv_impl),
-        "pool_impl_resolved": models.resolve_pool_impl(cell.pool_impl),
-        "batchnorm_impl_resolved": models.resolve_batchnorm_impl(cell.batchnorm_impl),
+        "conv_impl_resolved": layers.resolve_conv_impl(cell.conv_impl),
+        "pool_impl_resolved": layers.resolve_pool_impl(cell.pool_impl),
+        "batchnorm_impl_resolved": layers.resolve_batchnorm_impl(cell.batchnorm_impl),
         "examples_per_model": examples_per_model,
         "epoch_seconds": seconds,
         "images_per_s": cell.num_models * examples_per_model / seconds,
@@ -194,9 +194,9 @@ def profile_cell(cell: Cell, examples_per_model: int, batch_size: int = 128) -> 
     times = profile.op_times(epoch.run, epoch.steps_per_epoch)
     return {**dataclasses.asdict(cell), "examples_per_model": examples_per_model,
             # The forms "auto" resolved to, which the breakdown is of.
-            "conv_impl": models.resolve_conv_impl(cell.conv_impl),
-            "pool_impl": models.resolve_pool_impl(cell.pool_impl),
-            "batchnorm_impl": models.resolve_batchnorm_impl(cell.batchnorm_impl),
+            "conv_impl": layers.resolve_conv_impl(cell.conv_impl),
+            "pool_impl": layers.resolve_pool_impl(cell.pool_impl),
+            "batchnorm_impl": layers.resolve_batchnorm_impl(cell.batchnorm_impl),
             **profile.breakdown(epoch.compiled.as_text(), times)}
 
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxpet import data, models
+from jaxpet import data, layers, models
 from jaxpet.benchmark.workloads import WORKLOADS, synthetic_pool
 
 TORCH_PIN = "torch==2.13.0"
 # Flax's BatchNorm momentum 0.9 (weight of the running average) is PyTorch's 0.1.
-TORCH_BATCHNORM_MOMENTUM = 1.0 - models.BATCHNORM_MOMENTUM
+TORCH_BATCHNORM_MOMENTUM = 1.0 - layers.BATCHNORM_MOMENTUM
 
 
 def torch_available() -> bool:

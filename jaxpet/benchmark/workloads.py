@@ -40,8 +40,8 @@ class Cell:
     num_models: int
     conv_impl: str
     precision: str
-    pool_impl: str = "auto"  # models.POOL_IMPLS
-    batchnorm_impl: str = "auto"  # models.BATCHNORM_IMPLS
+    pool_impl: str = "auto"  # layers.POOL_IMPLS
+    batchnorm_impl: str = "auto"  # layers.BATCHNORM_IMPLS
 
 
 def peak_flops(device, precision: str) -> float | None:

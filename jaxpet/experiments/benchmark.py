@@ -17,7 +17,7 @@ import time
 from absl import logging
 import jax
 
-from jaxpet import config as config_lib, models, runs
+from jaxpet import config as config_lib, layers, models, runs
 from jaxpet.benchmark import inversion, memory, throughput, torch_reference
 from jaxpet.benchmark import profile as profile_lib
 from jaxpet.benchmark.workloads import STRATEGIES, WORKLOADS, Cell
@@ -39,17 +39,17 @@ class Config:
     conv_impls: tuple[str, ...] = setting(("auto",), "Convolution forms: conv (nn.Conv), "
                                           "patches (lax patches + one matmul), slices (shifted "
                                           "slices + one matmul), auto (slices on CPU, conv "
-                                          "elsewhere).", choices=models.CONV_IMPLS)
+                                          "elsewhere).", choices=layers.CONV_IMPLS)
     pool_impls: tuple[str, ...] = setting(("auto",), "2x2 max-pooling forms: window "
                                           "(nn.max_pool), reshape (a max over a reshaped view, "
                                           "its gradient one masked pass; same results), auto "
                                           "(reshape on CPU, window elsewhere).",
-                                          choices=models.POOL_IMPLS)
+                                          choices=layers.POOL_IMPLS)
     batchnorm_impls: tuple[str, ...] = setting(("auto",), "BatchNorm forms: flax "
                                                "(nn.BatchNorm), fused (same statistics, a "
                                                "hand-written two-pass gradient), auto (fused on "
                                                "CPU, flax elsewhere).",
-                                               choices=models.BATCHNORM_IMPLS)
+                                               choices=layers.BATCHNORM_IMPLS)
     precisions: tuple[str, ...] = setting(("float32",), "Compute precisions.",
                                           choices=tuple(models.PRECISIONS))
     examples_per_model: int = setting(512, "Members per model (one timed epoch over them).", low=1)
