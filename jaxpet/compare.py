@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import glob
 import html
 import io
@@ -131,8 +132,6 @@ def headline(results: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _wall_seconds(started, finished) -> float | None:
-    import datetime
-
     try:
         a, b = (datetime.datetime.fromisoformat(t) for t in (started, finished))
     except (TypeError, ValueError):

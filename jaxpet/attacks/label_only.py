@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import metrics, models, progress, splits, training
+from jaxpet import metrics, progress, training
 from jaxpet.attacks import registry
 from jaxpet.attacks.registry import AttackOutput, LabeledPosteriors
+from jaxpet.attacks.shadow import fit_attack_mlp
 from jaxpet.data import IDENTITY
 
 
@@ -136,20 +137,13 @@ def mlp_attack(shadow_correct, shadow_membership, target_correct, target_members
                epochs: int = 30, seed: int = 0) -> AttackOutput:
     """A small MLP (64 ReLU units) on the correct/incorrect vector, trained on the shadow's
     members and non-members (the paper's attack model on augmentation labels)."""
-    features = np.asarray(shadow_correct, np.float32)
-    membership = np.asarray(shadow_membership, np.int32)
-    model = models.attack_mlp(num_classes=2, hidden_sizes=(64,))
-    everyone = splits.MemberSets.from_lists([np.arange(len(features))])
-    config = training.TrainConfig(epochs=epochs, batch_size=min(64, len(features)),
+    config = training.TrainConfig(epochs=epochs, batch_size=min(64, len(shadow_correct)),
                                   learning_rate=1e-3, weight_decay=0.0, lr_decay=1.0,
                                   eval_batch_size=4096)
-    result = training.train_ensemble(model, features, membership, everyone, config, seed=seed,
-                                     log_prefix="attack label-only ")
-    scores = training.predict(model, result.variables(), np.asarray(target_correct, np.float32),
-                              batch_size=4096)[0][:, 1]
-    predictions = scores >= 0.5
-    report = metrics.attack_report(target_membership, scores, predictions)
-    return AttackOutput(scores=scores, predictions=predictions, report=report)
+    output, _ = fit_attack_mlp(shadow_correct, shadow_membership, target_correct,
+                               target_membership, hidden_sizes=(64,), train_config=config,
+                               seed=seed, log_prefix="attack label-only ")
+    return output
 
 
 def _needs_queries(observed: LabeledPosteriors, who: str) -> np.ndarray:
@@ -194,6 +188,3 @@ def label_only_reference(signals, target, references, ref_keep, use, config) -> 
     threshold = metrics.best_threshold(np.asarray(ref_keep, bool)[use], ref)
     return fraction_correct(signals.correct[target]) - threshold
 
-
-__all__: Sequence[str] = ("Queries", "augment", "query_correct", "fraction_correct",
-                          "threshold_attack", "mlp_attack")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxpet import metrics
 from jaxpet.attacks import registry
 from jaxpet.attacks.lira import Signals, check_reference, group_moments, pooled_mean
 
@@ -96,8 +97,6 @@ def fit_offline_a(log_p, ref_keep, population_log_p, *, use=None, gamma: float =
     ``population_log_p`` [M, Z, A]. No target-model information enters, so the fit cannot
     leak the target's membership.
     """
-    from jaxpet import metrics  # local: metrics is a leaf module the attacks otherwise avoid
-
     log_p = np.asarray(log_p, np.float64)
     keep = np.asarray(ref_keep, bool)
     use = np.ones_like(keep) if use is None else np.asarray(use, bool)

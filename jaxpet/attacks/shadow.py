@@ -59,6 +59,29 @@ class ShadowAttackConfig:
                                     eval_batch_size=4096)
 
 
+def fit_attack_mlp(features, membership, target_features, target_membership, *,
+                   hidden_sizes, train_config: training.TrainConfig, seed: int = 0,
+                   log_prefix: str = "attack ") -> tuple[AttackOutput, dict]:
+    """An attack MLP trained on a shadow's ``features`` (``membership`` 1: member) and applied
+    to the target's: its output ("member" at score >= 0.5) and, in a dict, its own train
+    accuracy and training seconds. Shared by every attack that learns from shadow features."""
+    features = np.asarray(features, np.float32)
+    membership = np.asarray(membership, np.int32)
+    model = models.attack_mlp(num_classes=2, hidden_sizes=hidden_sizes)
+    everyone = splits.MemberSets.from_lists([np.arange(len(features))])
+    result = training.train_ensemble(model, features, membership, everyone, train_config,
+                                     seed=seed, log_prefix=log_prefix)
+    variables = result.variables()
+    train_posteriors = training.predict(model, variables, features, batch_size=4096)[0]
+    scores = training.predict(model, variables, np.asarray(target_features, np.float32),
+                              batch_size=4096)[0][:, 1]
+    predictions = scores >= 0.5
+    report = metrics.attack_report(target_membership, scores, predictions)
+    train_acc = float(np.mean((train_posteriors[:, 1] >= 0.5) == membership.astype(bool)))
+    return AttackOutput(scores=scores, predictions=predictions, report=report), {
+        "train_acc": train_acc, "seconds": result.seconds}
+
+
 def shadow_mlp_attack(shadow_posteriors, shadow_membership, target_posteriors, target_membership,
                       config: ShadowAttackConfig = ShadowAttackConfig(), seed: int = 0,
                       log_prefix: str = "attack ") -> tuple[AttackOutput, dict]:
@@ -67,21 +90,10 @@ def shadow_mlp_attack(shadow_posteriors, shadow_membership, target_posteriors, t
     Returns the target's attack output and the attack model's own train
     accuracy (the seed's "Attack Train" column) in a dict.
     """
-    features = sort_posteriors(shadow_posteriors, config.top_k)
-    membership = np.asarray(shadow_membership, np.int32)
-    model = models.attack_mlp(num_classes=2, hidden_sizes=config.hidden_sizes)
-    everyone = splits.MemberSets.from_lists([np.arange(len(features))])
-    result = training.train_ensemble(model, features, membership, everyone,
-                                     config.train_config(), seed=seed, log_prefix=log_prefix)
-    variables = result.variables()
-    train_posteriors = training.predict(model, variables, features, batch_size=4096)[0]
-    target_features = sort_posteriors(target_posteriors, config.top_k)
-    scores = training.predict(model, variables, target_features, batch_size=4096)[0][:, 1]
-    predictions = scores >= 0.5
-    report = metrics.attack_report(target_membership, scores, predictions)
-    train_acc = float(np.mean((train_posteriors[:, 1] >= 0.5) == membership.astype(bool)))
-    return AttackOutput(scores=scores, predictions=predictions, report=report), {
-        "train_acc": train_acc, "seconds": result.seconds}
+    return fit_attack_mlp(sort_posteriors(shadow_posteriors, config.top_k), shadow_membership,
+                          sort_posteriors(target_posteriors, config.top_k), target_membership,
+                          hidden_sizes=config.hidden_sizes, train_config=config.train_config(),
+                          seed=seed, log_prefix=log_prefix)
 
 
 @registry.register("shadow_mlp", family="shadow",

@@ -162,16 +162,6 @@ def get_config(preset: str = "seed", **overrides) -> Config:
     return Config(**{**PRESETS[preset], "preset": preset, **overrides})
 
 
-# The threshold attacks' other convention, reported beside the chosen one: Song & Mittal's
-# (per-class thresholds, true-class confidence) against a single threshold on the top posterior.
-OTHER_CONVENTION = {
-    ("per_class", "true_class"): dict(thresholds="global", confidence="max"),
-    ("global", "max"): dict(thresholds="per_class", confidence="true_class"),
-    ("per_class", "max"): dict(thresholds="global", confidence="true_class"),
-    ("global", "true_class"): dict(thresholds="per_class", confidence="max"),
-}
-
-
 # The files a run writes besides config.json and results.json.
 OUTPUTS = ("predictions.npz", "roc.png", "summary.md")
 
@@ -320,9 +310,12 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                                     seed=config.seed)
                        for a in attacks.registry.list_attacks("shadow")
                        if a.runs_on(observed(target))}
-            # The threshold attacks under the other convention, reported beside.
-            other = dataclasses.replace(attack_config, **OTHER_CONVENTION[
-                (config.thresholds, config.confidence)])
+            # The threshold attacks under the other convention (both switches flipped: Song &
+            # Mittal's per-class true-class against one threshold on the top posterior).
+            other = dataclasses.replace(
+                attack_config,
+                thresholds=next(t for t in attacks.THRESHOLD_SCOPES if t != config.thresholds),
+                confidence=next(c for c in attacks.CONFIDENCES if c != config.confidence))
             other_outputs = {name: attacks.get_attack(name, "shadow").fn(
                 observed(shadow), observed(target), config=other, seed=config.seed)
                 for name in attacks.THRESHOLD_ATTACKS}
