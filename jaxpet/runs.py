@@ -302,6 +302,11 @@ class StageCache:
 
     def load(self, name: str, key) -> tuple[dict[str, np.ndarray], dict] | None:
         """The finished stage, or None; a stage file that does not load is discarded."""
+        found = self._load(name, key)
+        return None if found is None else (found[0], found[1]["info"])
+
+    def _load(self, name: str, key) -> tuple[dict[str, np.ndarray], dict] | None:
+        """(arrays, the stage's whole JSON record) of :meth:`load`."""
         arrays_path, meta_path = self.paths(name, key)
         if not meta_path.exists():
             return None
@@ -313,14 +318,15 @@ class StageCache:
             missing = set(meta.get("arrays", [])) - set(arrays)
             if missing:
                 raise ValueError(f"arrays {sorted(missing)} are missing")
-            info = meta["info"]
+            if "info" not in meta:
+                raise ValueError("it holds no info record")
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as e:
             logging.warning("Stage %s: discarding %s, which does not load (%s: %s); "
                             "recomputing it.", name, arrays_path, type(e).__name__, e)
             for p in (meta_path, arrays_path):
                 p.unlink(missing_ok=True)
             return None
-        return arrays, info
+        return arrays, meta
 
     def run(self, name: str, key, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
             ) -> tuple[dict[str, np.ndarray], dict]:
@@ -330,14 +336,16 @@ class StageCache:
         recorded again when it is reused, so a run's ``history.jsonl`` is whole either way.
         """
         tracker = progress.current()
-        found = self.load(name, key)
+        found = self._load(name, key)
         if found is not None:
+            arrays, meta = found
             logging.info("Stage %s: reusing the finished result in %s", name,
                          self.paths(name, key)[0])
             tracker.stage_reused(name)
-            for phase, rows in self._histories(name, key).items():
+            histories = meta.get("histories")
+            for phase, rows in (histories if isinstance(histories, dict) else {}).items():
                 tracker.record_history(phase, rows)
-            return found
+            return arrays, meta["info"]
         histories: dict[str, list[dict]] = {}
         remove = tracker.add_history_sink(lambda phase, rows: histories.__setitem__(phase, rows))
         try:
@@ -346,13 +354,6 @@ class StageCache:
             remove()
         self.save(name, key, arrays, info, histories=histories)
         return arrays, info
-
-    def _histories(self, name: str, key) -> dict[str, list[dict]]:
-        try:
-            histories = read_json(self.paths(name, key)[1]).get("histories", {})
-        except (OSError, ValueError, AttributeError):
-            return {}
-        return histories if isinstance(histories, dict) else {}
 
     def save(self, name: str, key, arrays: dict[str, np.ndarray], info: dict,
              histories: Mapping[str, list[dict]] | None = None) -> None:
@@ -472,7 +473,7 @@ class Run:
         self.histories: dict[str, list[dict]] = {}
         self._check_outputs(("config.json", "results.json", self.HISTORY, self.CURVES, self.PAGE,
                              *outputs), flag)
-        self._context = None
+        self._scope: contextlib.ExitStack | None = None
 
     def _check_outputs(self, outputs, flag: str) -> None:
         """Refuses, before any work, a workdir whose output places are taken, or that holds
@@ -498,15 +499,14 @@ class Run:
         # Stale files of an earlier run in this workdir would mix with this run's.
         for name in (self.HISTORY, self.CURVES, self.PAGE):
             (self.path / name).unlink(missing_ok=True)
-        self._context = progress.tracking(self.progress)
-        self._context.__enter__()
-        self._remove_sink = self.progress.add_history_sink(self.record_history)
+        self._scope = contextlib.ExitStack()
+        self._scope.enter_context(progress.tracking(self.progress))
+        self._scope.callback(self.progress.add_history_sink(self.record_history))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self._remove_sink()
-            self._context.__exit__(exc_type, exc, tb)
+            self._scope.close()  # the sink removed, the previous tracker current again
             if exc_type is None:
                 self.write_page()
         finally:
