@@ -40,6 +40,8 @@ _OVERHEAD_BYTES = 1 << 20
 _TMP_MARK = ".orbax-checkpoint-tmp"
 # After a failed orbax call, time for tensorstore to finish the operations it still runs.
 _SETTLE_SECONDS = 0.2
+# The longest wait for orbax's own threads of a failed call (its other reads or writes).
+_JOIN_SECONDS = 30.0
 
 
 def run_fingerprint(model, config, preprocess, images, labels, members: MemberSets,
@@ -70,17 +72,25 @@ def _free_bytes(directory: str) -> int | None:
         return None
 
 
-def _join_new_threads(before: set, timeout: float = 30.0) -> None:
-    """Waits (at most ``timeout`` seconds) for the threads started since ``before`` to end."""
+def _join_new_threads(before: set, timeout: float = _JOIN_SECONDS) -> bool:
+    """Waits (at most ``timeout`` seconds) for the threads started since ``before`` to end;
+    whether they all did.
+
+    ``threading.Thread.join`` is called, not the thread's own: orbax's commit threads
+    override ``join`` to raise their save's error, or a TimeoutError while they still
+    run, which would cut the wait short and let a partial save be removed while
+    orbax still writes into it.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         pending = [t for t in threading.enumerate()
                    if t not in before and t is not threading.current_thread()]
-        if not pending:
-            return
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            return not pending
         for thread in pending:
             try:
-                thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
+                threading.Thread.join(thread, min(0.1, max(0.0, left)))
             except RuntimeError:  # created but not started yet
                 time.sleep(0.01)
 
@@ -142,7 +152,9 @@ def _settle_on_failure():
         yield
     except Exception:
         asyncio_logger.addFilter(late)
-        _join_new_threads(threads)
+        if not _join_new_threads(threads):
+            logging.warning("orbax's threads still run %.0f s after a failed checkpoint read "
+                            "or write; not waiting longer.", _JOIN_SECONDS)
         time.sleep(_SETTLE_SECONDS)  # tensorstore's own threads finish the other operations
         gc.collect()  # and the failed futures are reported now, not later
         raise
@@ -273,15 +285,26 @@ class Checkpoints:
             raise self._space_error(need, _free_bytes(self.directory)) from e
 
     def _remove_partial(self, before: set[str]) -> None:
-        """Removes what a failed save left (all but finalised step folders), reopening orbax."""
+        """Removes what a failed save left (all but finalised step folders), reopening orbax.
+
+        Runs once the save's threads ended (:func:`_settle_on_failure`), and closing the
+        manager waits for a save orbax may still finalise: nothing writes into what is
+        removed here. Every temporary folder goes (``3.orbax-checkpoint-tmp``,
+        ``3.orbax-checkpoint-tmp-<time>``), even one an earlier failure left.
+        """
         try:
-            self.manager.close()
+            self.manager.close()  # waits for orbax's pending save and finalisation
         except Exception:  # noqa: BLE001  (the failed save may surface again; it is reported)
             pass
-        for name in set(os.listdir(self.directory)) - before:
+        for name in os.listdir(self.directory):
             if name.isdigit():
                 continue  # orbax renames a save to its step only once it is complete
-            _remove(os.path.join(self.directory, name))
+            if _TMP_MARK in name or name not in before:
+                _remove(os.path.join(self.directory, name))
+        left = [name for name in os.listdir(self.directory) if _TMP_MARK in name]
+        if left:  # still written by tensorstore: the next run removes them on start
+            logging.warning("Could not remove the partial checkpoint %s of %s.",
+                            ", ".join(left), self.directory)
         self.manager = self._open()
 
     def close(self):

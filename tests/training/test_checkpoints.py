@@ -1,13 +1,16 @@
 """Checkpoints: resume == uninterrupted, another run refused, full disk and corrupt saves handled."""
 
+import asyncio
 import errno
 import logging
 import os
+import threading
 
 import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.serialization import jax_array_handlers
 import pytest
 
 from jaxpet import training
@@ -101,25 +104,45 @@ def test_full_disk_before_a_save_fails_once_and_keeps_the_last_checkpoint(run, t
 
 def test_full_disk_during_a_save_fails_once_and_removes_the_partial_save(run, tmp_path,
                                                                          monkeypatch, caplog):
-    """orbax's writer runs out of space halfway through the save after epoch 3."""
+    """orbax's writer runs out of space halfway through the save after epoch 3, while
+    orbax still writes that save's arrays in its own threads.
+
+    The arrays are written only after the failure, and slowly: a cleanup that did not
+    wait for them would see its partial save written again afterwards. The listing
+    waits for those writes to end, so it does not depend on the threads' timing.
+    """
     directory = tmp_path / "ckpt"
     handler = ocp.handlers.JsonCheckpointHandler
     real_save = handler._save_fn
+    real_write = jax_array_handlers._async_serialize_replica_slices  # orbax's array writer
+    failed, written = threading.Event(), threading.Event()
 
     async def out_of_space(self, item, path):
         (path / "metadata").write_text('{"fingerprint": "')  # half written
+        failed.set()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    async def late_write(*args, **kwargs):
+        try:
+            await asyncio.to_thread(failed.wait, 60)
+            await asyncio.sleep(0.5)  # a cleanup that stopped waiting would run first
+            return await real_write(*args, **kwargs)
+        finally:
+            written.set()
 
     def fill_disk(epoch, state, metrics):
         if epoch == 1:
             monkeypatch.setattr(handler, "_save_fn", out_of_space)
+            monkeypatch.setattr(jax_array_handlers, "_async_serialize_replica_slices", late_write)
 
     caplog.set_level(logging.INFO)
     with pytest.raises(UserError, match=f"no space to save a checkpoint in {directory}.*epoch 2"):
         run(checkpoint_dir=str(directory), checkpoint_every=1, on_epoch_end=fill_disk)
+    assert written.wait(60)  # the failed save's writes are over: nothing adds to the listing
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert os.listdir(directory) == ["2"]  # the partial save is gone, the last complete one kept
     monkeypatch.setattr(handler, "_save_fn", real_save)
+    monkeypatch.setattr(jax_array_handlers, "_async_serialize_replica_slices", real_write)
     _assert_same_run(run(checkpoint_dir=str(directory)), run.whole)
 
 
