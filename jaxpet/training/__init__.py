@@ -15,13 +15,16 @@ Design (pure-functional JAX), one module per concept:
   alone or inside a larger ensemble. K=1 is simply the plain single-model trainer.
 * :mod:`~jaxpet.training.sharding`: the model axis over a device mesh.
 * :mod:`~jaxpet.training.checkpoints`: resumable, fingerprinted orbax checkpoints.
-* :mod:`~jaxpet.training.inference`: posteriors and accuracy of a trained ensemble.
+* :mod:`~jaxpet.training.inference`: posteriors and accuracy of a trained ensemble, queried
+  in inference mode or, as LiRA's released code does, with BatchNorm on each query batch's
+  own statistics (``QUERY_MODES``).
 """
 
 from jaxpet.data import IDENTITY, Normalize
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
-from jaxpet.training.inference import (evaluate, evaluate_model, predict, query_logits,
-                                       stack_models, take_model)
+from jaxpet.training.inference import (QUERY_BATCH_SIZES, QUERY_MODES, QUERY_WEIGHTS, evaluate,
+                                       evaluate_model, predict, query_batches, query_logits,
+                                       query_variables, stack_models, take_model)
 from jaxpet.training.sharding import default_mesh, model_mesh
 from jaxpet.training.state import (AUGMENTATIONS, OPTIMIZERS, SCHEDULES, ModelState,
                                    TrainConfig, accepts_mask, augment_batch, init_ensemble,
@@ -32,10 +35,11 @@ from jaxpet.training.trainer import (AUTO_STRATEGY, STRATEGIES, TrainResult, che
 
 __all__ = [
     "AUGMENTATIONS", "AUTO_STRATEGY", "Checkpoints", "IDENTITY", "ModelState", "Normalize",
-    "OPTIMIZERS", "SCHEDULES", "accepts_mask",
+    "OPTIMIZERS", "QUERY_BATCH_SIZES", "QUERY_MODES", "QUERY_WEIGHTS", "SCHEDULES", "accepts_mask",
     "STRATEGIES", "TrainConfig", "TrainResult", "augment_batch", "check_run_flags",
     "default_mesh", "evaluate", "evaluate_model", "init_ensemble", "init_model_state",
-    "make_optimizer", "model_keys", "model_mesh", "predict", "query_logits", "resolve_strategy",
+    "make_optimizer", "model_keys", "model_mesh", "predict", "query_batches", "query_logits",
+    "query_variables", "resolve_strategy",
     "run_fingerprint", "stack_models", "take_model", "train_ensemble", "train_ensemble_epoch",
     "train_ensemble_epoch_mapped", "train_epoch", "train_step",
 ]
