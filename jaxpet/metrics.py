@@ -79,13 +79,55 @@ def tpr_at_fpr(labels, scores, fpr_levels: Sequence[float] = DEFAULT_FPR_LEVELS,
     return out
 
 
-def best_threshold(labels, scores) -> float:
-    """The threshold maximising accuracy of ``score >= threshold`` (fit it on shadow data)."""
+def tpr_at_fpr_randomized(labels, scores,
+                          fpr_levels: Sequence[float] = DEFAULT_FPR_LEVELS) -> dict[str, float]:
+    """TPR at exactly each FPR level when ties are broken at random; keys are the levels as str.
+
+    :func:`tpr_at_fpr` only admits thresholds on the score, so a block of tied scores is
+    taken whole or not at all; where a coarse score (the label-only attacks' fraction
+    correct) ties across more non-members than the level allows, it falls to the last
+    vertex below the level, often 0. Accepting each example of the block that straddles
+    the level with one probability, chosen so that the FPR equals the level exactly, is
+    the randomised test of Neyman and Pearson; its expected TPR is the ROC curve
+    interpolated linearly between the block's two vertices, which is what this returns.
+    Without ties it equals :func:`tpr_at_fpr` with the "le" rule.
+    """
+    fpr, tpr, _ = roc_curve(labels, scores)
+    out = {}
+    for level in fpr_levels:
+        if not 0 <= level <= 1:
+            raise ValueError(f"FPR level must be in [0, 1], got {level}.")
+        below = int(np.flatnonzero(fpr <= level)[-1])  # the top of a vertical run
+        value = tpr[below]
+        if fpr[below] < level and below + 1 < len(fpr):
+            step = (level - fpr[below]) / (fpr[below + 1] - fpr[below])
+            value = tpr[below] + step * (tpr[below + 1] - tpr[below])
+        out[str(level)] = float(value)
+    return out
+
+
+def best_threshold(labels, scores, *, criterion: str = "accuracy") -> float:
+    """The threshold of ``score >= threshold`` maximising ``criterion`` (fit it on shadow data).
+
+    ``"accuracy"`` (the default; the label-only attacks' choice): the share of examples
+    classified right; the candidates are the distinct scores and one above the top score
+    ("nobody is a member"). ``"balanced_accuracy"``: 0.5 * (TPR + TNR), as Song & Mittal's
+    code chooses (``_thre_setting``, USENIX Security 2021); the candidates are the distinct
+    scores, as in theirs (a cut above the top score ties the lowest score at 0.5). Ties go to
+    the highest threshold (the fewest "member" predictions), compared in exact counts.
+    """
+    if criterion not in ("accuracy", "balanced_accuracy"):
+        raise ValueError(f"criterion must be 'accuracy' or 'balanced_accuracy', got "
+                         f"{criterion!r}.")
     labels, scores = _check_binary(labels, scores)
     fpr, tpr, thresholds = roc_curve(labels, scores)
-    positives, negatives = labels.sum(), (~labels).sum()
-    correct = tpr * positives + (1 - fpr) * negatives
-    best = int(np.argmax(correct))
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    tp = np.rint(tpr * positives).astype(np.int64)  # counts: no rounding noise splits a tie
+    tn = np.rint((1 - fpr) * negatives).astype(np.int64)
+    if criterion == "accuracy":
+        best = int(np.argmax(tp + tn))  # the ROC runs from the highest threshold down
+    else:  # 0.5 * (tp / P + tn / N), times 2 P N; the "nobody" point [0] is no candidate
+        best = 1 + int(np.argmax((tp * negatives + tn * positives)[1:]))
     if np.isinf(thresholds[best]):  # "nobody is a member": put it just above the top score
         return float(np.nextafter(scores.max(), np.inf))
     return float(thresholds[best])
@@ -144,6 +186,7 @@ def attack_report(labels, scores, predictions=None, threshold: float | None = No
     report = binary_report(labels, predictions)
     report["auc"] = roc_auc(labels, scores)
     report["tpr_at_fpr"] = tpr_at_fpr(labels, scores, fpr_levels)
+    report["tpr_at_fpr_randomized"] = tpr_at_fpr_randomized(labels, scores, fpr_levels)
     return report
 
 

@@ -133,3 +133,65 @@ def test_tpr_at_fpr_strict_and_inclusive_rules_differ_exactly_at_the_boundary():
     assert strict == {"0.25": 0.5, "0.3": 1.0, "0.0": 0.0}  # < 0.25 stops at (0, 0.5)
     with pytest.raises(ValueError, match="FPR rule"):
         metrics.tpr_at_fpr(labels, scores, rule="<")
+
+
+def test_best_threshold_accuracy_and_balanced_accuracy_differ_when_imbalanced():
+    # 2 members (0.9, 0.5) and 6 non-members. Cut >= 0.9: 1 + 6 of 8 right (87.5%), balanced
+    # 0.5 * (1/2 + 6/6) = 0.75. Cut >= 0.5: 2 + 4 right (75%), balanced 0.5 * (2/2 + 4/6) =
+    # 0.833, the best (Song & Mittal's criterion). No other cut (nor "nobody", 75%) beats them.
+    scores = np.array([0.9, 0.5, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1])
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    assert metrics.best_threshold(labels, scores) == 0.9
+    assert metrics.best_threshold(labels, scores, criterion="accuracy") == 0.9
+    assert metrics.best_threshold(labels, scores, criterion="balanced_accuracy") == 0.5
+    with pytest.raises(ValueError, match="criterion"):
+        metrics.best_threshold(labels, scores, criterion="f1")
+
+
+def test_best_threshold_ties_go_to_the_highest_cut():
+    # Balanced: cuts 0.8 and 0.4 both give 0.75, in any order of the data (Song & Mittal's
+    # loop keeps whichever comes first); the highest wins. Accuracy: 0.95 above the members
+    # and "nobody" (just above 0.95) both get 6 of 8 right; "nobody" is the higher cut.
+    labels = np.array([1, 1, 0, 0])
+    for order in ([0, 1, 2, 3], [1, 0, 3, 2], [3, 2, 1, 0]):
+        scores = np.array([0.8, 0.4, 0.6, 0.2])[order]
+        assert metrics.best_threshold(labels[order], scores, criterion="balanced_accuracy") == 0.8
+    scores = np.array([0.9, 0.5, 0.95, 0.7, 0.6, 0.4, 0.3, 0.2])
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    assert metrics.best_threshold(labels, scores) == np.nextafter(0.95, np.inf)
+    assert metrics.best_threshold(labels, scores, criterion="balanced_accuracy") == 0.5
+    # Balanced accuracy tries only the observed values (as Song & Mittal): when nothing beats
+    # 0.5 it returns the lowest score (everyone a member), not a cut above the top.
+    assert metrics.best_threshold([1, 0], [0.0, 1.0], criterion="balanced_accuracy") == 0.0
+    assert metrics.best_threshold([1, 0], [0.0, 1.0]) == np.nextafter(1.0, np.inf)
+
+
+def _brute_force_threshold(labels, scores, criterion):
+    """Every candidate cut scored in exact integer counts; the highest best one."""
+    labels = np.asarray(labels, bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    candidates = list(np.unique(scores))
+    if criterion == "accuracy":
+        candidates.append(np.nextafter(scores.max(), np.inf))
+    best, best_value = None, None
+    for cut in candidates:
+        tp = int(np.sum(scores[labels] >= cut))
+        tn = int(np.sum(scores[~labels] < cut))
+        value = tp + tn if criterion == "accuracy" else tp * negatives + tn * positives
+        if best_value is None or value >= best_value:  # ascending: ties go to the higher cut
+            best, best_value = cut, value
+    return float(best)
+
+
+@pytest.mark.parametrize("criterion", ["accuracy", "balanced_accuracy"])
+@pytest.mark.parametrize("seed", range(6))
+def test_best_threshold_matches_brute_force(seed, criterion):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 200))
+    labels = rng.random(n) < rng.uniform(0.1, 0.9)  # imbalanced
+    labels[:2] = [True, False]
+    scores = rng.normal(size=n) + labels
+    if seed % 2:
+        scores = np.round(scores * 2) / 2  # many ties
+    assert metrics.best_threshold(labels, scores, criterion=criterion) == \
+        _brute_force_threshold(labels, scores, criterion)

@@ -26,6 +26,8 @@ def sort_posteriors(posteriors, top_k: int) -> np.ndarray:
 
 THRESHOLD_SCOPES = ("per_class", "global")
 CONFIDENCES = ("true_class", "max")
+# How a threshold is chosen on the shadow's data (jaxpet.metrics.best_threshold's criterion).
+THRESHOLD_CRITERIA = ("balanced_accuracy", "accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,9 @@ class ShadowAttackConfig:
     # "global" and "max" are the single threshold and the top posterior.
     thresholds: str = "per_class"
     confidence: str = "true_class"
+    # Each threshold maximises 0.5 * (TPR + TNR) on the shadow's members and non-members, as
+    # Song & Mittal's _thre_setting does; "accuracy" maximises the share classified right.
+    threshold_criterion: str = "balanced_accuracy"
 
     def __post_init__(self):
         if self.thresholds not in THRESHOLD_SCOPES:
@@ -51,6 +56,9 @@ class ShadowAttackConfig:
                              f"{self.thresholds!r}.")
         if self.confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}.")
+        if self.threshold_criterion not in THRESHOLD_CRITERIA:
+            raise ValueError(f"threshold_criterion must be one of {THRESHOLD_CRITERIA}, got "
+                             f"{self.threshold_criterion!r}.")
 
     def train_config(self) -> training.TrainConfig:
         return training.TrainConfig(epochs=self.epochs, batch_size=self.batch_size,

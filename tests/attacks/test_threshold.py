@@ -92,3 +92,69 @@ def test_confidence_is_the_true_class_probability_or_the_top_posterior():
     with pytest.raises(ValueError, match="thresholds must be one of"):
         threshold.threshold_attack("loss", post, labels, membership, post, labels, membership,
                                    thresholds="per_model")
+
+
+def _confidence_posteriors(conf, labels):
+    """Two-class rows whose true class has probability ``conf``."""
+    post = np.zeros((len(conf), 2))
+    post[np.arange(len(conf)), labels] = conf
+    post[np.arange(len(conf)), 1 - labels] = 1 - conf
+    return post
+
+
+def test_per_class_thresholds_by_balanced_accuracy_or_accuracy():
+    # Class 0: 2 members (0.9, 0.5), 6 non-members (0.7, 0.6, 0.4, 0.3, 0.2, 0.1). Accuracy
+    # picks 0.9 (7 of 8 right; balanced 0.75); balanced accuracy picks 0.5 (6 of 8; balanced
+    # 0.5 * (2/2 + 4/6) = 0.833). Class 1: 6 members (0.8, 0.7, 0.6, 0.5, 0.3, 0.2), 2
+    # non-members (0.4, 0.1). Accuracy picks 0.2 (7 of 8; balanced 0.75); balanced accuracy
+    # picks 0.5 (6 of 8; 0.5 * (4/6 + 2/2) = 0.833). Overall 8 members and 8 non-members, so
+    # both criteria agree on the global cut, 0.5 (12 of 16).
+    conf = np.array([0.9, 0.5, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1,
+                     0.8, 0.7, 0.6, 0.5, 0.3, 0.2, 0.4, 0.1])
+    labels = np.repeat([0, 1], 8)
+    membership = np.array([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0])
+    post = _confidence_posteriors(conf, labels)
+    expected = {"balanced_accuracy": [0.5, 0.5], "accuracy": [0.9, 0.2]}
+    for criterion, cuts in expected.items():
+        per_class, overall = threshold.class_thresholds(labels, membership, conf, 2,
+                                                        criterion=criterion)
+        assert per_class.tolist() == cuts and overall == 0.5
+        out = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                         membership, criterion=criterion)
+        assert out.report["class_thresholds"] == cuts
+        np.testing.assert_allclose(out.scores, conf - np.repeat(cuts, 8))
+        np.testing.assert_array_equal(out.predictions, conf >= np.repeat(cuts, 8))
+        glob = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                          membership, thresholds="global", criterion=criterion)
+        assert glob.report["threshold"] == 0.5
+    # The default (direct call and registered attack) is Song & Mittal's balanced accuracy.
+    default = threshold.threshold_attack("confidence", post, labels, membership, post, labels,
+                                         membership)
+    assert default.report["class_thresholds"] == expected["balanced_accuracy"]
+    shadow = attacks.LabeledPosteriors(post, labels, membership)
+    fn = attacks.get_attack("confidence", "shadow").fn
+    for config, cuts in ((None, expected["balanced_accuracy"]),
+                         (attacks.ShadowAttackConfig(), expected["balanced_accuracy"]),
+                         (attacks.ShadowAttackConfig(threshold_criterion="accuracy"),
+                          expected["accuracy"])):
+        assert fn(shadow, shadow, config=config).report["class_thresholds"] == cuts
+
+
+def test_a_class_with_only_members_or_non_members_uses_the_global_cut():
+    # Class 2 has members only and class 3 no shadow example: both take the global cut (Song &
+    # Mittal's loop would keep its starting cut, 0, there).
+    conf = np.array([0.9, 0.2, 0.8, 0.1, 0.6, 0.7])
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    membership = np.array([1, 0, 1, 0, 1, 1])
+    per_class, overall = threshold.class_thresholds(labels, membership, conf, 4)
+    assert overall == 0.6
+    assert per_class.tolist() == [0.9, 0.8, 0.6, 0.6]
+
+
+def test_unknown_threshold_criterion():
+    post, labels, membership = np.eye(2), np.array([0, 1]), np.array([1, 0])
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        threshold.threshold_attack("loss", post, labels, membership, post, labels, membership,
+                                   criterion="f1")
+    with pytest.raises(ValueError, match="threshold_criterion must be one of"):
+        attacks.ShadowAttackConfig(threshold_criterion="f1")
