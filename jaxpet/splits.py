@@ -195,6 +195,44 @@ def random_member_sets(pool, num_models: int, size: int, seed: int) -> MemberSet
     )
 
 
+def offline_reference_sets(available, size: int, num_models: int,
+                           seed: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Training sets for offline reference models, drawn from ``available`` examples (indices)
+    that are none of the target's candidates, so every candidate is OUT for every reference.
+
+    Each reference trains on ``size`` examples, as many as the target did. With at least
+    ``2 * size`` available, ``2 * size`` of them are drawn and split by a balanced keep mask
+    (each in exactly half of the references: the target's own draw, a random half of a pool);
+    with fewer, each reference draws its own ``min(size, available)`` and the returned note
+    says how that departs from the target's draw. Returns (indices drawn [R], keep [num_models,
+    R], note or None).
+    """
+    available = np.asarray(available)
+    n = len(available)
+    if n == 0:
+        raise ValueError("Offline references need training examples outside the target's "
+                         "candidates; none are left.")
+    rng = np.random.default_rng([seed, 3])
+    if n >= 2 * size:
+        chosen = np.sort(rng.choice(available, 2 * size, replace=False))
+        return chosen, balanced_keep_mask(2 * size, num_models, seed), None
+    take = min(size, n)
+    keep = np.zeros((num_models, n), bool)
+    for k in range(num_models):
+        keep[k, rng.choice(n, take, replace=False)] = True
+    if take == size:
+        note = (f"only {n} training examples lie outside the candidates (a balanced draw needs "
+                f"{2 * size}): each offline reference trains on {size} examples, as the "
+                "target did, but their training sets overlap more than random halves of a "
+                "pool would.")
+    else:
+        note = (f"only {n} training examples lie outside the candidates: each offline "
+                f"reference trains on all {n} of them where the target trained on {size}, so "
+                "the references are weaker than the target and the offline attacks may "
+                "misreport. Give more data, lower --pool_size, or use --references=online.")
+    return available, keep, note
+
+
 def balanced_keep_mask(pool_size: int, num_models: int, seed: int) -> np.ndarray:
     """LiRA's keep mask: bool [K, pool_size], every example in exactly K/2 models.
 

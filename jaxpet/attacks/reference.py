@@ -52,11 +52,15 @@ class AttackConfig:
     rmia_gamma: float = 2.0
     lira_convention: str = "paper"
     fpr_rule: str = "le"
+    # RMIA's convention (jaxpet.attacks.rmia.CONVENTIONS): "paper" (plain means, LR >= gamma,
+    # queries averaged) or "code" (the released code: 20% trimmed means, LR > gamma, majority
+    # vote over queries); rmia_offline_a applies in both.
+    rmia_convention: str = "paper"
 
     def __post_init__(self):
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}.")
-        check_rmia_knobs(self.rmia_gamma, self.rmia_offline_a)
+        check_rmia_knobs(self.rmia_gamma, self.rmia_offline_a, self.rmia_convention)
         lira_convention(self.lira_convention)
         if self.fpr_rule not in metrics.FPR_RULES:
             raise ValueError(f"fpr_rule must be one of {metrics.FPR_RULES}, got "
@@ -95,16 +99,21 @@ def attack_scores(signals: Signals, keep, target: int, references: Sequence[int]
 
 def attack_metrics(labels, scores, fpr_levels: Sequence[float] = metrics.FPR_LEVELS,
                    fpr_rule: str = "le") -> dict:
-    """AUC, balanced accuracy at the best threshold and TPR at each FPR level."""
+    """AUC, balanced accuracy at the best threshold and TPR at each FPR level: by thresholds
+    on the score (``tpr_at_fpr``) and with ties broken at random (``tpr_at_fpr_randomized``,
+    :func:`jaxpet.metrics.tpr_at_fpr_randomized`; they differ only where scores tie)."""
     fpr, tpr, _ = metrics.roc_curve(labels, scores)
     return {"auc": metrics.roc_auc(labels, scores),
             "balanced_accuracy": float(np.max(1 - (fpr + (1 - tpr)) / 2)),
-            "tpr_at_fpr": metrics.tpr_at_fpr(labels, scores, fpr_levels, rule=fpr_rule)}
+            "tpr_at_fpr": metrics.tpr_at_fpr(labels, scores, fpr_levels, rule=fpr_rule),
+            "tpr_at_fpr_randomized": metrics.tpr_at_fpr_randomized(labels, scores, fpr_levels)}
 
 
 def _flatten(report: dict) -> dict[str, float]:
     flat = {"auc": report["auc"], "balanced_accuracy": report["balanced_accuracy"]}
     flat.update({f"tpr_at_fpr_{k}": v for k, v in report["tpr_at_fpr"].items()})
+    flat.update({f"tpr_at_fpr_randomized_{k}": v
+                 for k, v in report.get("tpr_at_fpr_randomized", {}).items()})
     return flat
 
 
@@ -166,6 +175,12 @@ def leave_one_out(signals: Signals, keep, *, targets: Sequence[int] | None = Non
     for t in targets:
         others = np.array([k for k in range(num_models) if k != t])
         use = equalized_use(keep[others], seed=[seed, t])
+        if min((keep[others] & use).sum(0).min(), (~keep[others] & use).sum(0).min()) < 1:
+            raise ValueError(
+                f"Leave-one-out cannot give every example both IN and OUT references among the "
+                f"{num_models - 1} models other than model {t}, so which references an example "
+                "gets would depend on the target's membership and every attack would be "
+                "miscalibrated; with a balanced keep mask use at least 4 models.")
         chosen = _choose_references(num_models, t, num_references, seed)
         scores = attack_scores(signals, keep, t, others[chosen], config, use=use[chosen],
                                attacks=attacks)

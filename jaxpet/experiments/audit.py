@@ -4,12 +4,15 @@ Stages: load the data (a jaxpet dataset, or your ``.npz`` of images or feature
 vectors); draw the candidate pool and RMIA's population (from the held-out
 part); take the target (trained here on a recorded half of the pool, or yours,
 loaded from a Flax checkpoint with the indices of its training examples);
-train N reference models at once on random halves of the pool (a balanced keep
-mask: every candidate in exactly half of them); query every model once (one
-stage of the run store, reused while settings and data are unchanged); score
-the target with every reference-family attack of the registry (LiRA, RMIA,
-the loss baseline); report the metrics, the ROC, every candidate's scores and
-the most exposed training examples.
+train N reference models at once, online on random halves of the pool (a
+balanced keep mask: every candidate in exactly half of them), offline on as
+many examples as the target outside the candidates (every candidate OUT for
+all); query every model once (one stage of the run store, reused while
+settings and data are unchanged); score the target with every reference-family
+attack of the registry (LiRA, RMIA, the loss baseline, label-only); check each
+attack's calibration on a reference scored as the target (:func:`self_check`);
+report the metrics, the ROC, every candidate's scores and the most exposed
+training examples.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import (config as config_lib, data, metrics, models, progress, report, runs, splits,
-                    training)
+from jaxpet import (calibration, config as config_lib, data, metrics, models, progress, report,
+                    runs, splits, training)
 from jaxpet import attacks as attacks_lib
 from jaxpet.attacks import lira as lira_attack
 from jaxpet.attacks import reference, registry
@@ -76,12 +79,14 @@ class Config:
     num_references: int = setting(8, "N reference models, trained at once on random halves of "
                                   "the pool; even.", low=2)
     references: str = setting("online", "online: each reference trains on a random half of the "
-                              "whole pool (every attack); offline: only on the target's "
-                              "non-members (the offline attacks and the loss baseline).",
+                              "whole pool (every attack); offline: on as many examples as the "
+                              "target, drawn outside the candidates, so every candidate is OUT "
+                              "for every reference (the offline attacks and the loss baseline).",
                               choices=("online", "offline"))
     pool_size: int | None = setting(None, "Candidates drawn from the training part (default: all "
-                                    "of it; with --target=checkpoint, the target's members and as "
-                                    "many non-members).", low=4)
+                                    "of it, half of it with --references=offline, whose "
+                                    "references train on the rest; with --target=checkpoint, the "
+                                    "target's members and as many non-members).", low=4)
     population_size: int = setting(1000, "Held-out examples used as RMIA's population.", low=1)
     epochs: int = setting(20, "Training epochs of the target and every reference.", low=1)
     batch_size: int = setting(128, "Batch size per model.", low=1)
@@ -101,14 +106,20 @@ class Config:
                                  "two (images only; turn off where a flip changes the class, "
                                  "e.g. digits).")
     label_only_shift: int = settings.label_only_shift()  # images only; flips with --flip_queries
+    label_only_translations: str = settings.label_only_translations()
     rmia_signal: str = settings.rmia_signal()
     lira_convention: str = settings.lira_convention()
+    rmia_convention: str = settings.rmia_convention()
+    query_mode: str = settings.lira_query_mode()
     fpr_rule: str = settings.fpr_rule()
     width_scale: float = settings.width_scale()
     precision: str = settings.precision()
     strategy: str = settings.strategy()
     checkpoint_every: int = settings.checkpoint_every()
-    eval_batch_size: int = setting(256, "Examples per prediction call (memory only).", low=1)
+    eval_batch_size: int = setting(256, "Examples per prediction call (memory only; under "
+                                   "--query_mode=train_batch_stats the logits' batches are "
+                                   "LiRA's 5,000 and this sizes the label-only queries only).",
+                                   low=1)
     num_exposed: int = setting(16, "Most exposed training examples listed (and drawn, for "
                                "images).", low=1, high=256)
 
@@ -293,6 +304,8 @@ def _pool(config: Config, available: np.ndarray, members: np.ndarray | None,
         raise config_lib.ConfigError(f"--pool_size={size} is larger than the {n} training "
                                      "examples available — lower it.")
     if members is None:
+        if size is None and config.references == "offline":  # the rest trains the references
+            size = n // 2
         return available if size is None else np.sort(rng.choice(available, size, replace=False))
     size = min(n, 2 * len(members)) if size is None else size
     if size <= len(members):
@@ -385,37 +398,46 @@ def run(config: Config) -> dict[str, Any]:
             target_keep[np.random.default_rng([config.seed, 1]).permutation(len(pool))[
                 :len(pool) // 2]] = True
             target_vars = checkpoint_digest = None
-        keep = reference_sets(config, target_keep)
+        layout = reference_layout(config, target_keep, pool, np.setdiff1d(available, pool))
+        keep = layout.keep
         queries = 2 if audit.kind == "images" and config.flip_queries else 1
         # Label-only queries (images only): shifts, and flips where --flip_queries allows them.
         label_queries = (attacks_lib.label_only.Queries(max_shift=config.label_only_shift,
+                                                        shifts=config.label_only_translations,
                                                         flips=queries == 2)
                          if audit.kind == "images" else None)
         key = {"data": audit.digest, "model": _model_identity(model, sample),
                "pool": pool, "population": population, "target": checkpoint_digest,
                "preprocess": repr(audit.preprocess),
-               "target_keep": target_keep, **{k: getattr(config, k) for k in (
+               "target_keep": target_keep, "reference_examples": layout.extra,
+               "reference_train_keep": layout.train_keep, **{k: getattr(config, k) for k in (
                    "seed", "num_references", "references", "pool_size", "population_size", "epochs",
                    "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
                    "schedule", "lr_decay", "augment", "precision", "flip_queries")},
-               "label_only": (dataclasses.asdict(label_queries) if label_queries else None)}
+               **({} if config.query_mode == "eval" else {"query_mode": config.query_mode}),
+               "label_only": label_queries.key() if label_queries else None}
 
         def train_and_query():
-            sets = ([target_keep] if target_vars is None else []) + list(keep)
+            # Candidates first, then the examples only offline references train on.
+            train_at = np.concatenate([pool, layout.extra])
+            sets = ([np.r_[target_keep, np.zeros(len(layout.extra), bool)]]
+                    if target_vars is None else []) + list(layout.train_keep)
             result = training.train_ensemble(
-                model, audit.x[pool], audit.y[pool], splits.MemberSets.from_mask(np.stack(sets)),
+                model, audit.x[train_at], audit.y[train_at],
+                splits.MemberSets.from_mask(np.stack(sets)),
                 config.train_config(), seed=config.seed, preprocess=audit.preprocess,
                 log_prefix="audit ", mesh=training.default_mesh(config.strategy),
                 strategy=config.strategy, checkpoint_every=config.checkpoint_every,
                 checkpoint_dir=str(run_.stages.checkpoint_dir("logits", key)))
-            variables = result.variables()
-            if target_vars is not None:
+            variables = training.query_variables(result.state, config.query_mode)
+            if target_vars is not None:  # the user's target is queried as saved
                 variables = jax.tree.map(lambda t, r: jnp.concatenate([t, r]), target_vars,
                                          variables)
-            query = lambda x: training.query_logits(model, variables, x,
-                                                    preprocess=audit.preprocess,
-                                                    batch_size=config.eval_batch_size,
-                                                    flips=queries == 2)
+            eval_mode = config.query_mode == "eval"
+            query = lambda x: training.query_logits(
+                model, variables, x, preprocess=audit.preprocess, flips=queries == 2,
+                mode=config.query_mode, batch_size=config.eval_batch_size if eval_mode else None,
+                models_per_call=None if eval_mode else 1)
             arrays = {"logits": query(audit.x[pool]),
                       "population_logits": query(audit.test_x[population])}
             if label_queries is not None:
@@ -425,7 +447,7 @@ def run(config: Config) -> dict[str, Any]:
             return arrays, {"train_seconds": result.seconds}
 
         trained = len(keep) + (1 if target_vars is None else 0)
-        run_.expect("audit", config.epochs * trained * len(pool) / 2, stage="logits")
+        run_.expect("audit", config.epochs * trained * target_keep.sum(), stage="logits")
         run_.expect("logits", (trained + (target_vars is not None)) * queries
                     * (len(pool) + len(population)) * progress.FORWARD, stage="logits")
         with run_.timed("train_and_logits"):
@@ -436,15 +458,17 @@ def run(config: Config) -> dict[str, Any]:
                 audit.test_y[population], rmia_signal=config.rmia_signal)
             signals = dataclasses.replace(signals, correct=saved.get("correct"))
             all_keep = np.concatenate([target_keep[None], keep])
+            attack_config = reference.AttackConfig(num_queries=queries,
+                                                   lira_convention=config.lira_convention,
+                                                   rmia_convention=config.rmia_convention,
+                                                   fpr_rule=config.fpr_rule)
+            names = attack_names(config, signals)
             scores = reference.attack_scores(signals, all_keep, 0,
                                              list(range(1, config.num_references + 1)),
-                                             reference.AttackConfig(
-                                                 num_queries=queries,
-                                                 lira_convention=config.lira_convention,
-                                                 fpr_rule=config.fpr_rule),
-                                             attacks=attack_names(config, signals))
+                                             attack_config, attacks=names)
             attacks = {name: reference.attack_metrics(target_keep, s, fpr_rule=config.fpr_rule)
                        for name, s in scores.items()}
+            check = self_check(signals, all_keep, target_keep, attack_config, names)
         hits = saved["logits"][0, :, 0].argmax(-1) == audit.y[pool]
         test_hits = saved["population_logits"][0, :, 0].argmax(-1) == audit.test_y[population]
         ranking = "lira_online" if config.references == "online" else "lira_offline"
@@ -453,11 +477,13 @@ def run(config: Config) -> dict[str, Any]:
             "data": {"source": audit.source, "digest": audit.digest, "kind": audit.kind,
                      "num_classes": audit.num_classes, "pool_size": len(pool),
                      "population_size": len(population), "target_members": int(target_keep.sum()),
-                     "queries": queries},
+                     "queries": queries, "reference_members": float(layout.train_keep.sum(1).mean()),
+                     "reference_note": layout.note},
             "target": {"train_acc": float(hits[target_keep].mean()),
                        "pool_non_member_acc": float(hits[~target_keep].mean()),
                        "test_acc": float(test_hits.mean())},
             "attacks": attacks,
+            "calibration": check,
             "most_exposed": [{"index": int(pool[i]), "score": float(scores[ranking][i]),
                               "attack": ranking} for i in exposed],
             "seconds": {"training": float(info["train_seconds"])},
@@ -475,15 +501,56 @@ def run(config: Config) -> dict[str, Any]:
         return results
 
 
-def reference_sets(config: Config, target_keep: np.ndarray) -> np.ndarray:
-    """Bool [N, pool]: each reference's members, a balanced half of the whole pool (online) or
-    of the target's non-members only (offline)."""
+@dataclasses.dataclass(frozen=True)
+class ReferenceLayout:
+    """What the references train on. ``keep`` [N, pool]: their membership of the candidates;
+    ``extra``: data indices only they train on (offline); ``train_keep`` [N, pool + extra]:
+    their training sets over the candidates followed by ``extra``; ``note``: how the offline
+    draw departs from the target's, where the data forces it."""
+
+    keep: np.ndarray
+    extra: np.ndarray
+    train_keep: np.ndarray
+    note: str | None = None
+
+
+def reference_layout(config: Config, target_keep: np.ndarray, pool: np.ndarray,
+                     outside: np.ndarray) -> ReferenceLayout:
+    """Online: each reference on a balanced half of the pool, so every candidate is IN for
+    exactly half of them whatever the target's membership. Offline: each on as many examples
+    as the target, drawn from ``outside`` (training examples that are not candidates), so every
+    candidate is OUT for all N of them (:func:`jaxpet.splits.offline_reference_sets`). Either
+    way, no candidate's reference counts depend on its membership of the target, which is what
+    keeps the attacks calibrated (``tests/test_calibration.py``)."""
+    n, size = len(pool), int(target_keep.sum())
     if config.references == "online":
-        return splits.balanced_keep_mask(len(target_keep), config.num_references, config.seed)
-    outside = np.flatnonzero(~target_keep)
-    keep = np.zeros((config.num_references, len(target_keep)), bool)
-    keep[:, outside] = splits.balanced_keep_mask(len(outside), config.num_references, config.seed)
-    return keep
+        keep = splits.balanced_keep_mask(n, config.num_references, config.seed)
+        return ReferenceLayout(keep, pool[:0], keep)
+    if len(outside) == 0:
+        raise config_lib.ConfigError(
+            "--references=offline trains the references outside the candidates, and the "
+            "candidates take every training example — lower --pool_size (offline, by default "
+            "half of the training part is candidates).")
+    extra, extra_keep, note = splits.offline_reference_sets(outside, size,
+                                                            config.num_references, config.seed)
+    keep = np.zeros((config.num_references, n), bool)
+    return ReferenceLayout(keep, extra, np.concatenate([keep, extra_keep], 1), note)
+
+
+def self_check(signals, all_keep: np.ndarray, target_keep: np.ndarray, attack_config,
+               names) -> dict:
+    """The calibration check of :func:`jaxpet.calibration.pseudo_target_check` on this run:
+    reference 1 scored as the target (row 0 of ``all_keep``) by the other references, on the
+    candidates it never trained on, with the target's membership as the claim."""
+    num_models = len(all_keep)
+    if num_models < 4:
+        return {"skipped": "needs at least 3 references (one scored as the target, two to "
+                           "score it)"}
+    try:
+        return calibration.pseudo_target_check(signals, all_keep, target_keep, 1,
+                                               list(range(2, num_models)), attack_config, names)
+    except ValueError as e:  # e.g. online attacks without IN references for every candidate
+        return {"skipped": str(e)}
 
 
 def attack_names(config: Config, signals=None) -> list[str]:
@@ -520,26 +587,83 @@ def _exposed_figure(images, positions, score, pool):
 
 
 def summary_markdown(results: dict) -> str:
-    """Every attack's AUC and TPR at low FPR, the target's accuracy and the most exposed examples."""
+    """Every attack's AUC and TPR at low FPR, the built-in calibration check, the target's
+    accuracy and the most exposed examples."""
     c, d, t = results["config"], results["data"], results["target"]
     rows = [[name, f"{r['auc']:.4f}", report.pct(r["balanced_accuracy"]),
-             *(report.pct(r["tpr_at_fpr"][str(level)]) for level in metrics.DEFAULT_FPR_LEVELS)]
+             *(report.pct(r["tpr_at_fpr"][str(level)]) for level in metrics.DEFAULT_FPR_LEVELS),
+             *(report.pct(r["tpr_at_fpr_randomized"][str(level)]) for level in calibration.LEVELS)]
             for name, r in results["attacks"].items()]
     table = report.markdown_table(["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)",
-                                   "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+                                   "TPR@0.1%FPR (%)", "TPR@0%FPR (%)",
+                                   "TPR@1%FPR, ties random (%)",
+                                   "TPR@0.1%FPR, ties random (%)"], rows)
     exposed = report.markdown_table(["training example",
                                      f"{results['most_exposed'][0]['attack']} score"],
                                     [[e["index"], f"{e['score']:.2f}"]
                                      for e in results["most_exposed"]])
+    if c.get("references", "online") == "online":
+        layout = "each on a random half of the pool (online)"
+    else:
+        layout = (f"each on {d['reference_members']:.0f} training examples (mean) outside the "
+                  "candidates, so every candidate is OUT for all of them (offline)")
+    note = f"\n\n**Offline references:** {d['reference_note']}" if d.get("reference_note") else ""
     return (f"# Membership audit of `{c['model']}` on {d['source']}\n\n"
             f"Target ({c['target']}): {d['target_members']} members of a {d['pool_size']}-example "
             f"pool; accuracy on members {report.pct(t['train_acc'])}%, pool non-members "
             f"{report.pct(t['pool_non_member_acc'])}%, held-out {report.pct(t['test_acc'])}%. "
             f"{c['num_references']} reference models ({c['optimizer']}, lr {c['learning_rate']}, "
-            f"{c['schedule']} schedule, {c['epochs']} epochs), each on a random half of the pool; "
+            f"{c['schedule']} schedule, {c['epochs']} epochs), {layout}; "
             f"RMIA population {d['population_size']} held-out examples; {d['queries']} "
             f"quer{'ies' if d['queries'] > 1 else 'y'} per example; LiRA convention "
-            f"{c.get('lira_convention', 'paper')}, TPR at FPR "
+            f"{c.get('lira_convention', 'paper')}, RMIA convention "
+            f"{c.get('rmia_convention', 'paper')}, TPR at FPR "
             f"{'<' if c.get('fpr_rule') == 'lt' else '<='} level. Backend "
-            f"{results['provenance']['backend']}.\n\n## Attacks\n\n{table}\n"
+            f"{results['provenance']['backend']}.{note}\n\n## Attacks\n\n{table}\n"
+            "TPR at a fixed FPR counts the thresholds on the score whose FPR is at most the "
+            "level, so a block of tied scores (the label-only attack's) is taken whole or not "
+            "at all; 'ties random' breaks the straddling block at random so that the FPR is "
+            "the level exactly (the expected TPR: the ROC interpolated).\n\n"
+            f"{calibration_markdown(results.get('calibration'))}"
             f"## Most exposed training examples\n\n{exposed}")
+
+
+def calibration_markdown(check: dict | None) -> str:
+    """The summary's calibration section: each attack on a reference scored as the target."""
+    if not check:
+        return ""
+    head = "## Calibration on your model and data\n\n"
+    if "skipped" in check:
+        return f"{head}Not checked: {check['skipped']}.\n\n"
+    rows, failed = [], []
+    for name, r in check["attacks"].items():
+        cells = []
+        for level in calibration.LEVELS:
+            v = r["levels"][str(level)]
+            cells.append(f"{report.pct(v['tpr_randomized'])} "
+                         f"[{report.pct(v['low'])}, {report.pct(v['high'])}]"
+                         + ("" if v["resolvable"] else " (not resolvable)"))
+        rows.append([name, f"{r['auc']:.4f} ± {r['auc_halfwidth']:.4f}", *cells,
+                     "yes" if r["calibrated"] else "**no**"])
+        if not r["calibrated"]:
+            failed.append(name)
+    table = report.markdown_table(["attack", "AUC (no-signal band)", "TPR@1%FPR (%) [band]",
+                                   "TPR@0.1%FPR (%) [band]", "calibrated"], rows)
+    first = next(iter(check["attacks"].values()))
+    unresolved = [f"{100 * level:g}%" for level in calibration.LEVELS
+                  if not first["levels"][str(level)]["resolvable"]]
+    limit = (f" TPR at {' and '.join(unresolved)} FPR cannot be checked with "
+             f"{first['non_members']} non-members (it needs 1/level of them); only the AUC and "
+             "the other levels are." if unresolved else "")
+    verdict = ("Every attack is calibrated here: on a model with no signal it reports no risk."
+               + limit if not failed else
+               f"**Not calibrated: {', '.join(failed)}.** On a model that never saw these "
+               "candidates they report a TPR or AUC outside the no-signal band, so their "
+               "figures above can overstate or hide this model's risk; do not rely on them.")
+    return (f"{head}Reference model {check['pseudo_target']} scored as if it were the target by "
+            f"the other {check['references']}, on the {check['candidates']} candidates it never "
+            "trained on, with the target's members as the claimed members: a model with no "
+            "signal about the claim. Each band holds a calibrated attack's figure with "
+            f"probability {1 - 2 * calibration.TAIL:.4f} (exact no-signal quantiles, "
+            "jaxpet.calibration); ties broken at random.\n\n"
+            f"{table}\n{verdict}\n\n")

@@ -43,7 +43,10 @@ class Config:
     seed: int = setting(0, "Seed for the pool, the keep mask, initialisation and data order.",
                         low=0)
     num_models: int = setting(16, "N, models trained together in one ensemble call; even, since "
-                              "every example is a member of exactly half of them.", low=2)
+                              "every example is a member of exactly half of them, and at least "
+                              "4: with 2, the one other model is IN exactly where the target is "
+                              "OUT, so a target's references would give its membership away.",
+                              low=4)
     pool_size: int | None = setting(None, "Candidate examples drawn at random from the train "
                                     "split (default: all of it); each model trains on half.",
                                     low=2)
@@ -79,6 +82,7 @@ class Config:
                                      "crops (the published LiRA/RMIA models' recipe).")
     augment_queries: bool = setting(True, "Query each example's horizontal flip too and average "
                                     "over both queries, as both papers do (scoring only).")
+    query_mode: str = settings.lira_query_mode()
     num_targets: int | None = setting(None, "How many models (0, 1, ...) to score as the target "
                                       "in turn (default: all).", low=1)
     rmia_offline_a: float = setting(0.3, "RMIA offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + "
@@ -86,12 +90,16 @@ class Config:
     rmia_gamma: float = setting(2.0, "RMIA: x dominates z when its likelihood ratio against z "
                                 "is at least gamma.", low=0, low_open=True)
     rmia_signal: str = settings.rmia_signal()
+    rmia_convention: str = settings.rmia_convention()
     lira_convention: str = settings.lira_convention()  # the summary reports the other too
     fpr_rule: str = settings.fpr_rule()
     max_reference_sweep: int | None = setting(None, "Largest number of reference models in the "
                                               "sweep 1, 2, 4, ... (default: num_models - 1).",
                                               low=1)
-    eval_batch_size: int = setting(256, "Images per prediction call (memory only).", low=1)
+    eval_batch_size: int = setting(256, "Images per prediction call (memory only). Under "
+                                   "--query_mode=train_batch_stats the batch is part of the "
+                                   "convention: LiRA's 5,000.", low=1,
+                                   when=("query_mode", ("eval",)))
 
     def __post_init__(self):
         config_lib.check(self)
@@ -145,6 +153,7 @@ class Config:
         return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
                                       rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma,
                                       lira_convention=self.lira_convention,
+                                      rmia_convention=self.rmia_convention,
                                       fpr_rule=self.fpr_rule)
 
     def other_attack_config(self) -> reference.AttackConfig:
@@ -165,6 +174,8 @@ class Config:
             fields.update(model=self.model, recipe=self.recipe)
             if self.model == "wrn":
                 fields.update(wrn_depth=self.wrn_depth, wrn_width=self.wrn_width)
+        if self.query_mode != "eval":  # eval's keys stay as they were
+            fields.update(query_mode=self.query_mode)
         return {**fields, "data": dataset.digest,
                 "pool_size": self.pool_size or len(dataset.train),
                 "population_size": min(self.population_size, len(dataset.test))}
@@ -216,12 +227,17 @@ def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
         strategy=config.strategy, checkpoint_dir=checkpoint_dir,
         checkpoint_every=config.checkpoint_every)
     tick = time.perf_counter()
-    variables = result.variables()
-    logits = training.query_logits(model, variables, images, preprocess=preprocess,
-                                   batch_size=config.eval_batch_size)
+    # eval: the weights the models predict with (result.variables()); train_batch_stats: the
+    # raw weights, at LiRA's query batch (training.QUERY_BATCH_SIZES), one model per call (the
+    # memory of a 5,000-image batch; the logits do not depend on it).
+    variables = training.query_variables(result.state, config.query_mode)
+    eval_mode = config.query_mode == "eval"
+    query = dict(preprocess=preprocess, mode=config.query_mode,
+                 batch_size=config.eval_batch_size if eval_mode else None,
+                 models_per_call=None if eval_mode else 1)
+    logits = training.query_logits(model, variables, images, **query)
     population_logits = training.query_logits(model, variables, dataset.test.images[population],
-                                              preprocess=preprocess,
-                                              batch_size=config.eval_batch_size)
+                                              **query)
     predict_seconds = time.perf_counter() - tick
     logging.info("Logits of %d models on %d pool + %d population examples (x2 queries) in %.1fs",
                  config.num_models, len(pool), len(population), predict_seconds)
@@ -332,6 +348,10 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
 
 
 _RULE = {"le": "<=", "lt": "<"}
+_QUERY_MODE_WORDS = {"train_batch_stats": (
+    ", queried as LiRA's inference.py does: raw weights in training mode, BatchNorm on the "
+    "statistics of each query batch (up to "
+    f"{training.QUERY_BATCH_SIZES['train_batch_stats']:,} consecutive examples)")}
 _CONVENTION_NOTE = (
     "paper: Gaussian centres are means, variances unbiased, the fixed variance pooled within "
     "examples, the offline test one-sided (Carlini et al. 2022 as written); code: medians, "
@@ -359,7 +379,8 @@ def _fitted_a(signals, keep, targets, attack_config, seed) -> list[float]:
         others = np.array([k for k in range(keep.shape[0]) if k != t])
         use = lira_attack.equalized_use(keep[others], seed=[seed, t])
         out.append(rmia_attack.fit_offline_a(x[others], keep[others], population[others],
-                                             use=use, gamma=attack_config.rmia_gamma))
+                                             use=use, gamma=attack_config.rmia_gamma,
+                                             conv=attack_config.rmia_convention))
     return out
 
 
@@ -437,7 +458,8 @@ def summary_markdown(results: dict) -> str:
         f"{len(results['targets'])} model(s) scored as the target in turn with the other "
         f"{c['num_models'] - 1} as references (leave-one-out); {d['queries']} "
         f"quer{'ies' if d['queries'] > 1 else 'y'} per example "
-        f"({'original + horizontal flip' if d['queries'] > 1 else 'original only'}); RMIA "
+        f"({'original + horizontal flip' if d['queries'] > 1 else 'original only'}"
+        f"{_QUERY_MODE_WORDS.get(c.get('query_mode', 'eval'), '')}); RMIA "
         f"a={c['rmia_offline_a']} (rmia_offline_fitted_a fits it on each target's references: "
         f"{_a_range(results.get('rmia_fitted_a'))}), "
         f"gamma={c['rmia_gamma']}, Pr(x|theta) = {c.get('rmia_signal', 'softmax')}, population "

@@ -55,6 +55,13 @@ class Config:
                               "probability (true_class, Song & Mittal) or the top posterior "
                               "(max). The summary also reports the other.",
                               choices=attacks.CONFIDENCES)
+    threshold_criterion: str = setting(
+        "balanced_accuracy", "Threshold attacks: how each threshold is chosen on the shadow. "
+        "balanced_accuracy maximises 0.5 * (TPR + TNR), as Song & Mittal (USENIX Security "
+        "2021, 'Systematic Evaluation of Privacy Risks of Machine Learning Models') do in "
+        "their code's _thre_setting; accuracy maximises the share classified right (jaxpet's "
+        "earlier choice). The label-only threshold attack keeps accuracy.",
+        choices=attacks.shadow.THRESHOLD_CRITERIA)
     defense: str = setting("none", "none; dropout_early_stopping (dropout and early stopping on "
                            "validation); or dpsgd (DP-SGD: GroupNorm CNNs, per-example clipping, "
                            "Gaussian noise; epsilon reported).", choices=DEFENSES)
@@ -63,7 +70,10 @@ class Config:
     patience: int = setting(10, "Early-stopping patience in epochs.", low=1,
                             when=("defense", _ES))
     num_shadow: int = setting(1, "Shadow models, trained together in one vmapped call.", low=1)
-    label_only_shift: int = settings.label_only_shift()  # flips on CIFAR-10, not on digits
+    label_only_shift: int = settings.label_only_shift()
+    label_only_translations: str = settings.label_only_translations()
+    label_only_flips: bool | None = settings.label_only_flips(when=("dataset", ("cifar10",)))
+    label_only_attack_model: str = settings.label_only_attack_model()
     precision: str = settings.precision()
     batch_size: int = setting(128, "Target/shadow batch size.", low=1)
     width_scale: float = settings.width_scale()
@@ -91,10 +101,20 @@ class Config:
 
     @property
     def label_only_queries(self) -> attacks.label_only.Queries:
-        """The label-only attacks' augmentations: shifts, and flips where they keep the class
-        (CIFAR-10's objects; not MNIST's digits)."""
-        return attacks.label_only.Queries(max_shift=self.label_only_shift,
-                                          flips=self.dataset == "cifar10")
+        """The label-only attacks' augmentations: translations (the ring, as Choquette-Choo et
+        al.'s code, or the diamond), and flips on CIFAR-10 unless turned off (a flip keeps an
+        object's class, not a digit's)."""
+        flips = self.label_only_flips
+        flips = self.dataset == "cifar10" if flips is None else flips
+        return attacks.label_only.Queries(max_shift=self.label_only_shift, flips=flips,
+                                          shifts=self.label_only_translations)
+
+    @property
+    def label_only_attack(self) -> attacks.label_only.LabelOnlyAttackConfig:
+        """The ``label_only`` attack's model: one pooled MLP trained for --attack_epochs, or
+        one net per class (theirs)."""
+        return attacks.label_only.LabelOnlyAttackConfig(
+            attack_model=self.label_only_attack_model, pooled_epochs=self.attack_epochs)
 
     @property
     def model_norm(self) -> str:
@@ -135,12 +155,15 @@ class Config:
         """Everything the trained ``role`` depends on: the training settings and the data's
         content (not the attack's knobs), so runs differing only in the attack share them."""
         skip = ("preset", "data_dir", "workdir", "stage_dir", "num_posteriors", "attack_epochs",
-                "strategy", "checkpoint_every", "dp_delta", "norm", "thresholds", "confidence")
+                "strategy", "checkpoint_every", "dp_delta", "norm", "thresholds", "confidence",
+                "threshold_criterion",
+                # the queries are keyed by label_only_queries below; the model is the attack's
+                "label_only_translations", "label_only_flips", "label_only_attack_model")
         skip += ("num_shadow",) if role == "target" else ()
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         key = {**fields, "norm": self.model_norm, "data": dataset.digest,
                "train_size": self.part_size(len(dataset.train)),
-               "label_only_queries": dataclasses.asdict(self.label_only_queries)}
+               "label_only_queries": self.label_only_queries.key()}
         # Validation from unused data changes the sets; the seed's layout keeps its old keys.
         source = self.val_source(len(dataset.train))
         return {**key, "val_source": source} if source == "unused" else key
@@ -305,8 +328,11 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                 correct=arrays.get("correct"))
             attack_config = attacks.ShadowAttackConfig(
                 top_k=config.num_posteriors, epochs=config.attack_epochs,
-                thresholds=config.thresholds, confidence=config.confidence)
-            outputs = {a.name: a.fn(observed(shadow), observed(target), config=attack_config,
+                thresholds=config.thresholds, confidence=config.confidence,
+                threshold_criterion=config.threshold_criterion)
+            own_config = {"label_only": config.label_only_attack}  # the rest: attack_config
+            outputs = {a.name: a.fn(observed(shadow), observed(target),
+                                    config=own_config.get(a.name, attack_config),
                                     seed=config.seed)
                        for a in attacks.registry.list_attacks("shadow")
                        if a.runs_on(observed(target))}
@@ -375,6 +401,29 @@ _SCOPE = {"per_class": "one threshold per true class, fitted on the shadow (Song
 _CONF = {"true_class": "the true class's probability", "max": "the top posterior"}
 
 
+def _label_only_sentence(c: dict, queries: int, label_only: dict | None) -> str:
+    """What the label-only attacks queried and fitted; results from before the translation,
+    flip and model settings existed read as they ran (the diamond, flips on CIFAR-10, the
+    pooled MLP)."""
+    shift = c.get("label_only_shift", 1)
+    shape = c.get("label_only_translations", "diamond")
+    where = ("|dx| + |dy| = " if shape == "ring" and shift > 1 else "|dx| + |dy| <= ")
+    flips = c.get("label_only_flips")
+    flips = c["dataset"] == "cifar10" if flips is None else flips
+    model = c.get("label_only_attack_model", "pooled_mlp")
+    if model == "per_class":
+        rate = (label_only or {}).get("learning_rate")
+        fit = ("`label_only` fits one small net per class, its learning rate"
+               + (f" ({rate:g})" if rate is not None else "") + " picked on the shadow")
+    else:
+        fit = "`label_only` fits one MLP for all classes on the shadow"
+    return (f"Label-only attacks (Choquette-Choo et al. 2021) see only the predicted label of "
+            f"{queries} augmented copies of each example (the image and its shifts with "
+            f"{where}{shift} pixel{'s' if shift != 1 else ''}"
+            f"{', with and without a flip' if flips else ''}); {fit}, `label_only_threshold` "
+            "thresholds the fraction correct.\n\n")
+
+
 def summary_markdown(results: dict) -> str:
     """The seed's table shape (accuracies in %), then every attack with the modern metrics."""
     c, pct = results["config"], report.pct
@@ -390,25 +439,29 @@ def summary_markdown(results: dict) -> str:
         rows = []
         for name, r in reports.items():
             tpr = r["tpr_at_fpr"]
+            tied = r.get("tpr_at_fpr_randomized")  # absent from results before it existed
             rows.append([name, pct(r["accuracy"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}",
                          f"{r['f1']:.3f}", f"{r['auc']:.4f}", pct(tpr["0.01"]),
-                         pct(tpr["0.001"]), pct(tpr["0.0"])])
+                         pct(tpr["0.001"]), pct(tpr["0.0"]),
+                         "-" if tied is None else pct(tied["0.01"]),
+                         "-" if tied is None else pct(tied["0.001"])])
         return report.markdown_table(
             ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
-             "TPR@0.1%FPR (%)", "TPR@0%FPR (%)"], rows)
+             "TPR@0.1%FPR (%)", "TPR@0%FPR (%)", "TPR@1%FPR, ties random (%)",
+             "TPR@0.1%FPR, ties random (%)"], rows)
 
     conv = results.get("conventions")
     other = results.get("other_conventions")
+    criterion = {"balanced_accuracy": "balanced accuracy, 0.5 (TPR + TNR)",
+                 "accuracy": "accuracy"}[c.get("threshold_criterion", "accuracy")]
     conv_line = "" if conv is None else (
         f"Threshold attacks: {_SCOPE[conv['thresholds']]}; confidence = "
-        f"{_CONF[conv['confidence']]}.\n\n")
+        f"{_CONF[conv['confidence']]}; each threshold chosen by {criterion} on the shadow. "
+        "TPR at FPR counts thresholds on the score (a tied block whole or not at all); "
+        "'ties random' breaks the block that straddles the level at random.\n\n")
     queries = results["data"].get("label_only_queries")
     if queries:
-        conv_line += (f"Label-only attacks (Choquette-Choo et al. 2021) see only the predicted "
-                      f"label of {queries} augmented copies of each example (shifts by up to "
-                      f"{c.get('label_only_shift', 1)} pixel{'s' if c.get('label_only_shift', 1) != 1 else ''}"
-                      f"{', with and without a flip' if c['dataset'] == 'cifar10' else ''}), "
-                      "fitted on the shadow.\n\n")
+        conv_line += _label_only_sentence(c, queries, results["attacks"].get("label_only"))
     other_section = "" if other is None else (
         f"\n## Threshold attacks under the other convention\n\n"
         f"{_SCOPE[other['thresholds']][0].upper()}{_SCOPE[other['thresholds']][1:]}; "

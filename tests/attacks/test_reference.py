@@ -56,8 +56,11 @@ def test_attack_metrics_and_summary_on_a_toy():
     assert report["tpr_at_fpr"] == {"0.01": 0.5, "0.001": 0.5, "0.0001": 0.5, "0.0": 0.5}
     summary = reference.summarize([report, {**report, "auc": 0.25}])
     assert summary["auc"] == {"mean": 0.5, "std": 0.25}
-    assert list(summary) == ["auc", "balanced_accuracy", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001",
-                             "tpr_at_fpr_0.0001", "tpr_at_fpr_0.0"]
+    levels = ["0.01", "0.001", "0.0001", "0.0"]
+    assert list(summary) == ["auc", "balanced_accuracy", *(f"tpr_at_fpr_{v}" for v in levels),
+                             *(f"tpr_at_fpr_randomized_{v}" for v in levels)]
+    # No ties: the randomised reading is the thresholded one.
+    assert report["tpr_at_fpr_randomized"] == report["tpr_at_fpr"]
 
 
 def test_bad_inputs_raise_clear_value_errors(make_signals):

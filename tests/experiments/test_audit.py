@@ -204,18 +204,52 @@ def test_bad_settings_are_refused(kwargs, expected):
         audit.Config(**kwargs)
 
 
-def test_offline_references_never_train_on_the_targets_members(tmp_path, user_models):
+def test_offline_references_train_outside_the_candidates_on_as_many_examples(tmp_path,
+                                                                            user_models):
     config = _config(tmp_path, model=f"{user_models}:tabular", data=_features(tmp_path / "d.npz"),
                      references="offline")
-    target_keep = np.zeros(160, bool)
+    pool = np.arange(0, 160, 2)
+    target_keep = np.zeros(80, bool)
     target_keep[::2] = True
-    keep = audit.reference_sets(config, target_keep)
-    assert not (keep & target_keep).any() and (keep.sum(0)[~target_keep] == 2).all()
+    layout = audit.reference_layout(config, target_keep, pool, np.arange(1, 160, 2))
+    assert not layout.keep.any()  # every candidate OUT for all N references
+    assert not np.isin(layout.extra, pool).any() and len(layout.extra) == 80
+    assert (layout.train_keep[:, :80] == 0).all()
+    # A balanced draw: each example in exactly half the references, so they train on as many
+    # examples as the target on average.
+    assert (layout.train_keep.sum(0)[80:] == 2).all() and layout.note is None
+    assert layout.train_keep.sum(1).mean() == target_keep.sum()
     results = audit.run(config)
     assert set(results["attacks"]) == {"lira_offline", "lira_offline_fixed_variance",
                                        "rmia_offline", "rmia_offline_fitted_a", "global_loss"}
+    # Half the training part is candidates; the other half trains the references.
+    assert results["data"]["pool_size"] == 80 and results["data"]["reference_members"] == 40
     assert results["attacks"]["lira_offline"]["auc"] > 0.6
     assert results["most_exposed"][0]["attack"] == "lira_offline"
+    check = results["calibration"]
+    assert check["pseudo_target"] == 1 and check["candidates"] == 80
+    assert set(check["attacks"]) == set(results["attacks"])
+    summary = (tmp_path / "audit" / "summary.md").read_text()
+    assert "## Calibration" in summary and "outside the candidates" in summary
+
+
+@pytest.mark.parametrize("outside, members, expected", [
+    (30, 20, "overlap more"),  # enough for each reference, not for a balanced draw
+    (12, 20, "weaker than the target"),  # fewer than the target trained on
+])
+def test_offline_references_short_of_data_say_so(outside, members, expected):
+    config = audit.Config(references="offline", num_references=4)
+    target_keep = np.arange(2 * members) % 2 == 0
+    layout = audit.reference_layout(config, target_keep, np.arange(2 * members),
+                                    np.arange(100, 100 + outside))
+    assert expected in layout.note
+    assert (layout.train_keep.sum(1) == min(members, outside)).all()
+
+
+def test_offline_with_every_example_a_candidate_is_refused():
+    config = audit.Config(references="offline", num_references=4)
+    with pytest.raises(ValueError, match="lower --pool_size"):
+        audit.reference_layout(config, np.arange(8) % 2 == 0, np.arange(8), np.arange(0))
 
 
 def test_the_built_in_wide_resnet_is_the_published_architecture():

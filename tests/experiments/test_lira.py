@@ -24,7 +24,7 @@ def _dataset(make_dataset, seed=0):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_models=5), "even"), (dict(num_models=1), "num_models must be >= 2"),
+    (dict(num_models=5), "even"), (dict(num_models=2), "num_models must be >= 4"),
     (dict(defense="laplace"), "defense"),
     (dict(defense="dpsgd", dp_noise_multiplier=0.0), "dp_noise_multiplier must be > 0"),
     (dict(defense="dpsgd", dp_delta=0.0), "dp_delta"),
@@ -117,6 +117,34 @@ def test_run_end_to_end_and_rerun_reuses_the_logits(tmp_path, monkeypatch, make_
     # Other data of the same shapes in the same workdir is never scored with the old logits.
     with pytest.raises(AssertionError, match="retrained"):
         lira.run(_config(tmp_path), dataset=_dataset(make_dataset, seed=1))
+    # Nor are LiRA's training-mode queries: the query mode is part of the stage key.
+    with pytest.raises(AssertionError, match="retrained"):
+        lira.run(_config(tmp_path, query_mode="train_batch_stats"),
+                 dataset=_dataset(make_dataset))
+
+
+def test_query_mode_keys_the_logits_and_reaches_the_queries(tmp_path, monkeypatch,
+                                                             make_dataset):
+    dataset = _dataset(make_dataset)
+    eval_key = _config(tmp_path).training_key(dataset)
+    assert "query_mode" not in eval_key  # eval's stage keys stay as they were
+    assert _config(tmp_path, query_mode="train_batch_stats").training_key(dataset) == {
+        **eval_key, "query_mode": "train_batch_stats"}
+    with pytest.raises(ValueError, match="eval_batch_size=64 has no effect unless --query_mode"):
+        _config(tmp_path, query_mode="train_batch_stats", eval_batch_size=64)
+
+    calls = []
+    real_variables, real_logits = training.query_variables, training.query_logits
+    monkeypatch.setattr(training, "query_variables", lambda state, mode: calls.append(
+        ("variables", mode)) or real_variables(state, mode))
+    monkeypatch.setattr(training, "query_logits", lambda *a, **kw: calls.append(
+        ("logits", kw["mode"], kw["batch_size"], kw["models_per_call"])) or real_logits(*a, **kw))
+    results = lira.run(_config(tmp_path, query_mode="train_batch_stats", num_targets=1),
+                       dataset=dataset)
+    assert calls == [("variables", "train_batch_stats")] + [
+        ("logits", "train_batch_stats", None, 1)] * 2  # pool and population, LiRA's batch
+    assert 0 <= results["attacks"]["lira_online"]["auc"]["mean"] <= 1
+    assert "queried as LiRA's inference.py does" in (tmp_path / "run" / "summary.md").read_text()
 
 
 def test_dpsgd_run_reports_epsilon(tmp_path, make_dataset):
@@ -130,7 +158,7 @@ def test_dpsgd_run_reports_epsilon(tmp_path, make_dataset):
 def test_a_wide_resnet_with_the_lira_recipe_runs_end_to_end(tmp_path, make_dataset):
     """The field's architecture and recipe, at a tiny width and depth (WRN-10-1)."""
     dataset = make_dataset(n_train=600, n_test=40, name="cifar10", shape=(8, 8, 3))
-    config = lira.Config(dataset="cifar10", workdir=str(tmp_path / "wrn"), num_models=2,
+    config = lira.Config(dataset="cifar10", workdir=str(tmp_path / "wrn"), num_models=4,
                          pool_size=560, population_size=40, epochs=1, model="wrn", wrn_depth=10,
                          wrn_width=1, recipe="lira", max_reference_sweep=1)
     train = config.train_config()
@@ -141,6 +169,6 @@ def test_a_wide_resnet_with_the_lira_recipe_runs_end_to_end(tmp_path, make_datas
     assert results["data"]["pool_size"] == 560
     assert 0 <= results["attacks"]["lira_online"]["auc"]["mean"] <= 1
     text = (tmp_path / "wrn" / "summary.md").read_text()
-    assert "2 WRN-10-1 models" in text and "LiRA/RMIA recipe" in text
+    assert "4 WRN-10-1 models" in text and "LiRA/RMIA recipe" in text
     key = config.training_key(dataset)
     assert (key["model"], key["recipe"], key["wrn_depth"]) == ("wrn", "lira", 10)
