@@ -102,7 +102,7 @@ W_SIZES=16:25000,64:4096; W_BATCH=256; W_TINY=0; B5=170  # step 5: K:members per
 if [[ ${SMOKE:-0} == 1 ]]; then
   T_KS=2,4; T_EX=32; T_FIT=2,4; S_KS=1,2; S_EX=32; S_FIT=1,2; BATCH=16
   BENCH_EXTRA=(--device_memory_gib=139)
-  L_MODELS=2; L_EPOCHS=1; L_TARGETS=1
+  L_MODELS=4; L_EPOCHS=1; L_TARGETS=1
   L_EXTRA=(--pool_size=256 --population_size=128 --width_scale=0.125 --batch_size=32)
   SEED_EXTRA=(--train_size=256 --val_size=32 --attack_epochs=1 --width_scale=0.125
               --batch_size=64 --cases=cifar10_p10_e30)

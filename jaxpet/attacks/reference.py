@@ -56,10 +56,15 @@ class AttackConfig:
     # queries averaged) or "code" (the released code: 20% trimmed means, LR > gamma, majority
     # vote over queries); rmia_offline_a applies in both.
     rmia_convention: str = "paper"
+    # rmia_offline_fitted_a's a when it was fitted beforehand, where the references' members
+    # are (None: fitted on the references' scores of the candidates, the usual case).
+    rmia_fitted_a: float | None = None
 
     def __post_init__(self):
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}.")
+        if self.rmia_fitted_a is not None and not 0 <= self.rmia_fitted_a <= 1:
+            raise ValueError(f"rmia_fitted_a must be in [0, 1], got {self.rmia_fitted_a}.")
         check_rmia_knobs(self.rmia_gamma, self.rmia_offline_a, self.rmia_convention)
         lira_convention(self.lira_convention)
         if self.fpr_rule not in metrics.FPR_RULES:

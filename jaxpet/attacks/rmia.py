@@ -226,21 +226,24 @@ A_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
 def fit_offline_a(log_p, ref_keep, population_log_p, *, use=None, gamma: float = 2.0,
-                  grid=A_GRID, pseudo_targets: int = 2, conv: Convention | str = "paper") -> float:
+                  grid=A_GRID, pseudo_targets: int = 2, conv: Convention | str = "paper",
+                  fallback: float = 0.3) -> float:
     """RMIA offline's a fitted on the reference models alone, as the paper does: each of the
     first ``pseudo_targets`` references in turn plays the target, the others are its OUT
     references, and the a of ``grid`` with the best mean AUC is kept (ties: the smallest).
 
     ``log_p`` [M, N, A] and ``ref_keep`` [M, N] are the references' signals and membership,
     ``population_log_p`` [M, Z, A]. No target-model information enters, so the fit cannot
-    leak the target's membership. Each a is scored under convention ``conv``.
+    leak the target's membership. Each a is scored under convention ``conv``. Where no
+    pseudo-target has both members and non-members (or usable OUT references), nothing can
+    be fitted and ``fallback`` is returned.
     """
     log_p = np.asarray(log_p, np.float64)
     keep = np.asarray(ref_keep, bool)
     use = np.ones_like(keep) if use is None else np.asarray(use, bool)
     m = log_p.shape[0]
     if m < 2:
-        return 0.3  # one reference cannot play target and reference at once
+        return fallback  # one reference cannot play target and reference at once
     best, best_auc = None, -np.inf
     for a in grid:
         aucs = []
@@ -255,7 +258,7 @@ def fit_offline_a(log_p, ref_keep, population_log_p, *, use=None, gamma: float =
             aucs.append(metrics.roc_auc(labels, scores))
         if aucs and np.mean(aucs) > best_auc + 1e-12:
             best, best_auc = float(a), float(np.mean(aucs))
-    return 0.3 if best is None else best
+    return fallback if best is None else best
 
 
 # --------------------------------------------------------------------------- registered attacks
@@ -270,9 +273,12 @@ def _rmia(online: bool, fit_a: bool = False):
             raise ValueError("RMIA needs population signals; build Signals with population_logits.")
         a = config.rmia_offline_a
         conv = getattr(config, "rmia_convention", "paper")
-        if fit_a:
+        if fit_a and getattr(config, "rmia_fitted_a", None) is not None:
+            a = config.rmia_fitted_a  # fitted where the references' members are (the audit's
+            # offline references train outside the candidates, so no pseudo-target has any)
+        elif fit_a:
             a = fit_offline_a(x[references], ref_keep, population[references], use=use,
-                              gamma=config.rmia_gamma, conv=conv)
+                              gamma=config.rmia_gamma, conv=conv, fallback=a)
         return rmia(x[target], x[references], ref_keep, population[target],
                     population[references], use=use, online=online, offline_a=a,
                     gamma=config.rmia_gamma, conv=conv)

@@ -110,6 +110,9 @@ class Config:
     rmia_signal: str = settings.rmia_signal()
     lira_convention: str = settings.lira_convention()
     rmia_convention: str = settings.rmia_convention()
+    rmia_offline_a: float = setting(0.3, "RMIA offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + "
+                                    "(1 - a)) / 2 (rmia_offline_fitted_a fits it instead).",
+                                    low=0, high=1)
     query_mode: str = settings.lira_query_mode()
     fpr_rule: str = settings.fpr_rule()
     width_scale: float = settings.width_scale()
@@ -415,6 +418,7 @@ def run(config: Config) -> dict[str, Any]:
                    "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay",
                    "schedule", "lr_decay", "augment", "precision", "flip_queries")},
                **({} if config.query_mode == "eval" else {"query_mode": config.query_mode}),
+               "reference_logits": bool(len(layout.extra)),
                "label_only": label_queries.key() if label_queries else None}
 
         def train_and_query():
@@ -440,6 +444,9 @@ def run(config: Config) -> dict[str, Any]:
                 models_per_call=None if eval_mode else 1)
             arrays = {"logits": query(audit.x[pool]),
                       "population_logits": query(audit.test_x[population])}
+            if len(layout.extra):  # offline: the references on their own training data, where
+                # rmia_offline_fitted_a can fit its a (no reference has a member among the pool)
+                arrays["reference_logits"] = query(audit.x[layout.extra])[1:]
             if label_queries is not None:
                 arrays["correct"] = attacks_lib.label_only.query_correct(
                     model, variables, audit.x[pool], audit.y[pool], label_queries,
@@ -449,7 +456,8 @@ def run(config: Config) -> dict[str, Any]:
         trained = len(keep) + (1 if target_vars is None else 0)
         run_.expect("audit", config.epochs * trained * target_keep.sum(), stage="logits")
         run_.expect("logits", (trained + (target_vars is not None)) * queries
-                    * (len(pool) + len(population)) * progress.FORWARD, stage="logits")
+                    * (len(pool) + len(population) + len(layout.extra)) * progress.FORWARD,
+                    stage="logits")
         with run_.timed("train_and_logits"):
             saved, info = run_.stages.run("logits", key, train_and_query)
         with run_.timed("scoring"):
@@ -459,10 +467,15 @@ def run(config: Config) -> dict[str, Any]:
             signals = dataclasses.replace(signals, correct=saved.get("correct"))
             all_keep = np.concatenate([target_keep[None], keep])
             attack_config = reference.AttackConfig(num_queries=queries,
+                                                   rmia_offline_a=config.rmia_offline_a,
                                                    lira_convention=config.lira_convention,
                                                    rmia_convention=config.rmia_convention,
                                                    fpr_rule=config.fpr_rule)
             names = attack_names(config, signals)
+            if "reference_logits" in saved and "rmia_offline_fitted_a" in names:
+                attack_config = dataclasses.replace(attack_config, rmia_fitted_a=offline_fitted_a(
+                    config, saved, layout, audit.y[layout.extra], audit.test_y[population],
+                    attack_config))
             scores = reference.attack_scores(signals, all_keep, 0,
                                              list(range(1, config.num_references + 1)),
                                              attack_config, attacks=names)
@@ -483,6 +496,7 @@ def run(config: Config) -> dict[str, Any]:
                        "pool_non_member_acc": float(hits[~target_keep].mean()),
                        "test_acc": float(test_hits.mean())},
             "attacks": attacks,
+            "rmia_fitted_a": attack_config.rmia_fitted_a,
             "calibration": check,
             "most_exposed": [{"index": int(pool[i]), "score": float(scores[ranking][i]),
                               "attack": ranking} for i in exposed],
@@ -529,12 +543,29 @@ def reference_layout(config: Config, target_keep: np.ndarray, pool: np.ndarray,
     if len(outside) == 0:
         raise config_lib.ConfigError(
             "--references=offline trains the references outside the candidates, and the "
-            "candidates take every training example — lower --pool_size (offline, by default "
-            "half of the training part is candidates).")
+            "candidates take every training example — lower --pool_size (with --target=train "
+            "offline, half of the training part is candidates by default; with "
+            "--target=checkpoint the candidates are its members and as many non-members, so "
+            "give a data set with examples beyond those).")
     extra, extra_keep, note = splits.offline_reference_sets(outside, size,
                                                             config.num_references, config.seed)
     keep = np.zeros((config.num_references, n), bool)
     return ReferenceLayout(keep, extra, np.concatenate([keep, extra_keep], 1), note)
+
+
+def offline_fitted_a(config: Config, saved: dict, layout: ReferenceLayout, labels,
+                     population_labels, attack_config) -> float:
+    """RMIA offline's a fitted as the paper tunes it, on the offline references' own training
+    examples (``layout.extra``), where each has members: each of two references in turn plays
+    the target with the others as its OUT references (:func:`jaxpet.attacks.rmia.fit_offline_a`).
+    No candidate and nothing of the target enters."""
+    extra = lira_attack.Signals.from_logits(
+        saved["reference_logits"], labels, saved["population_logits"][1:], population_labels,
+        rmia_signal=config.rmia_signal).queries(attack_config.num_queries)
+    x, population = extra.rmia
+    return attacks_lib.rmia.fit_offline_a(
+        x, layout.train_keep[:, -len(layout.extra):], population, gamma=attack_config.rmia_gamma,
+        conv=attack_config.rmia_convention, fallback=attack_config.rmia_offline_a)
 
 
 def self_check(signals, all_keep: np.ndarray, target_keep: np.ndarray, attack_config,
@@ -542,15 +573,12 @@ def self_check(signals, all_keep: np.ndarray, target_keep: np.ndarray, attack_co
     """The calibration check of :func:`jaxpet.calibration.pseudo_target_check` on this run:
     reference 1 scored as the target (row 0 of ``all_keep``) by the other references, on the
     candidates it never trained on, with the target's membership as the claim."""
-    num_models = len(all_keep)
-    if num_models < 4:
-        return {"skipped": "needs at least 3 references (one scored as the target, two to "
-                           "score it)"}
-    try:
-        return calibration.pseudo_target_check(signals, all_keep, target_keep, 1,
-                                               list(range(2, num_models)), attack_config, names)
-    except ValueError as e:  # e.g. online attacks without IN references for every candidate
-        return {"skipped": str(e)}
+    unseen = ~all_keep[1]
+    if target_keep[unseen].all() or not target_keep[unseen].any():
+        return {"skipped": "the reference scored as the target never saw only members (or only "
+                           "non-members) of the target, so there is no claim to test"}
+    return calibration.pseudo_target_check(signals, all_keep, target_keep, 1,
+                                           list(range(2, len(all_keep))), attack_config, names)
 
 
 def attack_names(config: Config, signals=None) -> list[str]:
@@ -608,6 +636,9 @@ def summary_markdown(results: dict) -> str:
         layout = (f"each on {d['reference_members']:.0f} training examples (mean) outside the "
                   "candidates, so every candidate is OUT for all of them (offline)")
     note = f"\n\n**Offline references:** {d['reference_note']}" if d.get("reference_note") else ""
+    fitted = ("" if results.get("rmia_fitted_a") is None else
+              f"rmia_offline_fitted_a used a = {results['rmia_fitted_a']:g}, fitted on the offline "
+              "references' own training examples (each of two plays the target in turn).\n\n")
     return (f"# Membership audit of `{c['model']}` on {d['source']}\n\n"
             f"Target ({c['target']}): {d['target_members']} members of a {d['pool_size']}-example "
             f"pool; accuracy on members {report.pct(t['train_acc'])}%, pool non-members "
@@ -619,7 +650,7 @@ def summary_markdown(results: dict) -> str:
             f"{c.get('lira_convention', 'paper')}, RMIA convention "
             f"{c.get('rmia_convention', 'paper')}, TPR at FPR "
             f"{'<' if c.get('fpr_rule') == 'lt' else '<='} level. Backend "
-            f"{results['provenance']['backend']}.{note}\n\n## Attacks\n\n{table}\n"
+            f"{results['provenance']['backend']}.{note}\n\n## Attacks\n\n{table}\n{fitted}"
             "TPR at a fixed FPR counts the thresholds on the score whose FPR is at most the "
             "level, so a block of tied scores (the label-only attack's) is taken whole or not "
             "at all; 'ties random' breaks the straddling block at random so that the FPR is "
@@ -635,8 +666,12 @@ def calibration_markdown(check: dict | None) -> str:
     head = "## Calibration on your model and data\n\n"
     if "skipped" in check:
         return f"{head}Not checked: {check['skipped']}.\n\n"
-    rows, failed = [], []
+    rows, failed, skipped = [], [], []
     for name, r in check["attacks"].items():
+        if "skipped" in r:
+            rows.append([name, "-", "-", "-", f"not checked: {r['skipped']}"])
+            skipped.append(name)
+            continue
         cells = []
         for level in calibration.LEVELS:
             v = r["levels"][str(level)]
@@ -649,21 +684,33 @@ def calibration_markdown(check: dict | None) -> str:
             failed.append(name)
     table = report.markdown_table(["attack", "AUC (no-signal band)", "TPR@1%FPR (%) [band]",
                                    "TPR@0.1%FPR (%) [band]", "calibrated"], rows)
-    first = next(iter(check["attacks"].values()))
-    unresolved = [f"{100 * level:g}%" for level in calibration.LEVELS
-                  if not first["levels"][str(level)]["resolvable"]]
-    limit = (f" TPR at {' and '.join(unresolved)} FPR cannot be checked with "
-             f"{first['non_members']} non-members (it needs 1/level of them); only the AUC and "
-             "the other levels are." if unresolved else "")
-    verdict = ("Every attack is calibrated here: on a model with no signal it reports no risk."
-               + limit if not failed else
+    checked = [r for r in check["attacks"].values() if "skipped" not in r]
+    limit = ""
+    if checked:
+        first = checked[0]
+        unresolved = [f"{100 * level:g}%" for level in calibration.LEVELS
+                      if not first["levels"][str(level)]["resolvable"]]
+        blind = [f"{100 * level:g}%" for level in calibration.LEVELS
+                 if first["levels"][str(level)]["resolvable"]
+                 and first["levels"][str(level)]["low"] == 0]
+        if unresolved:
+            limit += (f" TPR at {' and '.join(unresolved)} FPR cannot be checked with "
+                      f"{first['non_members']} non-members (it needs 1/level of them).")
+        if blind:
+            limit += (f" At {' and '.join(blind)} FPR the band starts at 0: with this many "
+                      "candidates the check shows an attack that overstates the risk, not one "
+                      "that hides it (a larger pool narrows the band).")
+    verdict = ("Every checked attack is calibrated here: on a model with no signal it reports "
+               "no risk." + limit if not failed else
                f"**Not calibrated: {', '.join(failed)}.** On a model that never saw these "
                "candidates they report a TPR or AUC outside the no-signal band, so their "
                "figures above can overstate or hide this model's risk; do not rely on them.")
     return (f"{head}Reference model {check['pseudo_target']} scored as if it were the target by "
             f"the other {check['references']}, on the {check['candidates']} candidates it never "
-            "trained on, with the target's members as the claimed members: a model with no "
-            "signal about the claim. Each band holds a calibrated attack's figure with "
+            "trained on, with the target's members as the claimed members. It has no signal "
+            "about the claim and is scored as the target is, so an attack that reports risk "
+            "here reports risk that is not there, and a reference layout that depended on the "
+            "target's membership would show here as a miscalibrated attack. Each band holds a calibrated attack's figure with "
             f"probability {1 - 2 * calibration.TAIL:.4f} (exact no-signal quantiles, "
             "jaxpet.calibration); ties broken at random.\n\n"
             f"{table}\n{verdict}\n\n")

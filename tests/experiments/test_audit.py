@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpet import splits, training
+from jaxpet import attacks, splits, training
 from jaxpet.experiments import audit
 
 USER_MODELS = textwrap.dedent('''
@@ -226,6 +226,10 @@ def test_offline_references_train_outside_the_candidates_on_as_many_examples(tmp
     assert results["data"]["pool_size"] == 80 and results["data"]["reference_members"] == 40
     assert results["attacks"]["lira_offline"]["auc"] > 0.6
     assert results["most_exposed"][0]["attack"] == "lira_offline"
+    # No reference has a member among the candidates, so RMIA's a is fitted on the references'
+    # own training examples.
+    assert results["rmia_fitted_a"] in [float(a) for a in attacks.rmia.A_GRID]
+    assert "rmia_offline_fitted_a used a =" in (tmp_path / "audit" / "summary.md").read_text()
     check = results["calibration"]
     assert check["pseudo_target"] == 1 and check["candidates"] == 80
     assert set(check["attacks"]) == set(results["attacks"])
