@@ -628,7 +628,7 @@ def summary_markdown(results: dict) -> str:
                                    "TPR@0.1%FPR, ties random (%)"], rows)
     exposed = report.markdown_table(["training example",
                                      f"{results['most_exposed'][0]['attack']} score"],
-                                    [[e["index"], f"{e['score']:.2f}"]
+                                    [[e["index"], f"{e['score']:.4g}"]
                                      for e in results["most_exposed"]])
     if c.get("references", "online") == "online":
         layout = "each on a random half of the pool (online)"
