@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from jaxpet import metrics
+from jaxpet import metrics, report
 from jaxpet.attacks import reference
 
 # Tail probability of each side of every no-signal bound: a calibrated attack falls outside
@@ -116,3 +116,61 @@ def pseudo_target_check(signals, keep, claimed, pseudo_target: int, references: 
         out[name] = calibration_report(labels, scores[unseen], levels)
     return {"pseudo_target": int(pseudo_target), "references": len(references),
             "candidates": int(unseen.sum()), "attacks": out}
+
+
+def markdown(check: dict | None) -> str:
+    """A summary section from :func:`pseudo_target_check`'s result: each attack's figures with
+    their bands, and the verdict in words."""
+    if not check:
+        return ""
+    head = "## Calibration on your model and data\n\n"
+    if "skipped" in check:
+        return f"{head}Not checked: {check['skipped']}.\n\n"
+    rows, failed, skipped = [], [], []
+    for name, r in check["attacks"].items():
+        if "skipped" in r:
+            rows.append([name, "-", "-", "-", f"not checked: {r['skipped']}"])
+            skipped.append(name)
+            continue
+        cells = []
+        for level in LEVELS:
+            v = r["levels"][str(level)]
+            cells.append(f"{report.pct(v['tpr_randomized'])} "
+                         f"[{report.pct(v['low'])}, {report.pct(v['high'])}]"
+                         + ("" if v["resolvable"] else " (not resolvable)"))
+        rows.append([name, f"{r['auc']:.4f} ± {r['auc_halfwidth']:.4f}", *cells,
+                     "yes" if r["calibrated"] else "**no**"])
+        if not r["calibrated"]:
+            failed.append(name)
+    table = report.markdown_table(["attack", "AUC (no-signal band)", "TPR@1%FPR (%) [band]",
+                                   "TPR@0.1%FPR (%) [band]", "calibrated"], rows)
+    checked = [r for r in check["attacks"].values() if "skipped" not in r]
+    limit = ""
+    if checked:
+        first = checked[0]
+        unresolved = [f"{100 * level:g}%" for level in LEVELS
+                      if not first["levels"][str(level)]["resolvable"]]
+        blind = [f"{100 * level:g}%" for level in LEVELS
+                 if first["levels"][str(level)]["resolvable"]
+                 and first["levels"][str(level)]["low"] == 0]
+        if unresolved:
+            limit += (f" TPR at {' and '.join(unresolved)} FPR cannot be checked with "
+                      f"{first['non_members']} non-members (it needs 1/level of them).")
+        if blind:
+            limit += (f" At {' and '.join(blind)} FPR the band starts at 0: with this many "
+                      "candidates the check shows an attack that overstates the risk, not one "
+                      "that hides it (a larger pool narrows the band).")
+    verdict = ("Every checked attack is calibrated here: on a model with no signal it reports "
+               "no risk." + limit if not failed else
+               f"**Not calibrated: {', '.join(failed)}.** On a model that never saw these "
+               "candidates they report a TPR or AUC outside the no-signal band, so their "
+               "figures above can overstate or hide this model's risk; do not rely on them.")
+    return (f"{head}Reference model {check['pseudo_target']} scored as if it were the target by "
+            f"the other {check['references']}, on the {check['candidates']} candidates it never "
+            "trained on, with the target's members as the claimed members. It has no signal "
+            "about the claim and is scored as the target is, so an attack that reports risk "
+            "here reports risk that is not there, and a reference layout that depended on the "
+            "target's membership would show here as a miscalibrated attack. Each band holds a calibrated attack's figure with "
+            f"probability {1 - 2 * TAIL:.4f} (exact no-signal quantiles, "
+            "jaxpet.calibration); ties broken at random.\n\n"
+            f"{table}\n{verdict}\n\n")

@@ -254,14 +254,21 @@ CONVENTIONS = {"paper": Convention(),
                                   offline="two_sided")}
 
 
+def named(conventions: dict, name_or_convention, what: str):
+    """``name_or_convention`` itself if it is a convention object, else ``conventions[name]``;
+    ValueError naming ``what`` and the known names otherwise (LiRA's and RMIA's tables)."""
+    kind = type(next(iter(conventions.values())))
+    if isinstance(name_or_convention, kind):
+        return name_or_convention
+    if name_or_convention not in conventions:
+        raise ValueError(f"{what} convention must be one of {tuple(conventions)}, got "
+                         f"{name_or_convention!r}.")
+    return conventions[name_or_convention]
+
+
 def convention(name_or_convention) -> Convention:
     """A :class:`Convention` from its name in :data:`CONVENTIONS` (or itself)."""
-    if isinstance(name_or_convention, Convention):
-        return name_or_convention
-    if name_or_convention not in CONVENTIONS:
-        raise ValueError(f"LiRA convention must be one of {tuple(CONVENTIONS)}, got "
-                         f"{name_or_convention!r}.")
-    return CONVENTIONS[name_or_convention]
+    return named(CONVENTIONS, name_or_convention, "LiRA")
 
 
 def _centres(ref, mask, c: Convention):

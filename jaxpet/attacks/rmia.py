@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxpet import metrics
 from jaxpet.attacks import registry
-from jaxpet.attacks.lira import Signals, check_reference, group_moments, pooled_mean
+from jaxpet.attacks.lira import Signals, check_reference, group_moments, named, pooled_mean
 
 VOTES = ("average", "majority")
 
@@ -79,12 +79,7 @@ CONVENTIONS = {"paper": Convention(),
 
 def convention(name_or_convention) -> Convention:
     """A :class:`Convention` from its name in :data:`CONVENTIONS` (or itself)."""
-    if isinstance(name_or_convention, Convention):
-        return name_or_convention
-    if name_or_convention not in CONVENTIONS:
-        raise ValueError(f"RMIA convention must be one of {tuple(CONVENTIONS)}, got "
-                         f"{name_or_convention!r}.")
-    return CONVENTIONS[name_or_convention]
+    return named(CONVENTIONS, name_or_convention, "RMIA")
 
 
 def check_rmia_knobs(gamma, offline_a, conv="paper") -> None:
