@@ -112,7 +112,11 @@ def test_two_targets_give_per_target_numbers_and_spread(two_targets):
     per = [r["accuracy"] for r in attack["per_target"]]
     assert attack["accuracy"] == pytest.approx(np.mean(per))
     assert attack["std"]["accuracy"] == pytest.approx(np.std(per))
-    assert attack["std"]["per_class"]["White"]["f1"] >= 0
+    for name in RACES:  # each class's figures: mean and spread of the per-target ones
+        for key in ("precision", "recall", "f1"):
+            values = [r["per_class"][name][key] for r in attack["per_target"]]
+            assert attack["per_class"][name][key] == pytest.approx(np.mean(values))
+            assert attack["std"]["per_class"][name][key] == pytest.approx(np.std(values))
     total = np.sum([r["confusion"] for r in attack["per_target"]], axis=0)
     np.testing.assert_array_equal(attack["confusion"], total)
 
