@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from jaxpet import data
+
 import my_model
 
 
@@ -32,7 +33,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     mnist = data.load_dataset("mnist", args.data_dir)
-    members = np.sort(np.random.default_rng(1).choice(len(mnist.train), args.members, replace=False))
+    members = np.sort(np.random.default_rng(1).choice(len(mnist.train), args.members,
+                                                       replace=False))
     x = jnp.asarray(mnist.train.images[members], jnp.float32) / 255.0
     y = jnp.asarray(mnist.train.labels[members])
     model = my_model.make_classifier(10)

@@ -1,6 +1,7 @@
 """Benchmarks the ensemble trainer: K models per strategy, against PyTorch, and mi_face.
 
   python experiments/benchmark.py                                     # CPU-sized default sweep
+  python experiments/benchmark.py --preset=quick                      # a few minutes on a CPU
   python experiments/benchmark.py --workloads=cifar10_shadow --num_models=1,8,64,256 \
       --examples_per_model=12500 --conv_impls=conv,patches --precisions=float32,bfloat16
 

@@ -16,7 +16,7 @@ Every bound is two-sided with tail probability :data:`TAIL` on each side.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -170,7 +170,8 @@ def markdown(check: dict | None) -> str:
             "trained on, with the target's members as the claimed members. It has no signal "
             "about the claim and is scored as the target is, so an attack that reports risk "
             "here reports risk that is not there, and a reference layout that depended on the "
-            "target's membership would show here as a miscalibrated attack. Each band holds a calibrated attack's figure with "
+            "target's membership would show here as a miscalibrated attack. Each band holds a "
+            "calibrated attack's figure with "
             f"probability {1 - 2 * TAIL:.4f} (exact no-signal quantiles, "
             "jaxpet.calibration); ties broken at random.\n\n"
             f"{table}\n{verdict}\n\n")

@@ -46,7 +46,7 @@ def guarded(fn, *args, **kwargs):
     """Calls ``fn``; a user error becomes ``error: ...`` on stderr and exit status 1."""
     try:
         return fn(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - re-raised unless it is the user's to fix
+    except Exception as e:  # re-raised unless it is the user's to fix
         if is_user_error(e):
             sys.exit(f"error: {e}")
         raise

@@ -11,6 +11,7 @@ one panel per attack) and ``compare.html``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import csv
 import dataclasses
 import datetime
@@ -20,11 +21,11 @@ import io
 import json
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from jaxpet import metrics, page, report, runs
+from jaxpet import files, metrics, page, report, runs
 from jaxpet.errors import UserError
 
 # Settings that do not change a run's results: never what tells runs apart.
@@ -70,7 +71,7 @@ def load_runs(patterns: Sequence[str]) -> list[RunRecord]:
         if not path.is_dir():
             raise UserError(f"{path} is not a folder — pass the workdirs of finished runs.")
         try:
-            results = runs.read_json(path / "results.json")
+            results = files.read_json(path / "results.json")
         except FileNotFoundError:
             raise UserError(f"{path} holds no results.json — it is not a finished run's workdir "
                             "(a run writes results.json when it ends).") from None
@@ -102,8 +103,8 @@ def headline(results: Mapping[str, Any]) -> dict[str, float]:
                 value = block.get(name)
                 if isinstance(value, list) and value:
                     value = float(np.mean(value))
-                if _value(value) is not None:
-                    out[f"{role} {name}"] = _value(value)
+                if (number := _value(value)) is not None:
+                    out[f"{role} {name}"] = number
     attacks = results.get("attacks")
     if isinstance(attacks, Mapping):
         for name, attack in attacks.items():
@@ -111,17 +112,17 @@ def headline(results: Mapping[str, Any]) -> dict[str, float]:
                 continue
             for key, column in (("auc", "AUC"), ("accuracy", "acc"),
                                 ("balanced_accuracy", "balanced acc")):
-                if _value(attack.get(key)) is not None:
-                    out[f"{name} {column}"] = _value(attack[key])
+                if (number := _value(attack.get(key))) is not None:
+                    out[f"{name} {column}"] = number
             tpr = attack.get("tpr_at_fpr", {})
             for fpr, column in (("0.01", "TPR@1%FPR"), ("0.001", "TPR@0.1%FPR")):
                 value = tpr.get(fpr) if isinstance(tpr, Mapping) else None
                 value = attack.get(f"tpr_at_fpr_{fpr}", value)
-                if _value(value) is not None:
-                    out[f"{name} {column}"] = _value(value)
+                if (number := _value(value)) is not None:
+                    out[f"{name} {column}"] = number
     privacy = results.get("privacy")
-    if isinstance(privacy, Mapping) and _value(privacy.get("epsilon")) is not None:
-        out["epsilon"] = _value(privacy["epsilon"])
+    if isinstance(privacy, Mapping) and (number := _value(privacy.get("epsilon"))) is not None:
+        out["epsilon"] = number
     seconds = results.get("seconds")
     if isinstance(seconds, Mapping):
         prov = results.get("provenance", {})
@@ -171,7 +172,7 @@ def label_runs(records: Sequence[RunRecord]) -> list[str]:
     for i, label in enumerate(labels):
         if labels.count(label) > 1:
             labels[i] = f"{label} ({records[i].path.name})"
-    for r, label in zip(records, labels):
+    for r, label in zip(records, labels, strict=True):
         r.label = label
     return labels
 
@@ -189,8 +190,9 @@ def table_rows(records: Sequence[RunRecord]) -> tuple[list[str], list[dict[str, 
     figures = [k for k in figures if k not in last] + [k for k in last if k in figures]
     columns = ["run", "workdir", "experiment", *settings, *figures]
     rows = []
-    for r, h in zip(records, heads):
-        row = {"run": r.label, "workdir": str(r.path), "experiment": r.experiment}
+    for r, h in zip(records, heads, strict=True):
+        row: dict[str, Any] = {"run": r.label, "workdir": str(r.path),
+                               "experiment": r.experiment}
         row.update({k: _show(r.config.get(k)) for k in settings})
         row.update(h)
         rows.append(row)
@@ -236,7 +238,7 @@ def scores(record: RunRecord) -> dict[str, tuple[np.ndarray, np.ndarray]] | None
         path = record.path / name
         if path.exists():
             try:
-                arrays = runs.read_npz(path)
+                arrays = files.read_npz(path)
             except (OSError, ValueError):
                 return None
             if "membership" not in arrays:
@@ -252,8 +254,8 @@ def roc_overlay_figure(records: Sequence[RunRecord], attacks: Sequence[str] | No
     out); None when no run has scores."""
     from matplotlib.figure import Figure
 
-    per_run = [(r, scores(r)) for r in records]
-    per_run = [(r, s) for r, s in per_run if s]
+    loaded = [(r, scores(r)) for r in records]
+    per_run = [(r, s) for r, s in loaded if s]
     if not per_run:
         return None
     names: list[str] = []
@@ -265,7 +267,7 @@ def roc_overlay_figure(records: Sequence[RunRecord], attacks: Sequence[str] | No
     rows = -(-len(names) // cols)
     fig = Figure(figsize=(4.6 * cols, 4.3 * rows), dpi=100)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):  # the grid may have spare axes
         smallest = 1.0
         for i, (r, s) in enumerate(per_run):
             if name not in s:
@@ -317,13 +319,13 @@ def write_comparison(records: Sequence[RunRecord], output,
     ``output``; returns their paths by kind."""
     output = runs.check_writable(pathlib.Path(output), "--output")
     columns, rows = table_rows(records)
-    written = {"markdown": runs.write_text(output / "compare.md", markdown(columns, rows)),
-               "csv": runs.write_text(output / "compare.csv", csv_text(columns, rows))}
+    written = {"markdown": files.write_text(output / "compare.md", markdown(columns, rows)),
+               "csv": files.write_text(output / "compare.csv", csv_text(columns, rows))}
     fig = roc_overlay_figure(records, attacks)
     roc_name = None
     if fig is not None:
-        written["roc"] = runs.save_figure(fig, output / "roc.png")
+        written["roc"] = files.save_figure(fig, output / "roc.png")
         roc_name = "roc.png"
-    written["html"] = runs.write_text(output / "compare.html",
+    written["html"] = files.write_text(output / "compare.html",
                                       html_page(columns, rows, records, roc_name, output))
     return written

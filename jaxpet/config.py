@@ -18,14 +18,17 @@ big_vision's ``get_config()``: small variants of the full setting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
+import numbers
 import sys
 import types
 import typing
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from absl import flags
+import numpy as np
 
 from jaxpet.errors import UserError
 
@@ -49,6 +52,7 @@ class Spec:
     high_open: bool = False
     when: tuple[str, tuple] | None = None  # (other field, values where this one applies)
     flag: bool = True  # False: set by the experiment, not a command-line flag
+    origin: str | None = None  # 'Class.field' a same_as setting was taken from
 
 
 def setting(default, help: str, *, choices: Sequence | None = None, low: float | None = None,
@@ -89,7 +93,8 @@ def _kind(annotation) -> _Kind:
 def _fields(cls_or_config) -> dict[str, tuple[dataclasses.Field, _Kind]]:
     cls = cls_or_config if isinstance(cls_or_config, type) else type(cls_or_config)
     hints = typing.get_type_hints(cls)
-    return {f.name: (f, _kind(hints[f.name])) for f in dataclasses.fields(cls) if _META in f.metadata}
+    return {f.name: (f, _kind(hints[f.name])) for f in dataclasses.fields(cls)
+            if _META in f.metadata}
 
 
 def _describe_range(s: Spec) -> str:
@@ -99,22 +104,24 @@ def _describe_range(s: Spec) -> str:
 
 
 def _check_value(name: str, value, kind: _Kind, s: Spec) -> None:
-    if kind.base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    is_bool = isinstance(value, (bool, np.bool_))
+    if kind.base is float and isinstance(value, numbers.Real) and not is_bool:
         if not math.isfinite(value):
             raise ConfigError(f"--{name} must be a finite number, got {value}.")
-    elif kind.base is int and (isinstance(value, bool) or not isinstance(value, int)):
+    elif kind.base is int and (is_bool or not isinstance(value, numbers.Integral)):
         raise ConfigError(f"--{name} must be an integer, got {value!r}.")
-    elif kind.base is bool and not isinstance(value, bool):
+    elif kind.base is bool and not is_bool:
         raise ConfigError(f"--{name} must be true or false, got {value!r}.")
     elif kind.base is str and not isinstance(value, str):
         raise ConfigError(f"--{name} must be a string, got {value!r}.")
     elif kind.base is str and not value.strip():
         raise ConfigError(f"--{name} is empty — give it a value, or leave the flag out for its "
                           "default.")
-    elif kind.base is float and not isinstance(value, (int, float)):
+    elif kind.base is float and (is_bool or not isinstance(value, numbers.Real)):
         raise ConfigError(f"--{name} must be a number, got {value!r}.")
     if s.choices is not None and value not in s.choices:
-        raise ConfigError(f"--{name} must be one of {', '.join(map(str, s.choices))}; got {value!r}.")
+        raise ConfigError(f"--{name} must be one of {', '.join(map(str, s.choices))}; got "
+                          f"{value!r}.")
     too_low = s.low is not None and (value < s.low or (s.low_open and value == s.low))
     too_high = s.high is not None and (value > s.high or (s.high_open and value == s.high))
     if too_low or too_high:
@@ -184,7 +191,7 @@ def define_flags(cls, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
             continue
         limits = _describe_range(s)
         text = s.help + (f" Must be {limits}." if limits else "") + _preset_note(name, presets)
-        default = f.default
+        default: Any = f.default
         if kind.sequence:
             flags.DEFINE_list(name, [str(v) for v in default], text, flag_values=flag_values,
                               module_name=module)
@@ -216,7 +223,7 @@ def from_flags(cls, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
                flag_values: flags.FlagValues = flags.FLAGS, **values):
     """The config of ``cls``: the chosen preset's values, then every flag given explicitly,
     then ``values`` (settings the experiment fills in itself)."""
-    merged = dict(presets[flag_values["preset"].value]) if presets else {}
+    merged = dict(presets[str(flag_values["preset"].value)]) if presets else {}
     if presets and "preset" in {f.name for f in dataclasses.fields(cls)}:
         merged["preset"] = flag_values["preset"].value
     for name, (f, kind) in _fields(cls).items():
@@ -234,9 +241,67 @@ def from_flags(cls, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
     return config
 
 
+def _flag_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def command_line(cls, values: Mapping[str, Any], *,
+                 presets: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """The flags that :func:`from_flags` turns back into ``values`` (a config of ``cls`` as
+    config.json records it): ``--preset`` where a recorded preset is not the default one, then
+    every flag whose value differs from what that preset gives."""
+    presets = presets or {}
+    preset = values.get("preset") if values.get("preset") in presets else None
+    base = {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}
+    base.update(presets.get(preset, {}) if preset else {})
+    words = []
+    if preset is not None and preset != next(iter(presets)):
+        words.append(f"--preset={preset}")
+    for f in dataclasses.fields(cls):
+        if not spec(cls, f.name).flag or f.name not in values:
+            continue
+        value, default = values[f.name], base.get(f.name)
+        if isinstance(default, tuple):
+            default = list(default)
+        if value is None or value == default:
+            continue
+        words.append(f"--{f.name}={_flag_value(value)}")
+    return words
+
+
 def inherit(cls, name: str, default=None, help: str | None = None):
     """A setting that overrides ``cls``'s setting ``name`` (same help, checks and choices);
     default None: the other config's value (e.g. its preset's)."""
     s = spec(cls, name)
     return dataclasses.field(default=default, metadata={_META: dataclasses.replace(
         s, help=help or f"{s.help} Default: the preset's value.", when=None)})
+
+
+_KEEP: Any = object()
+
+
+def same_as(cls, name: str, *, default=_KEEP, help: str | None = None, when=_KEEP):
+    """The setting ``name`` of config class ``cls`` as a field of another config: the same
+    help, checks and default, so each is written once (``default`` where an experiment's
+    own default deliberately differs; ``when`` where the setting applies only with another)."""
+    f = _fields(cls)[name][0]
+    s = f.metadata[_META]
+    s = dataclasses.replace(s, help=help or s.help, origin=f"{cls.__name__}.{name}",
+                            when=s.when if when is _KEEP else
+                            None if when is None else (when[0], tuple(when[1])))
+    return dataclasses.field(default=f.default if default is _KEEP else default,
+                             metadata={_META: s})
+
+
+def pick(config, cls, **values):
+    """``cls`` built from the fields of ``config`` that ``cls`` also has, then ``values``:
+    no field mapped across by hand."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name in names}
+    return cls(**{**shared, **values})

@@ -18,14 +18,37 @@ reports the Poisson-subsampled RDP bound as the customary approximation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpet.errors import UserError
+from jaxpet.config import check, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD's settings, each written once: :class:`jaxpet.training.TrainConfig` and the
+    experiments take them from here (:func:`jaxpet.config.same_as`)."""
+
+    clip_norm: float = setting(1.0, "DP-SGD per-example gradient clip norm.", low=0,
+                               low_open=True)
+    noise_multiplier: float = setting(1.0, "DP-SGD noise std / clip norm.", low=0,
+                                      low_open=True)
+    microbatch_size: int = setting(0, "DP-SGD: per-example gradients formed this many "
+                                   "examples at a time (0: the whole batch); bounds memory "
+                                   "(K x microbatch x parameters) without changing the "
+                                   "result.", low=0)
+    delta: float = setting(1e-5, "delta at which DP-SGD's epsilon is reported.", low=0, high=1,
+                           low_open=True, high_open=True)
+
+    def __post_init__(self):
+        check(self)
+
 
 # loss_fn(params, x, y, key) -> (loss, logits) of ONE example (no batch axis); the key is
 # that example's own (e.g. for dropout).
@@ -64,7 +87,7 @@ def clipped_gradient_sum(loss_fn: ExampleLoss, params, x, y, row_mask, keys, cli
 
         def body(total, chunk):
             summed, losses, logits = clip_and_sum(*chunk)
-            return [t + g for t, g in zip(total, summed)], (losses, logits)
+            return [t + g for t, g in zip(total, summed, strict=True)], (losses, logits)
 
         zeros = [jnp.zeros_like(p) for p in jax.tree.leaves(params)]
         clipped_sum, (losses, logits) = jax.lax.scan(
@@ -99,7 +122,7 @@ def private_gradient(loss_fn: ExampleLoss, params, x, y, row_mask, *, example_ke
     noise_keys = jax.random.split(noise_key, len(leaves))
     std = noise_multiplier * clip_norm
     noisy = [(g + std * jax.random.normal(k, g.shape, g.dtype)) / batch_size
-             for g, k in zip(leaves, noise_keys)]
+             for g, k in zip(leaves, noise_keys, strict=True)]
     return jax.tree.unflatten(treedef, noisy), losses, logits
 
 
@@ -110,21 +133,12 @@ def _check(noise_multiplier: float, sampling_rate: float, steps: int, delta: flo
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise multiplier must be > 0, got {noise_multiplier}.")
     if not 0 < sampling_rate <= 1:
-        raise ValueError(f"sampling rate (batch / dataset size) must be in (0, 1], got {sampling_rate}.")
+        raise ValueError(f"sampling rate (batch / dataset size) must be in (0, 1], got "
+                         f"{sampling_rate}.")
     if not steps >= 1:  # also refuses NaN
         raise ValueError(f"steps must be >= 1, got {steps}.")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}.")
-
-
-def check_dpsgd_flags(noise_multiplier: float, clip_norm: float, delta: float) -> None:
-    """Raises a UserError naming the bad DP-SGD flag (the experiments' shared check)."""
-    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
-        raise UserError(f"--dp_noise_multiplier must be a finite number > 0, got {noise_multiplier}.")
-    if not (math.isfinite(clip_norm) and clip_norm > 0):
-        raise UserError(f"--dp_clip_norm must be a finite number > 0, got {clip_norm}.")
-    if not 0 < delta < 1:
-        raise UserError(f"--dp_delta must be in (0, 1), got {delta}.")
 
 
 def dpsgd_event(noise_multiplier: float, sampling_rate: float, steps: int):

@@ -50,11 +50,13 @@ class PatchConv(nn.Module):
         if self.padding not in ("SAME", "VALID"):
             raise ValueError(f"PatchConv padding must be SAME or VALID, got {self.padding!r}.")
         if self.patches not in ("patches", "slices"):
-            raise ValueError(f"PatchConv patches must be 'patches' or 'slices', got {self.patches!r}.")
+            raise ValueError(f"PatchConv patches must be 'patches' or 'slices', got "
+                             f"{self.patches!r}.")
         cols, matrix = patch_columns(x, kernel, 1, self.padding, self.patches)
         y = _patch_matmul(cols, matrix.astype(self.dtype))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(self.dtype)
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+            y = y + bias.astype(self.dtype)
         return y
 
 
@@ -169,7 +171,8 @@ AUTO_POOL_IMPL = {"cpu": "reshape"}
 
 
 def resolve_pool_impl(impl: str) -> str:
-    """"auto": reshape on CPU (select-and-scatter is XLA CPU's slowest op here), window elsewhere."""
+    """"auto": reshape on CPU (select-and-scatter is XLA CPU's slowest op here), window
+    elsewhere."""
     return _resolve("pool_impl", impl, POOL_IMPLS, AUTO_POOL_IMPL, "window")
 
 

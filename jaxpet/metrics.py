@@ -8,17 +8,20 @@ computation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 # FPR levels at which TPR is reported (Carlini et al. 2022, "MIA from first principles"). The
-# reference-model (LiRA) experiment reports all; 0.01% is resolvable only with >= 10,000 non-members.
+# reference-model (LiRA) experiment reports all; 0.01% is resolvable only with >= 10,000
+# non-members.
 FPR_LEVELS = (0.01, 0.001, 0.0001, 0.0)
 # The levels reported by default (the shadow-model experiments): all but 0.01%.
 DEFAULT_FPR_LEVELS = tuple(level for level in FPR_LEVELS if level != 0.0001)
 
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+# numpy < 2 has only trapz (numpy 2's type stubs lack it, numpy 1's lack trapezoid).
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # type: ignore[attr-defined,unused-ignore]
 
 
 def _check_binary(labels, scores):
@@ -147,7 +150,8 @@ def confusion_matrix(labels, predictions, num_classes: int | None = None) -> np.
 
 
 def per_class_report(labels, predictions, num_classes: int | None = None) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1 and support (0 where undefined, as scikit-learn's default)."""
+    """Per-class precision, recall, F1 and support (0 where undefined, as scikit-learn's
+    default)."""
     matrix = confusion_matrix(labels, predictions, num_classes)
     tp = np.diag(matrix).astype(np.float64)
     predicted, support = matrix.sum(0), matrix.sum(1)
@@ -183,7 +187,7 @@ def attack_report(labels, scores, predictions=None, threshold: float | None = No
         if threshold is None:
             raise ValueError("attack_report needs predictions or a threshold.")
         predictions = scores >= threshold
-    report = binary_report(labels, predictions)
+    report: dict[str, Any] = binary_report(labels, predictions)
     report["auc"] = roc_auc(labels, scores)
     report["tpr_at_fpr"] = tpr_at_fpr(labels, scores, fpr_levels)
     report["tpr_at_fpr_randomized"] = tpr_at_fpr_randomized(labels, scores, fpr_levels)
@@ -223,7 +227,8 @@ def ssim(a, b, *, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.
     if a.ndim == 2:
         a, b = a[..., None], b[..., None]
     if a.ndim < 3 or min(a.shape[-3:-1]) < win_size:
-        raise ValueError(f"ssim needs [..., H, W, C] images with H, W >= {win_size}, got {a.shape}.")
+        raise ValueError(f"ssim needs [..., H, W, C] images with H, W >= {win_size}, got "
+                         f"{a.shape}.")
     a, b = np.moveaxis(a, -1, -3), np.moveaxis(b, -1, -3)  # [..., C, H, W]
     taps = _gaussian_taps(win_size, sigma)
     mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)

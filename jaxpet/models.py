@@ -10,16 +10,30 @@ Parameters are always float32; ``dtype`` sets the compute precision.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
+import importlib
+import inspect
 import numbers
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from flax import traverse_util
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet.layers import (WideConv, _batch_norm, _conv, _row_mask, max_pool_2x2,
-                           resolve_batchnorm_impl, resolve_conv_impl, resolve_pool_impl)
+from jaxpet import config as config_lib
+from jaxpet.layers import (
+    WideConv,
+    _batch_norm,
+    _conv,
+    _row_mask,
+    max_pool_2x2,
+    resolve_batchnorm_impl,
+    resolve_conv_impl,
+    resolve_pool_impl,
+)
 
 if TYPE_CHECKING:
     from jaxpet.training import TrainConfig
@@ -301,7 +315,7 @@ def wide_resnet(depth: int = 28, width: int = 2, num_classes: int = 10,
 LIRA_EPOCHS = 100
 
 
-def lira_recipe(epochs: int = LIRA_EPOCHS, **overrides) -> "TrainConfig":
+def lira_recipe(epochs: int = LIRA_EPOCHS, **overrides) -> TrainConfig:
     """The LiRA/RMIA CIFAR-10 recipe as a TrainConfig: SGD momentum 0.9, L2 5e-4 on kernels,
     learning rate 0.1 on LiRA's cos(7 pi t / 16) schedule with a 1% warm-up, batch 256, flip +
     4-pixel-shift augmentation, 100 epochs, predictions from a 0.999 moving average of the
@@ -311,7 +325,7 @@ def lira_recipe(epochs: int = LIRA_EPOCHS, **overrides) -> "TrainConfig":
     can run the recipe at a few epochs and a small batch.
     """
     # Imported here: the model zoo stays importable without the trainer (and no cycle can form).
-    from jaxpet.training import TrainConfig  # pylint: disable=import-outside-toplevel
+    from jaxpet.training import TrainConfig
 
     fields = dict(epochs=epochs, batch_size=256, learning_rate=0.1, optimizer="sgd",
                   momentum=0.9, weight_decay=5e-4, schedule="lira_cosine", decayed="kernels",
@@ -321,3 +335,69 @@ def lira_recipe(epochs: int = LIRA_EPOCHS, **overrides) -> "TrainConfig":
         raise ValueError(f"lira_recipe got unknown TrainConfig fields {unknown}; valid ones: "
                          f"{sorted(f.name for f in dataclasses.fields(TrainConfig))}.")
     return TrainConfig(**{**fields, **overrides})
+
+
+# --- Classifiers by name (the audit's --model) ----------------------------------------------
+
+# jaxpet's own classifiers by name: the seed's CNN, a 256-unit MLP, WideResNet-28-2.
+BUILTIN_CLASSIFIERS = ("seed_cnn", "mlp", "wrn")
+
+
+def classifier(name: str, num_classes: int, *, width_scale: float = 1.0,
+               precision: str = "float32") -> nn.Module:
+    """A Flax classifier for ``num_classes`` classes called as ``module(x, train)``: one of
+    :data:`BUILTIN_CLASSIFIERS` (``width_scale`` scales its widths), or a user's factory by
+    import path ``module:function``, called with ``num_classes``."""
+    dtype = compute_dtype(precision)
+    if name == "seed_cnn":
+        conv1, conv2, fc = (max(1, round(w * width_scale)) for w in (128, 256, 256))
+        return SeedCNN(conv1=conv1, conv2=conv2, fc=fc, num_classes=num_classes, dtype=dtype)
+    if name == "wrn":  # width_scale scales the widen factor 2
+        return wide_resnet(28, max(1, round(2 * width_scale)), num_classes=num_classes,
+                           precision=precision)
+    if name == "mlp":
+        return MLP(hidden_sizes=(max(1, round(256 * width_scale)),), num_classes=num_classes,
+                   dtype=dtype)
+    module_name, _, function = name.partition(":")
+    if not module_name or not function:
+        raise config_lib.ConfigError(f"--model={name} is not module:function nor one of "
+                                     f"{', '.join(BUILTIN_CLASSIFIERS)}.")
+    try:
+        factory: Callable = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as e:
+        raise config_lib.ConfigError(f"--model={name} does not resolve ({e}) — check the path, "
+                                     "and that its folder is on PYTHONPATH.") from e
+    model = factory(num_classes)
+    if not isinstance(model, nn.Module):
+        raise config_lib.ConfigError(f"--model={name} returned a {type(model).__name__}, not a "
+                                     "Flax module.")
+    return model
+
+
+def check_classifier(model: nn.Module, sample, num_classes: int, name: str) -> None:
+    """Refuses (naming ``--model={name}``) a model that cannot take ``sample`` ([1, ...] model
+    inputs) or does not return one logit per class; traced only, nothing computed."""
+    try:
+        out = jax.eval_shape(lambda x: model.init_with_output(
+            jax.random.PRNGKey(0), x, train=False)[0], sample)
+    except Exception as e:  # any tracing failure means the model does not fit
+        raise config_lib.ConfigError(f"--model={name} cannot take inputs of shape "
+                                     f"{tuple(sample.shape[1:])} ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else ''}).") from e
+    if getattr(out, "shape", None) != (1, num_classes):
+        raise config_lib.ConfigError(f"--model={name} returns {getattr(out, 'shape', out)} for "
+                                     f"one example; it needs one logit per class: (1, "
+                                     f"{num_classes}).")
+
+
+def identity(model: nn.Module, sample) -> dict:
+    """What identifies a model in a stage key: its fields, its parameters' shapes and dtypes
+    on ``sample``, and the source of its class (an edited layer must not reuse saved logits)."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), sample)
+    try:
+        source = inspect.getsource(type(model))
+    except (OSError, TypeError):
+        source = None
+    return {"repr": repr(model), "source": source,
+            "shapes": [f"{'/'.join(map(str, path))}: {leaf.shape} {leaf.dtype}" for path, leaf
+                       in traverse_util.flatten_dict(shapes).items()]}

@@ -10,6 +10,7 @@ sheet from elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import html
 import importlib
@@ -17,9 +18,9 @@ import json
 import pathlib
 import re
 import shlex
-from typing import Any, Mapping
+from typing import Any
 
-from jaxpet import runs
+from jaxpet import config as config_lib, files
 
 # What each figure shows, by file name; others are captioned with their name.
 CAPTIONS = {
@@ -78,7 +79,9 @@ def markdown_to_html(text: str) -> str:
     """The Markdown subset of jaxpet's summaries as HTML: headings, tables, bullet lists,
     fenced code and paragraphs (everything escaped; no raw HTML passes through)."""
     lines = text.splitlines()
-    out, paragraph, i = [], [], 0
+    out: list[str] = []
+    paragraph: list[str] = []
+    i = 0
 
     def flush():
         if paragraph:
@@ -133,18 +136,9 @@ def markdown_to_html(text: str) -> str:
 # ----------------------------------------------------------------------------- the command
 
 
-def _flag_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
 def reproduce_command(results: Mapping[str, Any]) -> str | None:
-    """The command line that reruns this result: the experiment's script, its preset, and
-    every flag whose value differs from what the preset gives (None when the experiment is
-    not a jaxpet script)."""
+    """The command line that reruns this result (None when the experiment is not a jaxpet
+    script): its script and the flags :func:`jaxpet.config.command_line` writes."""
     experiment = results.get("provenance", {}).get("experiment")
     config = results.get("config")
     if not experiment or not isinstance(config, Mapping):
@@ -156,27 +150,8 @@ def reproduce_command(results: Mapping[str, Any]) -> str | None:
     cls = getattr(module, "Config", None)
     if cls is None or not dataclasses.is_dataclass(cls):
         return None
-    from jaxpet import config as config_lib
-
-    presets = getattr(module, "PRESETS", None) or {}
-    preset = config.get("preset") if config.get("preset") in presets else None
-    base = {f.name: f.default for f in dataclasses.fields(cls)
-            if f.default is not dataclasses.MISSING}
-    base.update(presets.get(preset, {}) if preset else {})
-    words = ["python", f"experiments/{experiment}.py"]
-    if preset is not None and preset != next(iter(presets)):
-        words.append(f"--preset={preset}")
-    for f in dataclasses.fields(cls):
-        if not config_lib.spec(cls, f.name).flag or f.name not in config:
-            continue
-        value = config[f.name]
-        default = base.get(f.name)
-        if isinstance(default, tuple):
-            default = list(default)
-        if value is None or value == default:
-            continue
-        words.append(f"--{f.name}={_flag_value(value)}")
-    return shlex.join(words)
+    return shlex.join(["python", f"experiments/{experiment}.py", *config_lib.command_line(
+        cls, config, presets=getattr(module, "PRESETS", None))])
 
 
 # ----------------------------------------------------------------------------- the page
@@ -207,7 +182,7 @@ def render_page(folder) -> str:
     """The HTML of ``folder``'s page (see the module docstring)."""
     folder = pathlib.Path(folder)
     try:
-        results = runs.read_json(folder / "results.json")
+        results = files.read_json(folder / "results.json")
     except (OSError, ValueError):
         results = {}
     results = results if isinstance(results, dict) else {}
@@ -217,7 +192,8 @@ def render_page(folder) -> str:
     body = [f"<h1>{html.escape(title)}</h1>"]
     when = provenance.get("finished")
     if when:
-        body.append(f"<p>Finished {html.escape(when)} on {html.escape(str(provenance.get('backend')))}"
+        backend = html.escape(str(provenance.get("backend")))
+        body.append(f"<p>Finished {html.escape(when)} on {backend}"
                     f" ({html.escape(str(provenance.get('device_kind')))}).</p>")
     command = reproduce_command(results)
     if command:
@@ -241,9 +217,9 @@ def render_page(folder) -> str:
         body.append("<h2>Sub-runs</h2><ul>" + "".join(
             f'<li><a href="{html.escape(s)}">{html.escape(s.rsplit("/", 1)[0])}</a></li>'
             for s in subs) + "</ul>")
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     body.append("<h2>Files</h2><ul>" + "".join(
-        f'<li><a href="{html.escape(n)}">{html.escape(n)}</a></li>' for n in files) + "</ul>")
+        f'<li><a href="{html.escape(n)}">{html.escape(n)}</a></li>' for n in names) + "</ul>")
     if provenance:
         body.append("<h2>Provenance</h2>" + _provenance_table(provenance))
     if results:
@@ -257,4 +233,4 @@ def render_page(folder) -> str:
 def write_page(folder) -> pathlib.Path:
     """Writes ``folder/report.html`` atomically; returns its path."""
     folder = pathlib.Path(folder)
-    return runs.write_text(folder / "report.html", render_page(folder))
+    return files.write_text(folder / "report.html", render_page(folder))

@@ -21,12 +21,13 @@ stage and writes ``history.jsonl``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 import contextlib
 import contextvars
 import dataclasses
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from absl import logging
 
@@ -65,7 +66,7 @@ class _Expected:
 class Phase:
     """One running phase: its size, what is done, and the rate so far."""
 
-    def __init__(self, tracker: "Tracker", name: str, total_units: float, unit: str,
+    def __init__(self, tracker: Tracker, name: str, total_units: float, unit: str,
                  images_per_unit: float, logs_itself: bool = False):
         self.tracker = tracker
         self.logs_itself = logs_itself  # e.g. the trainer's line per epoch: no extra log lines
@@ -195,7 +196,8 @@ class Tracker:
         fraction = min(p.done / max(p.total, 1e-12), 1.0)
         width = 24
         filled = int(round(width * fraction))
-        line = f"{p.name} [{'#' * filled}{'.' * (width - filled)}] {100 * fraction:3.0f}% {p.status()}"
+        bar = "#" * filled + "." * (width - filled)
+        line = f"{p.name} [{bar}] {100 * fraction:3.0f}% {p.status()}"
         self.stream.write("\r\033[K" + line)
         self.stream.flush()
         self._bar_shown = True
@@ -233,8 +235,9 @@ logging.ABSLLogger.register_frame_to_skip(__file__, "phase")
 logging.ABSLLogger.register_frame_to_skip(__file__, "advance")
 logging.ABSLLogger.register_frame_to_skip(contextlib.__file__, "__exit__")  # a phase's end
 
-_CURRENT: contextvars.ContextVar[Tracker] = contextvars.ContextVar("jaxpet_progress",
-                                                                    default=Tracker("log"))
+# One shared default tracker (it only logs) for code that runs outside a run: B039 on purpose.
+_CURRENT: contextvars.ContextVar[Tracker] = contextvars.ContextVar(
+    "jaxpet_progress", default=Tracker("log"))  # noqa: B039
 _DEFAULT_MODE = ["log"]
 
 
@@ -280,7 +283,7 @@ def history_rows(history: list[dict[str, Any]]) -> list[dict]:
         arrays = {k: np.asarray(v) for k, v in metrics.items()}
         num_models = max((a.shape[0] for a in arrays.values() if a.ndim), default=1)
         for k in range(num_models):
-            row = {"epoch": epoch, "model": k}
+            row: dict[str, Any] = {"epoch": epoch, "model": k}
             for name, a in arrays.items():
                 value = a[k] if a.ndim else a
                 # 7 significant digits: a float32's precision, without its binary tail

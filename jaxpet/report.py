@@ -3,13 +3,14 @@
 Figures are built on ``matplotlib.figure.Figure`` objects (never pyplot), so
 importing or using jaxpet leaves matplotlib's backend and figure registry as
 they were: a notebook keeps its inline plots. Each ``*_figure`` function
-returns the Figure (tests read its lines and labels); :func:`jaxpet.runs.save_figure`
+returns the Figure (tests read its lines and labels); :func:`jaxpet.files.save_figure`
 writes it atomically.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib import ticker
 from matplotlib.figure import Figure
@@ -43,7 +44,7 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        rows.append(dict(zip(headers, cells(line))))
+        rows.append(dict(zip(headers, cells(line), strict=False)))
     return rows
 
 
@@ -58,6 +59,61 @@ def plus_minus(mean: float, std: float | None, scale: float = 1.0, digits: int =
     ``show_zero``."""
     text = f"{scale * mean:.{digits}f}"
     return text + (f" ± {scale * (std or 0.0):.{digits}f}" if std or show_zero else "")
+
+
+def _level_name(level: float) -> str:
+    return f"{100 * level:g}%"
+
+
+def _metric(row: Mapping[str, Any], name: str, level: float | None = None):
+    """A metric of one attack's row: nested (``tpr_at_fpr`` -> {"0.01": x}) as a single
+    target's metrics hold it, or flat (``tpr_at_fpr_0.01``) as a summary over targets does;
+    None where the row has no such metric."""
+    if level is None:
+        return row.get(name)
+    nested = row.get(name)
+    if isinstance(nested, Mapping) and "mean" not in nested:
+        return nested.get(str(level))
+    return row.get(f"{name}_{level}")
+
+
+def _cell(value, percent: bool) -> str:
+    """A number, or 'mean ± std' for a summary over targets; '-' where absent."""
+    if value is None:
+        return "-"
+    if isinstance(value, Mapping):
+        return plus_minus(value["mean"], value["std"], scale=100 if percent else 1,
+                          digits=2 if percent else 4, show_zero=True)
+    return pct(value) if percent else f"{value:.4f}"
+
+
+# TPR at these FPR levels is also shown with ties broken at random (where the metrics hold it).
+RANDOMIZED_LEVELS = (0.01, 0.001)
+
+
+def attack_table(attacks: Mapping[str, Mapping[str, Any]],
+                 leading: Sequence[tuple[str, Any]] = ()) -> str:
+    """The one attack table of every experiment: per attack, ``leading`` columns (header,
+    function of the row -> cell), AUC, balanced accuracy, TPR at every level of
+    :data:`jaxpet.metrics.FPR_LEVELS` that every row holds, and TPR at
+    :data:`RANDOMIZED_LEVELS` with ties broken at random. A row is one target's metrics or
+    their mean and std over targets (shown as 'mean ± std')."""
+    rows = list(attacks.values())
+    has = lambda name, level=None: all(_metric(r, name, level) is not None for r in rows)
+    levels = [lv for lv in metrics.FPR_LEVELS if has("tpr_at_fpr", lv)]
+    randomized = [lv for lv in RANDOMIZED_LEVELS if has("tpr_at_fpr_randomized", lv)]
+    columns = [*leading, ("AUC", lambda r: _cell(_metric(r, "auc"), False))]
+    if has("balanced_accuracy"):
+        columns.append(("balanced acc (%)", lambda r: _cell(_metric(r, "balanced_accuracy"),
+                                                            True)))
+    columns += [(f"TPR@{_level_name(lv)}FPR (%)",
+                 lambda r, lv=lv: _cell(_metric(r, "tpr_at_fpr", lv), True)) for lv in levels]
+    columns += [(f"TPR@{_level_name(lv)}FPR, ties random (%)",
+                 lambda r, lv=lv: _cell(_metric(r, "tpr_at_fpr_randomized", lv), True))
+                for lv in randomized]
+    return markdown_table(["attack", *(h for h, _ in columns)],
+                          [[name, *(cell(r) for _, cell in columns)]
+                           for name, r in attacks.items()])
 
 
 def epsilon_sentence(privacy: Mapping[str, Any] | None, clip_norm: float) -> str:
@@ -154,7 +210,8 @@ def reference_sweep_figure(sweep: Sequence[dict], baseline: dict, title: str = "
     fig = Figure(figsize=(10, 4.2), dpi=110)
     axes = fig.subplots(1, 2)
     counts = [row["num_references"] for row in sweep]
-    for ax, key, label in ((axes[0], "auc", "AUC"), (axes[1], "tpr_at_fpr_0.001", "TPR at 0.1% FPR")):
+    for ax, key, label in ((axes[0], "auc", "AUC"),
+                           (axes[1], "tpr_at_fpr_0.001", "TPR at 0.1% FPR")):
         for name in sweep[0]["attacks"]:
             mean = [row["attacks"][name][key]["mean"] for row in sweep]
             std = [row["attacks"][name][key]["std"] for row in sweep]
@@ -179,7 +236,7 @@ def confusion_figure(panels: Sequence[tuple[str, Mapping[str, Any]]], class_name
     ``confusion`` [true, predicted] counts and ``accuracy``)."""
     fig = Figure(figsize=(4.4 * len(panels), 4.3), dpi=100)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (name, report) in zip(axes, panels):
+    for ax, (name, report) in zip(axes, panels, strict=True):
         counts = np.asarray(report["confusion"], np.float64)
         rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -217,7 +274,7 @@ def curves_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]],
         epochs = sorted({r["epoch"] for r in rows})
         for ax, keys, label in ((top, ("loss", "val_loss"), "loss"),
                                 (bottom, ("train_acc", "val_acc"), "accuracy")):
-            for key, style in zip(keys, ("-", "--")):
+            for key, style in zip(keys, ("-", "--"), strict=True):
                 if not any(key in r for r in rows):
                     continue
                 table = np.full((len(models), len(epochs)), np.nan)

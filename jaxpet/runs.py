@@ -1,30 +1,32 @@
-"""The run store: workdirs, atomic writes, one fingerprinted stage cache, provenance.
+"""The run store: the workdir lock, one fingerprinted stage cache, provenance, the run.
 
-Every experiment writes through this module:
+Every experiment runs through this module (and writes its files through
+:mod:`jaxpet.files`, whose writes are atomic):
 
 * :class:`Workdir` checks the folder is writable before any work and holds an
   exclusive lock on it for the run, so a second writer is refused instead of
   mixing two runs' files.
-* :func:`write_json`, :func:`write_npz`, :func:`write_text` and
-  :func:`save_figure` write through a temporary file and a rename, so a crash
-  never leaves half a file.
 * :class:`StageCache` keeps every reusable stage (trained phases, logits,
   checkpoints of a stage still running) under a fingerprint of what the
   stage's result depends on: its settings and the digest of the data it read.
   A matching stage is reused, a different one recomputed, and a stage file
-  that does not load is discarded with a warning and recomputed.
+  that does not load is discarded with a warning and recomputed;
+  :meth:`StageCache.run` says which happened.
 * :func:`provenance` is the block every ``results.json`` carries.
+* :class:`Run` is one experiment run: its locked workdir, its stages, its
+  timings, progress and training histories, and ``results.json``. The report
+  page is not built here: the caller passes ``on_finish`` (the experiments pass
+  :func:`jaxpet.page.write_page`), called when the run ends without error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import contextlib
 import dataclasses
 import datetime
 import errno
 import fcntl
-import hashlib
-import io
 import json
 import os
 import pathlib
@@ -34,167 +36,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO, Any, NamedTuple
 import zipfile
-from typing import Any, Callable, Mapping
 
 from absl import logging
-from flax import traverse_util
 import jax
 import numpy as np
 
-from jaxpet import __version__, progress
+from jaxpet import __version__, files, progress
 from jaxpet.errors import UserError
-
-# ----------------------------------------------------------------------------- fingerprints
-
-
-def _canonical(obj) -> Any:
-    """A JSON-able, order-stable form of ``obj``; arrays by dtype, shape and content digest."""
-    if isinstance(obj, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__,
-                **{f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, float):
-        return repr(obj)  # keeps nan/inf and every bit of precision
-    if hasattr(obj, "__array__") and hasattr(obj, "shape"):
-        arr = np.ascontiguousarray(np.asarray(obj))
-        return {"__array__": str(arr.dtype), "shape": list(arr.shape),
-                "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
-    return repr(obj)
-
-
-def digest(*parts: Any, length: int = 16) -> str:
-    """Hex digest of ``parts`` (settings, arrays, dataclasses, nested containers).
-
-    The one fingerprint function of jaxpet: stage caches, checkpoints and the
-    data's content digest all use it, so equal inputs give equal keys everywhere.
-    """
-    text = json.dumps(_canonical(list(parts)), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_UMASK = os.umask(0o022)  # read once (setting it back at once), not per write: threads share it
-os.umask(_UMASK)
-
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or one it came from) is a full disk or an exceeded quota.
-
-    orbax writes arrays through tensorstore, which reports a full disk as a
-    ``ValueError`` whose message carries the OS error, not as an ``OSError``.
-    """
-    texts = [os.strerror(code) for code in DISK_FULL]
-    texts += [f"os_error_code='{code}'" for code in DISK_FULL]
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
-            return True
-        if any(text in str(error) for text in texts):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
-    """Writes through a temp file in the same folder, then renames: no half file on a crash.
-
-    A full disk is reported as one :class:`UserError` naming the folder, with the
-    temp file removed.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, IsADirectoryError):
-            raise UserError(f"{path} is a folder where a file should be written — remove it or "
-                            "choose another --workdir.") from e
-        if is_disk_full(e):
-            raise UserError(f"no space left to write {path} ({_free(path.parent)} free in "
-                            f"{path.parent}) — free some disk space or choose another "
-                            "--workdir; finished stages are kept, a rerun resumes.") from e
-        raise
-    return path
-
-
-def _free(folder) -> str:
-    try:
-        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
-    except OSError:
-        return "unknown space"
-
-
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def write_json(path, obj: Any) -> pathlib.Path:
-    text = json.dumps(_jsonable(obj), indent=2) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def read_json(path) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_npz(path, **arrays) -> pathlib.Path:
-    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-
-
-def read_npz(path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz, loaded now (never unpickled)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
-def write_text(path, text: str) -> pathlib.Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def save_figure(fig, path, dpi: int | None = None) -> pathlib.Path:
-    """Lays out and writes a ``matplotlib.figure.Figure`` atomically (PNG by the suffix).
-
-    Figures are built as ``Figure`` objects, never through pyplot, so nothing
-    here touches matplotlib's global backend or figure registry.
-    """
-    path = pathlib.Path(path)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-def save_image(image, path) -> pathlib.Path:
-    """Writes a PIL image as PNG atomically."""
-    return atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True))
-
 
 # ----------------------------------------------------------------------------- workdir
 
@@ -216,10 +66,10 @@ class Workdir:
     def __init__(self, path, *, flag: str = "--workdir"):
         self.path = pathlib.Path(path)
         self.flag = flag
-        self._lock_file = None
+        self._lock_file: IO[str] | None = None
         check_writable(self.path, flag)
 
-    def __enter__(self) -> "Workdir":
+    def __enter__(self) -> Workdir:
         self.lock()
         return self
 
@@ -281,6 +131,15 @@ def check_writable(path, flag: str = "--workdir") -> pathlib.Path:
 # ----------------------------------------------------------------------------- stage cache
 
 
+class Stage(NamedTuple):
+    """What :meth:`StageCache.run` gives: the stage's arrays and info, and whether they were
+    reused (a finished stage of this key loaded) rather than computed now."""
+
+    arrays: dict[str, np.ndarray]
+    info: dict
+    reused: bool
+
+
 class StageCache:
     """Finished stages kept as ``<name>-<fingerprint>.npz`` (arrays) + ``.json`` (info).
 
@@ -293,12 +152,12 @@ class StageCache:
         self.directory = pathlib.Path(directory)
 
     def paths(self, name: str, key) -> tuple[pathlib.Path, pathlib.Path]:
-        stem = f"{name}-{digest(key)}"
+        stem = f"{name}-{files.digest(key)}"
         return self.directory / f"{stem}.npz", self.directory / f"{stem}.json"
 
     def checkpoint_dir(self, name: str, key) -> pathlib.Path:
         """Where the stage keeps checkpoints while it runs (removed once it is done)."""
-        return self.directory / f"checkpoints-{name}-{digest(key)}"
+        return self.directory / f"checkpoints-{name}-{files.digest(key)}"
 
     def load(self, name: str, key) -> tuple[dict[str, np.ndarray], dict] | None:
         """The finished stage, or None; a stage file that does not load is discarded."""
@@ -311,10 +170,10 @@ class StageCache:
         if not meta_path.exists():
             return None
         try:
-            meta = read_json(meta_path)
-            if not isinstance(meta, dict) or meta.get("fingerprint") != digest(key):
-                raise ValueError(f"it is not this stage's (fingerprint {digest(key)})")
-            arrays = read_npz(arrays_path)
+            meta = files.read_json(meta_path)
+            if not isinstance(meta, dict) or meta.get("fingerprint") != files.digest(key):
+                raise ValueError(f"it is not this stage's (fingerprint {files.digest(key)})")
+            arrays = files.read_npz(arrays_path)
             missing = set(meta.get("arrays", [])) - set(arrays)
             if missing:
                 raise ValueError(f"arrays {sorted(missing)} are missing")
@@ -329,8 +188,9 @@ class StageCache:
         return arrays, meta
 
     def run(self, name: str, key, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
-            ) -> tuple[dict[str, np.ndarray], dict]:
-        """The stage's (arrays, info): reused when finished with this key, else computed and saved.
+            ) -> Stage:
+        """The stage's (arrays, info, reused): reused when finished with this key, else computed
+        (``compute()``, which returns the arrays and the info) and saved.
 
         The training histories recorded while the stage computes are kept with it and
         recorded again when it is reused, so a run's ``history.jsonl`` is whole either way.
@@ -342,10 +202,10 @@ class StageCache:
             logging.info("Stage %s: reusing the finished result in %s", name,
                          self.paths(name, key)[0])
             tracker.stage_reused(name)
-            histories = meta.get("histories")
-            for phase, rows in (histories if isinstance(histories, dict) else {}).items():
+            saved = meta.get("histories")
+            for phase, rows in (saved if isinstance(saved, dict) else {}).items():
                 tracker.record_history(phase, rows)
-            return arrays, meta["info"]
+            return Stage(arrays, meta["info"], reused=True)
         histories: dict[str, list[dict]] = {}
         remove = tracker.add_history_sink(lambda phase, rows: histories.__setitem__(phase, rows))
         try:
@@ -353,43 +213,19 @@ class StageCache:
         finally:
             remove()
         self.save(name, key, arrays, info, histories=histories)
-        return arrays, info
+        return Stage(arrays, info, reused=False)
 
     def save(self, name: str, key, arrays: dict[str, np.ndarray], info: dict,
              histories: Mapping[str, list[dict]] | None = None) -> None:
         """Writes a finished stage (arrays first, the JSON that marks it done last) and removes
         its checkpoints."""
         arrays_path, meta_path = self.paths(name, key)
-        write_npz(arrays_path, **arrays)
-        write_json(meta_path, {"fingerprint": digest(key), "key": _canonical(key),
-                               "arrays": sorted(arrays), "info": info,
-                               "histories": dict(histories or {})})
+        files.write_npz(arrays_path, **arrays)
+        files.write_json(meta_path, {"fingerprint": files.digest(key),
+                                     "key": files._canonical(key),
+                                     "arrays": sorted(arrays), "info": info,
+                                     "histories": dict(histories or {})})
         shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
-
-
-_EMPTY = "/__empty__"
-
-
-def tree_to_arrays(prefix: str, tree) -> dict[str, np.ndarray]:
-    """A pytree of arrays (e.g. Flax variables) as flat ``<prefix>/<path>`` arrays, to save in a
-    stage; :func:`arrays_to_tree` reads it back."""
-    flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/", keep_empty_nodes=True)
-    return {f"{prefix}/{k}" + (_EMPTY if v is traverse_util.empty_node else ""):
-            np.zeros(0) if v is traverse_util.empty_node else np.asarray(v)
-            for k, v in flat.items()}
-
-
-def arrays_to_tree(prefix: str, arrays: Mapping[str, np.ndarray]):
-    """The pytree that :func:`tree_to_arrays` saved under ``prefix`` (as device arrays)."""
-    mine = {}
-    for k, v in arrays.items():
-        if k.startswith(prefix + "/"):
-            k = k[len(prefix) + 1:]
-            if k.endswith(_EMPTY):  # an empty collection, e.g. a model's batch_stats without BN
-                mine[k[:-len(_EMPTY)]] = traverse_util.empty_node
-            else:
-                mine[k] = jax.numpy.asarray(v)
-    return traverse_util.unflatten_dict(mine, sep="/")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -402,8 +238,9 @@ def _git_commit() -> str | None:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
@@ -417,7 +254,7 @@ def _version(module: str) -> str | None:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def provenance(started: str, argv=None) -> dict:
@@ -443,7 +280,7 @@ def provenance(started: str, argv=None) -> dict:
 
 class Run:
     """One experiment run: its locked workdir, its config on disk, its stage cache, its timings,
-    its progress, its training histories and its report page.
+    its progress and its training histories.
 
     ``with runs.Run(workdir, config) as run:`` checks and locks the workdir
     before any work; :meth:`finish` writes ``config.json`` and ``results.json``
@@ -453,15 +290,18 @@ class Run:
     Inside the block the run's :class:`jaxpet.progress.Tracker` is current: every
     phase reports to it, and every trained phase's history lands in
     ``history.jsonl`` and ``curves.png`` as soon as it is trained (or reused).
-    A run that ends without error writes ``report.html``, one self-contained page
-    of everything in the workdir.
+    A run that ends without error then calls ``on_finish(path)``: the experiments
+    pass :func:`jaxpet.page.write_page`, which writes ``report.html`` (the page is
+    built outside the store; one that cannot be built is a warning, never a lost
+    run: every result is already on disk).
     """
 
     HISTORY = "history.jsonl"
     CURVES = "curves.png"
     PAGE = "report.html"
 
-    def __init__(self, workdir, config, *, outputs=(), stage_dir=None, flag: str = "--workdir"):
+    def __init__(self, workdir, config, *, outputs=(), stage_dir=None, flag: str = "--workdir",
+                 on_finish: Callable[[pathlib.Path], Any] | None = None):
         self.workdir = Workdir(workdir, flag=flag)
         self.path = self.workdir.path
         self.config = config
@@ -471,6 +311,7 @@ class Run:
         self.seconds: dict[str, float] = {}
         self.progress = progress.Tracker(progress.default_mode())
         self.histories: dict[str, list[dict]] = {}
+        self.on_finish = on_finish
         self._check_outputs(("config.json", "results.json", self.HISTORY, self.CURVES, self.PAGE,
                              *outputs), flag)
         self._scope: contextlib.ExitStack | None = None
@@ -486,7 +327,7 @@ class Run:
             raise WorkdirError(f"{self.stages.directory} is a file where this run keeps its "
                                f"stages — remove it or choose another {flag}.")
         try:
-            previous = read_json(self.path / "results.json")["provenance"]["experiment"]
+            previous = files.read_json(self.path / "results.json")["provenance"]["experiment"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # no earlier results (or none that say whose they are)
         if previous != self.experiment:
@@ -494,7 +335,7 @@ class Run:
                                f"{self.experiment} run would mix its files with them — choose "
                                f"another {flag}.")
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         self.workdir.lock()
         # Stale files of an earlier run in this workdir would mix with this run's.
         for name in (self.HISTORY, self.CURVES, self.PAGE):
@@ -506,9 +347,10 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self._scope.close()  # the sink removed, the previous tracker current again
+            if self._scope is not None:  # the sink removed, the previous tracker current again
+                self._scope.close()
             if exc_type is None:
-                self.write_page()
+                self._finished()
         finally:
             self.workdir.unlock()
 
@@ -537,28 +379,27 @@ class Run:
         self.histories[name] = rows
         lines = [json.dumps({"phase": p, **row}) for p, phase_rows in self.histories.items()
                  for row in phase_rows]
-        write_text(self.path / self.HISTORY, "\n".join(lines) + "\n")
+        files.write_text(self.path / self.HISTORY, "\n".join(lines) + "\n")
         from jaxpet import report  # local: report imports matplotlib
-        save_figure(report.curves_figure(self.histories), self.path / self.CURVES)
+        files.save_figure(report.curves_figure(self.histories), self.path / self.CURVES)
 
-    def write_page(self) -> pathlib.Path | None:
-        """``report.html`` of this workdir (a page that cannot be built is a warning, not a
-        lost run: every result is already on disk)."""
+    def _finished(self) -> None:
+        """Calls ``on_finish`` (the report page); its failure is a warning, not a lost run."""
+        if self.on_finish is None:
+            return
         try:
-            from jaxpet import page  # local: the page module reads every experiment's outputs
-            return page.write_page(self.path)
+            self.on_finish(self.path)
         except Exception as e:  # noqa: BLE001 - the results are written; the page is extra
             logging.warning("Could not write %s (%s: %s); the run's results are complete.",
                             self.path / self.PAGE, type(e).__name__, e)
-            return None
 
     def finish(self, results: dict) -> dict:
         """Writes ``results.json``: the config, ``results``, the timings and the provenance."""
         results = {"config": dataclasses.asdict(self.config), **results,
                    "seconds": {**self.seconds, **results.get("seconds", {})},
                    "provenance": {"experiment": self.experiment, **provenance(self.started)}}
-        write_json(self.path / "config.json", results["config"])
-        write_json(self.path / "results.json", results)
+        files.write_json(self.path / "config.json", results["config"])
+        files.write_json(self.path / "results.json", results)
         return results
 
 

@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from jaxpet.config import ConfigError
 
 VAL_SOURCES = ("unused", "out_part", "none")
 
@@ -155,13 +156,14 @@ class MemberSets:
         return out
 
     @classmethod
-    def from_lists(cls, sets) -> "MemberSets":
+    def from_lists(cls, sets) -> MemberSets:
         sets = [np.asarray(s, np.int64).ravel() for s in sets]
         if not sets:
             raise ValueError("MemberSets needs at least one index set.")
         counts = np.array([len(s) for s in sets], np.int32)
         if counts.min() < 1:
-            raise ValueError(f"Every member set needs at least one example; sizes {counts.tolist()}.")
+            raise ValueError(f"Every member set needs at least one example; sizes "
+                             f"{counts.tolist()}.")
         if min(s.min() for s in sets) < 0:
             raise ValueError("Member indices must be non-negative.")
         indices = np.zeros((len(sets), counts.max()), np.int32)
@@ -170,14 +172,14 @@ class MemberSets:
         return cls(indices=indices, counts=counts)
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray) -> "MemberSets":
+    def from_mask(cls, mask: np.ndarray) -> MemberSets:
         mask = np.asarray(mask, bool)
         if mask.ndim != 2:
             raise ValueError(f"mask must be [K, pool_size], got shape {mask.shape}.")
         return cls.from_lists([np.flatnonzero(row) for row in mask])
 
     @classmethod
-    def replicate(cls, indices, num_models: int) -> "MemberSets":
+    def replicate(cls, indices, num_models: int) -> MemberSets:
         """The same set for every model (e.g. K seeds of one target)."""
         return cls.from_lists([indices] * num_models)
 
@@ -249,3 +251,72 @@ def balanced_keep_mask(pool_size: int, num_models: int, seed: int) -> np.ndarray
     # Rank of a uniform draw per (model, example): the lower half keeps it.
     ranks = np.argsort(rng.random((num_models, pool_size)), axis=0).argsort(axis=0)
     return ranks < num_models // 2
+
+
+# --- The audit's candidates and reference models ----------------------------------------------
+
+REFERENCE_MODES = ("online", "offline")
+
+
+def candidate_pool(available, members, size: int | None, rng: np.random.Generator, *,
+                   offline: bool = False) -> np.ndarray:
+    """The candidates (sorted indices): ``size`` random ``available`` examples (default all of
+    them, half with ``offline`` references, which train on the rest); for a target trained
+    elsewhere (``members``: its training examples), all its members plus as many non-members
+    (or up to ``size`` in all)."""
+    available = np.asarray(available)
+    n = len(available)
+    if size is not None and size > n:
+        raise ConfigError(f"--pool_size={size} is larger than the {n} training examples "
+                          "available — lower it.")
+    if members is None:
+        if size is None and offline:
+            size = n // 2
+        return available if size is None else np.sort(rng.choice(available, size,
+                                                                 replace=False))
+    size = min(n, 2 * len(members)) if size is None else size
+    if size <= len(members):
+        raise ConfigError(f"--pool_size={size} leaves no room for non-members beside the "
+                          f"target's {len(members)} members — raise it.")
+    outside = np.setdiff1d(available, members)
+    return np.sort(np.concatenate([members, rng.choice(outside, size - len(members),
+                                                       replace=False)]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceLayout:
+    """What the references train on. ``keep`` [N, pool]: their membership of the candidates;
+    ``extra``: data indices only they train on (offline); ``train_keep`` [N, pool + extra]:
+    their training sets over the candidates followed by ``extra``; ``note``: how the offline
+    draw departs from the target's, where the data forces it."""
+
+    keep: np.ndarray
+    extra: np.ndarray
+    train_keep: np.ndarray
+    note: str | None = None
+
+
+def reference_layout(mode: str, target_keep: np.ndarray, pool: np.ndarray,
+                     outside: np.ndarray, num_references: int, seed: int) -> ReferenceLayout:
+    """Online: each reference on a balanced half of the pool, so every candidate is IN for
+    exactly half of them whatever the target's membership (``target_keep``). Offline: each on
+    as many examples as the target, drawn from ``outside`` (training examples that are not
+    candidates), so every candidate is OUT for all N of them (:func:`offline_reference_sets`).
+    Either way, no candidate's reference counts depend on its membership of the target, which
+    is what keeps the attacks calibrated (``tests/test_calibration.py``)."""
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"mode must be one of {REFERENCE_MODES}, got {mode!r}.")
+    n, size = len(pool), int(target_keep.sum())
+    if mode == "online":
+        keep = balanced_keep_mask(n, num_references, seed)
+        return ReferenceLayout(keep, pool[:0], keep)
+    if len(outside) == 0:
+        raise ConfigError(
+            "--references=offline trains the references outside the candidates, and the "
+            "candidates take every training example — lower --pool_size (with --target=train "
+            "offline, half of the training part is candidates by default; with "
+            "--target=checkpoint the candidates are its members and as many non-members, so "
+            "give a data set with examples beyond those).")
+    extra, extra_keep, note = offline_reference_sets(outside, size, num_references, seed)
+    keep = np.zeros((num_references, n), bool)
+    return ReferenceLayout(keep, extra, np.concatenate([keep, extra_keep], 1), note)

@@ -24,8 +24,7 @@ import pytest
 from scipy import special, stats
 
 from jaxpet import calibration, metrics, splits
-from jaxpet.attacks import registry
-from jaxpet.attacks import reference as reference_lib
+from jaxpet.attacks import reference as reference_lib, registry
 from jaxpet.attacks.label_only import LabelOnlyAttackConfig
 from jaxpet.attacks.lira import Signals
 from jaxpet.attacks.registry import LabeledPosteriors

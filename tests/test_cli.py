@@ -13,7 +13,7 @@ import sys
 from absl import flags
 import pytest
 
-from jaxpet import cli, config, runs
+from jaxpet import cli, config, files, runs
 from jaxpet.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -36,10 +36,12 @@ def _main(name: str, argv: list[str]) -> str:
 BAD = [  # (experiment, flags, what the one line must name)
     ("membership", ["--epochs=0"], "--epochs must be >= 1"),
     ("membership", ["--width_scale=nan"], "--width_scale must be a finite number"),
-    ("membership", ["--dp_noise_multiplier=2"], "--dp_noise_multiplier=2.0 has no effect unless --defense is dpsgd"),
+    ("membership", ["--dp_noise_multiplier=2"],
+     "--dp_noise_multiplier=2.0 has no effect unless --defense is dpsgd"),
     ("membership", ["--defense=dpsgd", "--dp_delta=1"], "--dp_delta must be > 0 and < 1"),
     ("membership", ["--defense=dpsgd", "--norm=batch"], "--norm=group or none"),
-    ("membership", ["--patience=3"], "--patience=3 has no effect unless --defense is dropout_early_stopping"),
+    ("membership", ["--patience=3"],
+     "--patience=3 has no effect unless --defense is dropout_early_stopping"),
     ("membership", ["--defense=dropout_early_stopping", "--val_size=0"], "needs --val_size > 0"),
     ("membership", ["--data_dir={tmp}/missing"], "does not exist"),
     ("membership", ["--workdir={tmp}/file"], "--workdir={tmp}/file is a file"),
@@ -47,7 +49,8 @@ BAD = [  # (experiment, flags, what the one line must name)
     ("seed_tables", ["--cases=cifar10_p4_e50"], "--cases must be one of"),
     ("seed_tables", ["--train_size=1"], "--train_size must be >= 2"),
     ("dp_curve", ["--noise_multipliers=0.5,-1"], "--noise_multipliers must be > 0"),
-    ("dp_curve", ["--noise_multipliers=0.5,x"], "--noise_multipliers must be a comma-separated list"),
+    ("dp_curve", ["--noise_multipliers=0.5,x"],
+     "--noise_multipliers must be a comma-separated list"),
     ("dp_curve", ["--dp_delta=inf"], "--dp_delta must be a finite number"),
     ("lira", ["--learning_rate=nan"], "--learning_rate must be a finite number"),
     ("lira", ["--num_models=7"], "--num_models must be even"),
@@ -73,22 +76,26 @@ BAD = [  # (experiment, flags, what the one line must name)
     ("benchmark", ["--workdir={tmp}/file"], "is a file, not a folder"),
     ("benchmark", ["--examples_per_model=32"], "smaller than one batch (--batch_size=128)"),
     ("benchmark", ["--workloads="], "--workloads, --num_models and --strategies each need"),
-    ("benchmark", ["--inversion_classes=0", "--inversion_iterations=50"], "has no effect with --inversion_classes=0"),
+    ("benchmark", ["--inversion_classes=0", "--inversion_iterations=50"],
+     "has no effect with --inversion_classes=0"),
     ("benchmark", ["--num_models=1,1"], "--num_models lists 1 more than once"),
     ("dp_curve", ["--noise_multipliers=1,1"], "--noise_multipliers lists 1.0 more than once"),
     ("membership", ["--workdir= "], "--workdir is empty"),
-    ("membership", ["--dp_clip_norm=1.0"], "--dp_clip_norm=1.0 has no effect unless --defense is dpsgd"),
+    ("membership", ["--dp_clip_norm=1.0"],
+     "--dp_clip_norm=1.0 has no effect unless --defense is dpsgd"),
     ("seed_tables", ["--datasets="], "--datasets needs at least one"),
     ("seed_tables", ["--datasets=cifar10", "--cases=mnist_p10_e30"], "are not of --datasets"),
     ("lira", ["--num_models=4", "--max_reference_sweep=100"], "exceeds the 3 other models"),
     ("lira", ["--num_models=2"], "--num_models must be >= 4"),
-    ("inversion", ["--notime_loop", "--speed_iterations=2"], "--speed_iterations=2 has no effect unless --time_loop is True"),
+    ("inversion", ["--notime_loop", "--speed_iterations=2"],
+     "--speed_iterations=2 has no effect unless --time_loop is True"),
     ("attribute", ["--compare_layers=fc2"], "repeats --layer=fc2"),
     ("train_ensemble", ["--batch_size=1000", "--train_size=200"], "larger than --train_size=200"),
     ("audit", ["--num_references=3"], "--num_references must be even"),
     ("audit", ["--data={tmp}/missing.npz"], "cannot read --data={tmp}/missing.npz"),
     ("audit", ["--data={tmp}/file"], "is neither a jaxpet dataset"),
-    ("audit", ["--target_members=m.npy"], "--target_members=m.npy has no effect unless --target is checkpoint"),
+    ("audit", ["--target_members=m.npy"],
+     "--target_members=m.npy has no effect unless --target is checkpoint"),
 ]
 
 
@@ -101,7 +108,7 @@ def test_a_workdir_this_run_cannot_use_is_refused_before_work(tmp_path, name, se
     out = tmp_path / "out"
     out.mkdir()
     if setup == "foreign":
-        runs.write_json(out / "results.json", {"provenance": {"experiment": "membership"}})
+        files.write_json(out / "results.json", {"provenance": {"experiment": "membership"}})
     elif setup == "folder_output":
         (out / "benchmark.md").mkdir()
     else:
@@ -123,18 +130,24 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, name, a
     message = _main(name, argv)
     assert message.startswith("error: ") and "\n" not in message
     assert expected.format(tmp=tmp_path) in message
-    outputs = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in (".jaxpet.lock", "file")]
+    outputs = [p for p in tmp_path.rglob("*")
+               if p.is_file() and p.name not in (".jaxpet.lock", "file")]
     assert outputs == []
 
 
 @pytest.mark.skipif(not REAL_DATA, reason="needs JAXPET_DATA_DIR with the real MNIST")
 @pytest.mark.parametrize("name, argv, expected", [
-    ("membership", ["--dataset=mnist", "--train_size=20000"], "--train_size=20000 is larger than a quarter"),
-    ("membership", ["--dataset=mnist", "--val_size=15000"], "--val_size=15000 leaves no non-member"),
-    ("lira", ["--dataset=mnist", "--pool_size=70000"], "--pool_size=70000 is larger than the train split"),
+    ("membership", ["--dataset=mnist", "--train_size=20000"],
+     "--train_size=20000 is larger than a quarter"),
+    ("membership", ["--dataset=mnist", "--val_size=15000"],
+     "--val_size=15000 leaves no non-member"),
+    ("lira", ["--dataset=mnist", "--pool_size=70000"],
+     "--pool_size=70000 is larger than the train split"),
     ("train_ensemble", ["--train_size=60001"], "--train_size=60001 is larger than the train split"),
-    ("membership", ["--dataset=mnist", "--batch_size=100000"], "--batch_size=100000 is larger than a model's 15000 members"),
-    ("lira", ["--dataset=mnist", "--population_size=1000000"], "larger than the test split (10000)"),
+    ("membership", ["--dataset=mnist", "--batch_size=100000"],
+     "--batch_size=100000 is larger than a model's 15000 members"),
+    ("lira", ["--dataset=mnist", "--population_size=1000000"],
+     "larger than the test split (10000)"),
     ("inversion", ["--figure_people=100"], "--figure_people=100 is more than the 40 people"),
 ])
 def test_sizes_the_real_data_cannot_hold(tmp_path, name, argv, expected):

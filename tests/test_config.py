@@ -111,3 +111,64 @@ def test_every_numeric_setting_of_every_experiment_has_a_range(name):
         if base in (int, float) and spec.choices is None:
             assert spec.low is not None, f"{name}.{f.name} has no lower bound"
         module.Config()  # the defaults pass their own checks
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_has_a_quick_preset_shown_in_help(name):
+    module = importlib.import_module(f"jaxpet.experiments.{name}")
+    assert "quick" in module.PRESETS and module.PRESET_HELP
+    values = flags.FlagValues()
+    config.define_flags(module.Config, presets=module.PRESETS, preset_help=module.PRESET_HELP,
+                        flag_values=values, module_name="script")
+    assert "quick" in values["preset"].help and "quick" in values["preset"].parser.enum_values
+    for key in module.PRESETS["quick"]:  # every preset value is a setting the config checks
+        assert key in {f.name for f in dataclasses.fields(module.Config)}
+    values(["script", "--preset=quick"])
+    config.from_flags(module.Config, presets=module.PRESETS, flag_values=values)
+
+
+# Settings that share a TrainConfig name but are another thing: MI-FACE's stopping window
+# (0: off, default 100), not training's early-stopping patience.
+_NOT_TRAINING_SETTINGS = {("inversion", "patience")}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_no_experiment_restates_a_training_default(name):
+    """A setting named as a TrainConfig one is taken from it with same_as (its help, checks and
+    default written once, in TrainConfig), never written again by hand."""
+    from jaxpet import training
+
+    module = importlib.import_module(f"jaxpet.experiments.{name}")
+    shared = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    for f in dataclasses.fields(module.Config):
+        if (name, f.name) in _NOT_TRAINING_SETTINGS:
+            assert config.spec(module.Config, f.name).origin is None
+        elif f.name in shared:
+            assert config.spec(module.Config, f.name).origin == f"TrainConfig.{f.name}", (
+                f"{name}.Config.{f.name} restates TrainConfig's setting: use config.same_as")
+
+
+def test_same_as_takes_help_checks_and_default_once():
+    @dataclasses.dataclass(frozen=True)
+    class Base:
+        lr: float = setting(0.1, "Learning rate.", low=0, low_open=True)
+        size: int = setting(8, "Size.", low=1)
+
+    @dataclasses.dataclass(frozen=True)
+    class Uses:
+        mode: str = setting("a", "Mode.", choices=("a", "b"))
+        lr: float = config.same_as(Base, "lr", when=("mode", ("a",)))
+        size: int = config.same_as(Base, "size", default=4)
+
+        def __post_init__(self):
+            config.check(self)
+
+    assert (Uses().lr, Uses().size) == (0.1, 4)
+    assert config.spec(Uses, "lr").help == "Learning rate." and config.spec(Uses, "lr").low == 0
+    with pytest.raises(config.ConfigError, match="--lr must be > 0"):
+        Uses(lr=0.0)
+    with pytest.raises(config.ConfigError, match="has no effect unless --mode"):
+        Uses(mode="b", lr=0.2)
+    # pick: the same-named fields carried across, the rest given.
+    assert config.pick(Uses(size=5), Base) == Base(lr=0.1, size=5)
+    assert config.pick(Uses(), Base, size=9) == Base(lr=0.1, size=9)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpet import dpsgd, models, splits, training
+from jaxpet import config, dpsgd, models, splits, training
 from jaxpet.errors import UserError
 
 NORMALIZE = training.Normalize(mean=(0.5,), std=(0.25,))
@@ -90,8 +90,10 @@ def test_dpsgd_without_clipping_or_noise_is_plain_sgd():
     base = training.TrainConfig(epochs=2, batch_size=32)
     dp = training.TrainConfig(epochs=2, batch_size=32, dpsgd=True, dp_clip_norm=1e3,
                               dp_noise_multiplier=1e-20)
-    plain = training.train_ensemble(_group_cnn(), images, labels, sets, base, seed=1, preprocess=NORMALIZE)
-    private = training.train_ensemble(_group_cnn(), images, labels, sets, dp, seed=1, preprocess=NORMALIZE)
+    plain = training.train_ensemble(_group_cnn(), images, labels, sets, base, seed=1,
+                                    preprocess=NORMALIZE)
+    private = training.train_ensemble(_group_cnn(), images, labels, sets, dp, seed=1,
+                                      preprocess=NORMALIZE)
     chex.assert_trees_all_close(plain.state.params, private.state.params, atol=1e-5, rtol=1e-4)
 
 
@@ -100,7 +102,8 @@ def test_dpsgd_refuses_batchnorm_and_bad_noise():
     sets = splits.MemberSets.from_lists([np.arange(64)])
     with pytest.raises(ValueError, match="norm='group'"):
         training.train_ensemble(models.SeedCNN(conv1=4, conv2=8, fc=16, num_classes=2), images,
-                                labels, sets, training.TrainConfig(epochs=1, batch_size=32, dpsgd=True),
+                                labels, sets,
+                                training.TrainConfig(epochs=1, batch_size=32, dpsgd=True),
                                 preprocess=NORMALIZE)
     with pytest.raises(ValueError, match="dp_noise_multiplier"):
         training.TrainConfig(dpsgd=True, dp_noise_multiplier=0.0)
@@ -151,16 +154,25 @@ def test_bad_input(args, match):
         dpsgd.dpsgd_epsilon(*args)
 
 
-@pytest.mark.parametrize("args, flag", [
-    ((0.0, 1.0, 1e-5), "--dp_noise_multiplier"),
-    ((math.inf, 1.0, 1e-5), "--dp_noise_multiplier"),
-    ((math.nan, 1.0, 1e-5), "--dp_noise_multiplier"),
-    ((1.0, -1.0, 1e-5), "--dp_clip_norm"),
-    ((1.0, math.inf, 1e-5), "--dp_clip_norm"),
-    ((1.0, 1.0, 0.0), "--dp_delta"),
-    ((1.0, 1.0, math.nan), "--dp_delta"),
+@pytest.mark.parametrize("values, flag", [
+    (dict(noise_multiplier=0.0), "--noise_multiplier"),
+    (dict(noise_multiplier=math.inf), "--noise_multiplier"),
+    (dict(noise_multiplier=math.nan), "--noise_multiplier"),
+    (dict(clip_norm=-1.0), "--clip_norm"),
+    (dict(clip_norm=math.inf), "--clip_norm"),
+    (dict(delta=0.0), "--delta"),
+    (dict(delta=math.nan), "--delta"),
+    (dict(microbatch_size=-1), "--microbatch_size"),
 ])
-def test_bad_dpsgd_flags_are_user_errors(args, flag):
+def test_bad_dpsgd_settings_are_user_errors_where_they_are_written_once(values, flag):
+    """DP-SGD's ranges live in DPConfig; TrainConfig and every experiment take them from it."""
     with pytest.raises(UserError, match=flag):
-        dpsgd.check_dpsgd_flags(*args)
-    dpsgd.check_dpsgd_flags(1.0, 1.0, 1e-5)
+        config.check(dpsgd.DPConfig(**values))
+    config.check(dpsgd.DPConfig())
+    from jaxpet.experiments import lira
+
+    for name in ("clip_norm", "noise_multiplier"):
+        assert config.spec(training.TrainConfig, f"dp_{name}").origin == f"DPConfig.{name}"
+    assert config.spec(lira.Config, "dp_delta").origin == "DPConfig.delta"
+    with pytest.raises(UserError, match="--dp_clip_norm"):
+        training.TrainConfig(dp_clip_norm=math.inf)

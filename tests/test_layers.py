@@ -29,7 +29,8 @@ def test_reshape_pooling_equals_window_pooling_and_its_gradient(shape):
         layers.max_pool_2x2(x, "average")
 
 
-@pytest.mark.parametrize("kernel_size, padding", [((3, 3), "SAME"), ((3, 3), "VALID"), ((5, 3), "SAME")])
+@pytest.mark.parametrize("kernel_size, padding",
+                         [((3, 3), "SAME"), ((3, 3), "VALID"), ((5, 3), "SAME")])
 def test_slices_conv_equals_flax_conv_and_its_gradients(kernel_size, padding):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 4))
     conv = models.nn.Conv(5, kernel_size, padding=padding)
@@ -40,7 +41,8 @@ def test_slices_conv_equals_flax_conv_and_its_gradients(kernel_size, padding):
         loss = lambda module: lambda v, x: jnp.sum(module.apply(v, x) * weights)
         np.testing.assert_allclose(form.apply(variables, x), conv.apply(variables, x), atol=1e-5)
         grads, expected = (jax.grad(loss(m), argnums=(0, 1))(variables, x) for m in (form, conv))
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5), grads, expected)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
+                     grads, expected)
     with pytest.raises(ValueError, match="padding"):
         layers.PatchConv(5, padding="CIRCULAR").init(jax.random.PRNGKey(1), x)
 
@@ -68,13 +70,15 @@ def test_fused_batchnorm_equals_flax_batchnorm_with_its_gradients(masked):
     assert jax.tree.structure(fused.init(jax.random.PRNGKey(1), x, use_running_average=False)) == \
         jax.tree.structure(variables)
     params = {"scale": jnp.arange(3.0) + 1, "bias": jnp.arange(3.0)}
-    results = [jax.value_and_grad(_batch_norm_loss(m, mask, variables), argnums=(0, 1), has_aux=True)(params, x)
+    results = [jax.value_and_grad(_batch_norm_loss(m, mask, variables), argnums=(0, 1),
+                                  has_aux=True)(params, x)
                for m in (fused, flax_bn)]
     (_, (y, state)), grads = results[0]
     (_, (y_ref, state_ref)), grads_ref = results[1]
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state, state_ref)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5), grads, grads_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
+                 grads, grads_ref)
     # Inference uses the running statistics, as nn.BatchNorm.
     np.testing.assert_allclose(fused.apply(variables, x, use_running_average=True),
                                flax_bn.apply(variables, x, use_running_average=True), atol=1e-6)
@@ -82,7 +86,8 @@ def test_fused_batchnorm_equals_flax_batchnorm_with_its_gradients(masked):
 
 def test_auto_forms_resolve_per_backend(monkeypatch):
     assert (layers.resolve_conv_impl("auto"), layers.resolve_pool_impl("auto"),
-            layers.resolve_batchnorm_impl("auto")) == ("slices", "reshape", "fused")  # tests run on CPU
+            layers.resolve_batchnorm_impl("auto")) == (
+                "slices", "reshape", "fused")  # tests run on CPU
     monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
     assert (layers.resolve_conv_impl("auto"), layers.resolve_pool_impl("auto"),
             layers.resolve_batchnorm_impl("auto")) == ("conv", "window", "flax")

@@ -55,9 +55,11 @@ def test_binary_and_per_class_reports_match_sklearn(seed):
     y, p = rng.integers(0, 5, 400), rng.integers(0, 4, 400)  # class 4 never predicted
     per_class = metrics.per_class_report(y, p, num_classes=5)
     sk = skm.precision_recall_fscore_support(y, p, labels=range(5), zero_division=0)
-    for ours, theirs in zip((per_class[k] for k in ("precision", "recall", "f1", "support")), sk):
+    for ours, theirs in zip((per_class[k] for k in ("precision", "recall", "f1", "support")), sk,
+                           strict=True):
         np.testing.assert_allclose(ours, theirs)
-    np.testing.assert_array_equal(metrics.confusion_matrix(y, p, 5), skm.confusion_matrix(y, p, labels=range(5)))
+    np.testing.assert_array_equal(metrics.confusion_matrix(y, p, 5),
+                                  skm.confusion_matrix(y, p, labels=range(5)))
 
 
 def test_best_threshold_maximises_accuracy():
@@ -90,7 +92,8 @@ def _ssim_reference(a, b, win=11, sigma=1.5, data_range=1.0):
             ma, mb = (w2 * pa).sum(), (w2 * pb).sum()
             va, vb = (w2 * (pa - ma) ** 2).sum(), (w2 * (pb - mb) ** 2).sum()
             cov = (w2 * (pa - ma) * (pb - mb)).sum()
-            values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+            values.append((2 * ma * mb + c1) * (2 * cov + c2)
+                          / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
     return float(np.mean(values))
 
 

@@ -17,7 +17,8 @@ def test_seed_cnn_widths_and_output(dataset, shape):
     x = jnp.zeros(shape)
     target, shadow = models.seed_cnn(dataset, "target"), models.seed_cnn(dataset, "shadow")
     assert (target.conv1, target.conv2, target.fc) == models.SEED_CNN_WIDTHS[(dataset, "target")]
-    assert (shadow.conv1, shadow.conv2, shadow.fc) == tuple(w // 2 for w in (target.conv1, target.conv2, target.fc))
+    assert (shadow.conv1, shadow.conv2, shadow.fc) == tuple(
+        w // 2 for w in (target.conv1, target.conv2, target.fc))
     vt = target.init(jax.random.PRNGKey(0), x)
     vs = shadow.init(jax.random.PRNGKey(0), x)
     assert target.apply(vt, x).shape == (2, 10)
@@ -30,8 +31,10 @@ def test_seed_cnn_dropout_only_in_training():
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
     variables = model.init(jax.random.PRNGKey(0), x)
     np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
-    a, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=["batch_stats"])
-    b, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
+    a, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                       mutable=["batch_stats"])
+    b, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)},
+                       mutable=["batch_stats"])
     assert not np.allclose(a, b)
 
 
@@ -81,7 +84,8 @@ def test_seed_cnn_conv_forms_agree_under_vmap(dataset, shape):
     patches = models.seed_cnn(dataset, "shadow", conv_impl="patches", width_scale=0.25)
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     variables = jax.vmap(lambda k: conv.init(k, x))(keys)
-    assert jax.tree.structure(variables) == jax.tree.structure(jax.vmap(lambda k: patches.init(k, x))(keys))
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.vmap(lambda k: patches.init(k, x))(keys))
     out_conv = jax.vmap(lambda v: conv.apply(v, x))(variables)
     out_patches = jax.vmap(lambda v: patches.apply(v, x))(variables)
     np.testing.assert_allclose(out_patches, out_conv, atol=1e-4, rtol=1e-4)
@@ -111,11 +115,14 @@ def test_seed_cnn_cpu_forms_train_like_the_reference_forms_under_vmap():
             logits, state = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                                         mask=mask, mutable=["batch_stats"])
             return jnp.sum(jnp.where(mask, -jax.nn.log_softmax(logits)[jnp.arange(4), y], 0)), state
-        return jax.vmap(jax.value_and_grad(f, has_aux=True))(variables["params"], variables["batch_stats"])
+        return jax.vmap(jax.value_and_grad(f, has_aux=True))(variables["params"],
+                                                             variables["batch_stats"])
 
     (value, state), grads = loss(fast)
     (value_ref, state_ref), grads_ref = loss(reference)
     np.testing.assert_allclose(value, value_ref, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), state, state_ref)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3), grads, grads_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+                 state, state_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3),
+                 grads, grads_ref)
 

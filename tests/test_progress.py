@@ -93,7 +93,7 @@ def test_bar_mode_redraws_one_line_and_off_mode_is_silent(caplog):
     clock = FakeClock()
     tracker = progress.Tracker("bar", clock=clock, stream=stream)
     with tracker.phase("train", 4) as phase:
-        for step in range(4):
+        for _ in range(4):
             clock.now += 1
             phase.advance(1)
     text = stream.getvalue()

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from jaxpet import metrics, report, runs
+from jaxpet import files, metrics, report
 
 
 def test_markdown_table_round_trips_and_refuses_ragged_rows():
@@ -35,7 +35,7 @@ def test_roc_figure_plots_fpr_on_x_and_tpr_on_y():
     ax = fig.axes[0]
     assert ax.get_xlabel() == "false positive rate" and ax.get_ylabel() == "true positive rate"
     assert ax.get_xscale() == ax.get_yscale() == "log"
-    for line, (name, s) in zip(ax.lines, scores.items()):
+    for line, (name, s) in zip(ax.lines, scores.items(), strict=False):  # then the chance line
         fpr, tpr, _ = metrics.roc_curve(labels, s)
         np.testing.assert_allclose(line.get_xdata(), fpr)
         np.testing.assert_allclose(line.get_ydata(), tpr)
@@ -66,7 +66,7 @@ def test_confusion_figure_normalises_rows():
 
 
 def test_save_figure_writes_a_png(tmp_path):
-    path = runs.save_figure(report.confusion_figure(
+    path = files.save_figure(report.confusion_figure(
         [("x", {"confusion": [[1]], "accuracy": 1.0})], ["a"]), tmp_path / "c.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -80,10 +80,30 @@ def test_importing_jaxpet_and_plotting_keeps_the_matplotlib_backend(tmp_path):
             if "torch_reference" not in m.name:
                 importlib.import_module(m.name)
         import numpy as np
-        from jaxpet import report, runs
+        from jaxpet import files, report
         labels = np.r_[np.ones(5), np.zeros(5)]
-        runs.save_figure(report.roc_figure({{"a": (labels, np.arange(10.0))}}), r"{tmp_path}/r.png")
+        figure = report.roc_figure({{"a": (labels, np.arange(10.0))}})
+        files.save_figure(figure, r"{tmp_path}/r.png")
         print(matplotlib.get_backend())
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip().lower() == "svg"
+
+
+def test_attack_table_shows_the_levels_every_row_holds_and_summaries_as_mean_std():
+    single = {"auc": 0.61234, "balanced_accuracy": 0.55,
+              "tpr_at_fpr": {"0.01": 0.02, "0.001": 0.003, "0.0": 0.0},
+              "tpr_at_fpr_randomized": {"0.01": 0.021, "0.001": 0.0031}}
+    rows = report.parse_markdown_table(report.attack_table(
+        {"a": single}, leading=[("acc (%)", lambda r: "x")]))
+    assert rows == [{"attack": "a", "acc (%)": "x", "AUC": "0.6123", "balanced acc (%)": "55.00",
+                     "TPR@1%FPR (%)": "2.00", "TPR@0.1%FPR (%)": "0.30", "TPR@0%FPR (%)": "0.00",
+                     "TPR@1%FPR, ties random (%)": "2.10",
+                     "TPR@0.1%FPR, ties random (%)": "0.31"}]
+    # A level one row lacks is left out for all; a summary over targets shows mean ± std.
+    summary = {"auc": {"mean": 0.6, "std": 0.01}, "tpr_at_fpr_0.01": {"mean": 0.02, "std": 0.0},
+               "tpr_at_fpr_0.0001": {"mean": 0.0, "std": 0.0}}
+    rows = report.parse_markdown_table(report.attack_table(
+        {"b": summary, "c": {**summary, "tpr_at_fpr_0.001": {"mean": 0.1, "std": 0.0}}}))
+    assert list(rows[0]) == ["attack", "AUC", "TPR@1%FPR (%)", "TPR@0.01%FPR (%)"]
+    assert rows[1]["AUC"] == "0.6000 ± 0.0100"

@@ -1,70 +1,14 @@
-"""The run store: digests, atomic writes, the workdir lock, the stage cache and provenance."""
+"""The run store: the workdir lock, the stage cache, provenance and the run."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 
 import numpy as np
 import pytest
 
 from jaxpet import runs
-
-
-def test_digest_is_order_free_and_sees_array_content():
-    a = {"x": 1, "arrays": [np.arange(4), 0.1]}
-    assert runs.digest(a) == runs.digest({"arrays": [np.arange(4), 0.1], "x": 1})
-    assert runs.digest(a) != runs.digest({"x": 1, "arrays": [np.arange(4) + 1, 0.1]})
-    assert runs.digest(np.zeros(4, np.float32)) != runs.digest(np.zeros(4, np.float64))
-    assert runs.digest(np.zeros((2, 2))) != runs.digest(np.zeros(4))
-
-    @dataclasses.dataclass(frozen=True)
-    class Knobs:
-        rate: float
-
-    assert runs.digest(Knobs(0.1)) != runs.digest(Knobs(0.2))
-
-
-def test_atomic_write_leaves_no_half_file(tmp_path):
-    path = tmp_path / "out.json"
-    runs.write_json(path, {"a": 1})
-
-    def fail(f):
-        f.write(b"partial")
-        raise RuntimeError("crash mid-write")
-
-    with pytest.raises(RuntimeError):
-        runs.atomic_write(path, fail)
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
-
-
-def test_full_disk_is_one_user_error_naming_the_file(tmp_path):
-    def full(f):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(runs.UserError, match=r"no space left to write .*out\.npz .* free"):
-        runs.atomic_write(tmp_path / "out.npz", full)
-    assert not list(tmp_path.iterdir())
-
-
-def test_disk_full_errors_are_recognised():
-    assert runs.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    assert runs.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
-    # tensorstore's form, as orbax raises it
-    tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0": Failed to write 2673027 '
-                             "bytes to file 7: No space left on device [os_error_code='28']")
-    assert runs.is_disk_full(tensorstore)
-    try:
-        try:
-            raise OSError(errno.ENOSPC, "full")
-        except OSError as e:
-            raise RuntimeError("save failed") from e
-    except RuntimeError as chained:
-        assert runs.is_disk_full(chained)
-    assert not runs.is_disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not runs.is_disk_full(ValueError("shapes differ"))
 
 
 def test_a_second_writer_is_refused_until_the_first_finishes(tmp_path):
@@ -93,8 +37,8 @@ def _stage(counter):
 
 def test_stage_is_reused_for_its_key_only(tmp_path):
     cache, calls = runs.StageCache(tmp_path), []
-    arrays, info = cache.run("train", {"epochs": 2, "data": "abc"}, _stage(calls))
-    again, info2 = cache.run("train", {"data": "abc", "epochs": 2}, _stage(calls))
+    arrays, info, _ = cache.run("train", {"epochs": 2, "data": "abc"}, _stage(calls))
+    again, info2, _ = cache.run("train", {"data": "abc", "epochs": 2}, _stage(calls))
     assert len(calls) == 1 and info2 == info and np.array_equal(again["x"], arrays["x"])
     cache.run("train", {"epochs": 2, "data": "other"}, _stage(calls))  # other data: recomputed
     assert len(calls) == 2
@@ -112,20 +56,23 @@ def test_a_stage_file_that_does_not_load_is_recomputed(tmp_path, damage, caplog)
     else:
         arrays_path.unlink()
     with caplog.at_level("WARNING"):
-        arrays, _ = cache.run("logits", {"k": 1}, _stage(calls))
+        arrays, _, _ = cache.run("logits", {"k": 1}, _stage(calls))
     assert len(calls) == 2 and arrays["x"].tolist() == [0, 2, 4, 6, 8]
     assert "recomputing" in caplog.text
 
 
-def test_trees_round_trip_through_stage_arrays():
-    tree = {"params": {"Dense_0": {"kernel": np.ones((2, 3)), "bias": np.zeros(3)}},
-            "batch_stats": {}}
-    arrays = runs.tree_to_arrays("target", tree)
-    assert set(arrays) == {"target/params/Dense_0/kernel", "target/params/Dense_0/bias",
-                           "target/batch_stats/__empty__"}
-    back = runs.arrays_to_tree("target", {**arrays, "other/x": np.ones(1)})
-    assert back["batch_stats"] == {} and set(back) == {"params", "batch_stats"}
-    assert np.array_equal(back["params"]["Dense_0"]["kernel"], tree["params"]["Dense_0"]["kernel"])
+def test_stage_reports_whether_it_was_reused(tmp_path):
+    cache, calls = runs.StageCache(tmp_path), []
+    first = cache.run("logits", {"k": 1}, _stage(calls))
+    assert first.reused is False and first.info == {"calls": 1}
+    again = cache.run("logits", {"k": 1}, _stage(calls))
+    assert again.reused is True and again.info == {"calls": 1} and len(calls) == 1
+    np.testing.assert_array_equal(again.arrays["x"], first.arrays["x"])
+    arrays_path, _ = cache.paths("logits", {"k": 1})
+    arrays_path.write_bytes(arrays_path.read_bytes()[:20])  # damaged: discarded, recomputed
+    recomputed = cache.run("logits", {"k": 1}, _stage(calls))
+    assert recomputed.reused is False and recomputed.info == {"calls": 2} and len(calls) == 2
+    assert cache.run("logits", {"k": 1}, _stage(calls)).reused is True
 
 
 def test_run_writes_config_results_and_provenance(tmp_path):
@@ -146,3 +93,33 @@ def test_run_writes_config_results_and_provenance(tmp_path):
             "finished"} <= set(prov)
     assert {"jax", "flax", "optax", "jaxpet"} <= set(prov["versions"])
     assert prov["started"] <= prov["finished"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    epochs: int = 3
+
+
+def test_on_finish_is_called_only_when_the_run_ends_without_error(tmp_path):
+    finished = []
+    with runs.Run(tmp_path / "ok", _Cfg(), on_finish=finished.append):
+        pass
+    assert finished == [tmp_path / "ok"]
+    with pytest.raises(RuntimeError):
+        with runs.Run(tmp_path / "failed", _Cfg(), on_finish=finished.append):
+            raise RuntimeError("the run fails")
+    assert finished == [tmp_path / "ok"]
+    with runs.Run(tmp_path / "none", _Cfg()):  # no hook: nothing more than the results
+        pass
+    assert not (tmp_path / "none" / runs.Run.PAGE).exists()
+
+
+def test_an_on_finish_that_fails_is_a_warning_not_a_lost_run(tmp_path, caplog):
+    def broken(path):
+        raise ValueError("cannot build the page")
+
+    with caplog.at_level("WARNING"):
+        with runs.Run(tmp_path / "run", _Cfg(), on_finish=broken) as run:
+            run.finish({"value": 1})
+    assert (tmp_path / "run" / "results.json").exists()
+    assert "cannot build the page" in caplog.text and "results are complete" in caplog.text

@@ -61,7 +61,7 @@ def test_output_shape_and_dtype(precision, dtype):
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))  # params fp32
     for train in (False, True):
         logits, _ = jax.eval_shape(
-            lambda v: model.apply(v, x, train=train, mutable=["batch_stats"]), variables)
+            lambda v: model.apply(v, x, train=train, mutable=["batch_stats"]), variables)  # noqa: B023 - traced now
         assert logits.shape == (4, NUM_CLASSES) and logits.dtype == dtype
 
 
@@ -168,4 +168,4 @@ def test_vmapped_ensemble_equals_models_trained_one_by_one(pair):
     # The two models really differ (own keys, own data).
     a, b = (training.take_model(pair.ensemble.state.params, k) for k in range(2))
     assert max(float(jnp.max(jnp.abs(x - y)))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))) > 1e-3
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)) > 1e-3

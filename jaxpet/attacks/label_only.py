@@ -1,4 +1,5 @@
-"""Label-only membership inference: the data-augmentation attack of Choquette-Choo et al. (ICML 2021).
+"""Label-only membership inference: the data-augmentation attack of Choquette-Choo et al.
+(ICML 2021).
 
 The target is queried only for its predicted label, on augmented copies of each
 candidate; a member tends to stay correctly classified under small changes, and
@@ -57,9 +58,10 @@ models instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import flax.linen as nn
@@ -420,10 +422,10 @@ def fit_per_class(correct, labels, membership,
     loss = _cross_entropy(membership[pick], probs)
     best = int(np.lexsort((np.arange(len(rates)), loss, -accuracy))[0])
     selection = {r: {"accuracy": float(a), "cross_entropy": float(c)}
-                 for r, a, c in zip(rates, accuracy, loss)}
+                 for r, a, c in zip(rates, accuracy, loss, strict=True)}
     logging.info("label-only per-class attack: %s accuracy by learning rate %s; picked %g",
-                 "held-out" if held.any() else "shadow", {r: round(float(a), 4) for r, a in
-                                                          zip(rates, accuracy)}, rates[best])
+                 "held-out" if held.any() else "shadow",
+                 {r: round(float(a), 4) for r, a in zip(rates, accuracy, strict=True)}, rates[best])
     final = jax.tree.map(lambda p: p[best], by_rate(len(stages) - 1))
     return PerClassModel(params=jax.device_get(final), hidden_sizes=tuple(config.hidden_sizes),
                          learning_rate=rates[best], selection=selection,

@@ -13,16 +13,19 @@ that higher means "more likely a member".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Sequence
 import warnings
 
 import numpy as np
 from scipy import special
 
 from jaxpet.attacks import registry
-from jaxpet.attacks.signals import (logit_scaled_confidence, soft_margin_log_prob,
-                                    true_class_log_prob)
+from jaxpet.attacks.signals import (
+    logit_scaled_confidence,
+    soft_margin_log_prob,
+    true_class_log_prob,
+)
 
 RMIA_SIGNALS = ("softmax", "taylor_soft_margin")
 MIN_STD = 1e-6  # floor on fitted standard deviations (a reference set of identical scores)
@@ -60,7 +63,7 @@ class Signals:
 
     @classmethod
     def from_logits(cls, logits, labels, population_logits=None, population_labels=None, *,
-                    rmia_signal: str = "softmax") -> "Signals":
+                    rmia_signal: str = "softmax") -> Signals:
         """``logits`` [K, N, A, C] with ``labels`` [N]; the population alike ([K, Z, A, C], [Z]).
 
         ``rmia_signal``: RMIA's Pr(x|theta), one of :data:`RMIA_SIGNALS`: "softmax" (the
@@ -82,8 +85,8 @@ class Signals:
             population_labels = np.asarray(population_labels)
             if population_logits.ndim != 4 or population_logits.shape[0] != logits.shape[0] \
                     or population_logits.shape[2:] != logits.shape[2:]:
-                raise ValueError(f"population logits {population_logits.shape} must be [K, Z, A, C] "
-                                 f"with K, A, C as the candidates' {logits.shape}.")
+                raise ValueError(f"population logits {population_logits.shape} must be "
+                                 f"[K, Z, A, C] with K, A, C as the candidates' {logits.shape}.")
             if population_labels.shape != (population_logits.shape[1],):
                 raise ValueError(f"population labels must be [{population_logits.shape[1]}], "
                                  f"got shape {population_labels.shape}.")
@@ -98,7 +101,7 @@ class Signals:
                    log_p=true_class_log_prob(logits, labels[:, None]), population_log_p=population,
                    rmia_log_p=rmia, population_rmia_log_p=rmia_population)
 
-    def queries(self, num: int) -> "Signals":
+    def queries(self, num: int) -> Signals:
         """The first ``num`` queries only (e.g. 1: the original image without its flip)."""
         if not 1 <= num <= self.phi.shape[2]:
             raise ValueError(f"num queries must be in [1, {self.phi.shape[2]}], got {num}.")
@@ -128,7 +131,8 @@ def check_reference(target, ref, ref_keep, use=None):
     keep = ref_keep.astype(bool)
     use = np.ones_like(keep) if use is None else np.asarray(use, bool)
     if use.shape != keep.shape:
-        raise ValueError(f"use mask must be {keep.shape} like the keep mask, got shape {use.shape}.")
+        raise ValueError(f"use mask must be {keep.shape} like the keep mask, got shape "
+                         f"{use.shape}.")
     return target, ref, keep & use, ~keep & use
 
 

@@ -16,7 +16,8 @@ cost or its gradient is not finite; each class records why it stopped.
 Rule beta, ``stopping="window"`` (Algorithm 1, the default): stop at step i >= 1
 when c(x_i) >= max(c(x_{i-1}), ..., c(x_{i-beta})), i.e. the new cost is no lower
 than any of the last beta costs (fewer at the start). ``stopping="no_new_best"``
-(jaxpet's earlier rule): stop after beta evaluations without a new lowest cost. The loop is a ``lax.while_loop`` under ``jax.jit`` and the
+(jaxpet's earlier rule): stop after beta evaluations without a new lowest cost. The
+loop is a ``lax.while_loop`` under ``jax.jit`` and the
 classes are inverted together by ``jax.vmap``; each keeps its own stopping
 state (a stopped class is frozen while the others run on).
 
@@ -29,10 +30,12 @@ The AT&T faces experiment around it is :mod:`jaxpet.inversion`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+import time
+from typing import Any
 
 import flax
 import jax
@@ -73,14 +76,17 @@ class MIFaceConfig:
                 and self.step_size > 0):
             raise ValueError(f"step_size must be a positive finite number, got {self.step_size!r}.")
         if not isinstance(self.max_iterations, (int, np.integer)) or self.max_iterations < 1:
-            raise ValueError(f"max_iterations must be a positive integer, got {self.max_iterations!r}.")
+            raise ValueError(f"max_iterations must be a positive integer, got "
+                             f"{self.max_iterations!r}.")
         if self.patience is not None and (not isinstance(self.patience, (int, np.integer))
                                           or self.patience < 1):
-            raise ValueError(f"patience must be a positive integer or None (off), got {self.patience!r}.")
+            raise ValueError(f"patience must be a positive integer or None (off), got "
+                             f"{self.patience!r}.")
         if self.stopping not in STOPPING_RULES:
             raise ValueError(f"stopping must be one of {STOPPING_RULES}, got {self.stopping!r}.")
         if self.cost_threshold is not None and not math.isfinite(self.cost_threshold):
-            raise ValueError(f"cost_threshold must be finite or None (off), got {self.cost_threshold!r}.")
+            raise ValueError(f"cost_threshold must be finite or None (off), got "
+                             f"{self.cost_threshold!r}.")
         if self.process not in PROCESSES:
             raise ValueError(f"process must be one of {PROCESSES}, got {self.process!r}.")
         if self.loss not in LOSSES:
@@ -89,7 +95,8 @@ class MIFaceConfig:
             raise ValueError(f"sharpen_amount must be >= 0, got {self.sharpen_amount!r}.")
         lo, hi = self.pixel_range
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"pixel_range must be (low, high) with low < high, got {self.pixel_range!r}.")
+            raise ValueError(f"pixel_range must be (low, high) with low < high, got "
+                             f"{self.pixel_range!r}.")
         object.__setattr__(self, "pixel_range", (float(lo), float(hi)))
 
 
@@ -124,7 +131,8 @@ def _blur(x):
 
 
 def process_image(x, process: str, sharpen_amount: float = 1.0):
-    """The paper's Process step between iterations: denoise (blur), sharpen (unsharp mask), both or none."""
+    """The paper's Process step between iterations: denoise (blur), sharpen (unsharp mask), both
+    or none."""
     if process in ("denoise", "denoise_sharpen"):
         x = _blur(x)
     if process in ("sharpen", "denoise_sharpen"):
@@ -231,7 +239,7 @@ def model_num_classes(apply_fn, params, image_shape: Sequence[int]) -> int:
     probe = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     try:
         out = jax.eval_shape(apply_fn, params, probe)
-    except Exception as e:  # noqa: BLE001  (any tracing failure means the shape does not fit)
+    except Exception as e:  # any tracing failure means the shape does not fit
         raise ValueError(f"An image of shape {image_shape} does not fit the model "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "pass the shape of the images it was trained on.") from e
@@ -330,3 +338,13 @@ class FlaxApply:
 def flax_apply(model, preprocess: Callable | None = None) -> FlaxApply:
     """The inference-mode apply function of a jaxpet Flax model, for :func:`mi_face`."""
     return FlaxApply(model, preprocess)
+
+
+def timed(fn, *args):
+    """(compile seconds, run seconds, compiled, output) of a jitted ``fn`` on ``args`` (the
+    static arguments first, two of them, as mi_face's invert functions take)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compiled_at = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args[2:]))
+    return compiled_at - start, time.perf_counter() - compiled_at, compiled, out

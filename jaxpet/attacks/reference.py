@@ -1,4 +1,5 @@
-"""Scoring reference-family membership attacks: leave-one-out over models, metrics, reference sweeps.
+"""Scoring reference-family membership attacks: leave-one-out over models, metrics, reference
+sweeps.
 
 Each model of an ensemble in turn is the target and the others its reference
 models (:func:`leave_one_out`); :func:`reference_sweep` repeats it with fewer
@@ -8,23 +9,24 @@ there is scored here (and by the LiRA experiment) without further changes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from absl import logging
 import numpy as np
 
 from jaxpet import metrics
 from jaxpet.attacks import registry
-from jaxpet.attacks.lira import Signals, equalized_use
-from jaxpet.attacks.lira import convention as lira_convention
+from jaxpet.attacks.lira import Signals, convention as lira_convention, equalized_use
 from jaxpet.attacks.rmia import check_rmia_knobs
 from jaxpet.attacks.signals import negative_loss
 
 
 @registry.register("global_loss", family="reference", uses_references=False,
-                   description="Yeom et al.'s loss baseline: the target's log p_y, no reference used")
+                   description="Yeom et al.'s loss baseline: the target's log p_y, "
+                               "no reference used")
 def global_loss(signals: Signals, target, references, ref_keep, use, config) -> np.ndarray:
     """The global-threshold baseline: minus the target's loss, averaged over queries."""
     del references, ref_keep, use, config
@@ -32,7 +34,8 @@ def global_loss(signals: Signals, target, references, ref_keep, use, config) -> 
 
 
 def _resolve(attacks: Sequence[str] | None) -> list[registry.MembershipAttack]:
-    """The registry's reference attacks named in ``attacks`` (None: all); ValueError on unknown names."""
+    """The registry's reference attacks named in ``attacks`` (None: all); ValueError on unknown
+    names."""
     if attacks is None:
         return list(registry.list_attacks("reference"))
     if isinstance(attacks, str):
@@ -72,7 +75,7 @@ class AttackConfig:
                              f"{self.fpr_rule!r}.")
 
 
-def attack_scores(signals: Signals, keep, target: int, references: Sequence[int],
+def attack_scores(signals: Signals, keep, target: int, references: Sequence[int] | np.ndarray,
                   config: AttackConfig = AttackConfig(), *, use=None,
                   attacks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Scores [N] of each attack on model ``target`` with models ``references`` as references.
@@ -84,13 +87,15 @@ def attack_scores(signals: Signals, keep, target: int, references: Sequence[int]
     keep = np.asarray(keep, bool)
     references = np.asarray(references, np.int64)
     if keep.shape != signals.phi.shape[:2]:
-        raise ValueError(f"keep mask {keep.shape} must be [models, examples] = {signals.phi.shape[:2]}.")
+        raise ValueError(f"keep mask {keep.shape} must be [models, examples] = "
+                         f"{signals.phi.shape[:2]}.")
     if not 0 <= target < keep.shape[0]:
         raise ValueError(f"target must be in [0, {keep.shape[0]}), got {target}.")
     if len(references) < 1 or target in references or references.min() < 0 \
-            or references.max() >= keep.shape[0] or len(set(references.tolist())) != len(references):
-        raise ValueError(f"references must be distinct models in [0, {keep.shape[0]}) other than the "
-                         f"target {target}, got {references.tolist()}.")
+            or references.max() >= keep.shape[0] \
+            or len(set(references.tolist())) != len(references):
+        raise ValueError(f"references must be distinct models in [0, {keep.shape[0]}) other than "
+                         f"the target {target}, got {references.tolist()}.")
     chosen = _resolve(attacks)
     if attacks is None:  # every attack whose inputs these signals carry
         chosen = [a for a in chosen if a.runs_on(signals)]
@@ -132,7 +137,8 @@ def summarize(per_target: Sequence[dict]) -> dict[str, dict[str, float]]:
 def _check_keep(signals: Signals, keep) -> np.ndarray:
     keep = np.asarray(keep)
     if keep.ndim != 2 or keep.shape != signals.phi.shape[:2]:
-        raise ValueError(f"keep mask {keep.shape} must be [models, examples] = {signals.phi.shape[:2]}.")
+        raise ValueError(f"keep mask {keep.shape} must be [models, examples] = "
+                         f"{signals.phi.shape[:2]}.")
     if keep.shape[0] < 2:
         raise ValueError(f"Leave-one-out needs num_models >= 2 (a target and a reference), "
                          f"got {keep.shape[0]}.")

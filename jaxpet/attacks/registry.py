@@ -25,8 +25,8 @@ To add one, decorate it with :func:`register` in a module imported there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
-from typing import Callable
 
 import numpy as np
 
@@ -35,7 +35,8 @@ FAMILIES = ("shadow", "reference")
 
 @dataclasses.dataclass
 class AttackOutput:
-    """One attack's result on the target: scores, hard decisions, the report and extras (``info``)."""
+    """One attack's result on the target: scores, hard decisions, the report and extras
+    (``info``)."""
 
     scores: np.ndarray
     predictions: np.ndarray
@@ -45,7 +46,8 @@ class AttackOutput:
 
 @dataclasses.dataclass(frozen=True)
 class LabeledPosteriors:
-    """One model's posteriors [N, C] on N examples, their labels [N] and membership [N] (1: member)."""
+    """One model's posteriors [N, C] on N examples, their labels [N] and membership [N]
+    (1: member)."""
 
     posteriors: np.ndarray
     labels: np.ndarray
@@ -125,7 +127,8 @@ def attack_names(family: str | None = None) -> tuple[str, ...]:
 
 
 def get_attack(name: str, family: str | None = None) -> MembershipAttack:
-    """The attack called ``name``; ValueError listing the known ones if there is none (in ``family``)."""
+    """The attack called ``name``; ValueError listing the known ones if there is none (in
+    ``family``)."""
     _check_family(family)
     attack = _REGISTRY.get(name)
     if attack is None or (family is not None and attack.family != family):

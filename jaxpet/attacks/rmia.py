@@ -1,4 +1,5 @@
-"""RMIA (Zarifzadeh et al., ICML 2024): membership by pairwise likelihood ratios against a population.
+"""RMIA (Zarifzadeh et al., ICML 2024): membership by pairwise likelihood ratios against a
+population.
 
 x is scored by the fraction of population examples z it dominates, comparing
 the target's probability of each (relative to the reference models' average)
@@ -37,6 +38,7 @@ code removes each x's comparison with itself).
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
@@ -134,7 +136,7 @@ def dominated_fraction(log_ratio_x, log_ratio_z, gamma, conv="paper", *,
     threshold = np.asarray(log_ratio_x, np.float64) - np.log(gamma)  # dominates z below this
     log_ratio_z = np.asarray(log_ratio_z, np.float64)
     num_queries, num_z = threshold.shape[1], log_ratio_z.shape[0]
-    side = "left" if c.strict else "right"  # count z < threshold, or z <= threshold
+    side: Literal["left", "right"] = "left" if c.strict else "right"  # z < or <= threshold
     if c.vote == "average" or num_queries == 1:  # one query: its vote is its test
         fractions = [np.searchsorted(np.sort(log_ratio_z[:, a]), threshold[:, a], side=side)
                      / num_z for a in range(num_queries)]
@@ -160,7 +162,8 @@ def dominated_fraction(log_ratio_x, log_ratio_z, gamma, conv="paper", *,
 def rmia(target_log_p, ref_log_p, ref_keep, target_population_log_p, ref_population_log_p, *,
          use=None, online: bool = True, offline_a: float = 0.3, gamma: float = 2.0,
          conv: Convention | str = "paper") -> np.ndarray:
-    """RMIA: the fraction of population examples z that x dominates (see :func:`dominated_fraction`).
+    """RMIA: the fraction of population examples z that x dominates (see
+    :func:`dominated_fraction`).
 
     x dominates z when (Pr(x|theta) / Pr(x)) / (Pr(z|theta) / Pr(z)) >= gamma, with
     Pr(.|theta) the target's probability of the true class and Pr(.) its mean over
@@ -189,8 +192,9 @@ def rmia(target_log_p, ref_log_p, ref_keep, target_population_log_p, ref_populat
         target_population_log_p, ref_population_log_p,
         np.zeros(np.shape(ref_population_log_p)[:2], bool))
     if pop_ref.shape[0] != ref.shape[0] or pop_target.shape[1] != target.shape[1]:
-        raise ValueError(f"population scores {pop_ref.shape} must come from the same {ref.shape[0]} "
-                         f"reference models and {target.shape[1]} queries as the candidates'.")
+        raise ValueError(f"population scores {pop_ref.shape} must come from the same "
+                         f"{ref.shape[0]} reference models and {target.shape[1]} queries as the "
+                         "candidates'.")
     if not online and not outs.any():
         raise ValueError("RMIA offline needs OUT reference scores; every reference trained "
                          "on every example.")
@@ -205,7 +209,8 @@ def rmia(target_log_p, ref_log_p, ref_keep, target_population_log_p, ref_populat
     if online:
         mean_in = centre(probs, ins)
         both = centre(probs, ins | outs) if c.trim else 0.5 * (mean_in + mean_out)
-        marginal_x = np.where(np.isnan(mean_in), offline_x, np.where(np.isnan(mean_out), mean_in, both))
+        marginal_x = np.where(np.isnan(mean_in), offline_x,
+                              np.where(np.isnan(mean_out), mean_in, both))
     else:
         marginal_x = offline_x
     pop_mean = (trimmed_group_mean(pop_probs, np.ones(pop_probs.shape[:2], bool), c.trim)

@@ -108,7 +108,8 @@ def shadow_mlp_attack(shadow_posteriors, shadow_membership, target_posteriors, t
                    description="Salem et al.: an MLP on the shadow model's sorted top-k posteriors")
 def shadow_mlp(shadow: LabeledPosteriors, target: LabeledPosteriors, *,
                config: ShadowAttackConfig = ShadowAttackConfig(), seed: int = 0) -> AttackOutput:
-    """:func:`shadow_mlp_attack` in the shadow family's signature; ``info`` holds its train accuracy."""
+    """:func:`shadow_mlp_attack` in the shadow family's signature; ``info`` holds its train
+    accuracy."""
     output, info = shadow_mlp_attack(shadow.posteriors, shadow.membership, target.posteriors,
                                      target.membership, config, seed=seed)
     output.info.update(info)

@@ -1,4 +1,5 @@
-"""Threshold attacks that need no attack model (Yeom et al. 2018; Song & Mittal, USENIX Security 2021).
+"""Threshold attacks that need no attack model (Yeom et al. 2018; Song & Mittal, USENIX Security
+2021).
 
 Each scores the target's posteriors with one signal (loss, confidence, entropy,
 modified entropy) and predicts "member" at or above a threshold fitted on the shadow
@@ -38,7 +39,7 @@ accuracy, ``best_threshold``'s default.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -131,5 +132,6 @@ def _shadow_family(name: str) -> Callable:
 
 
 for _name in THRESHOLD_ATTACKS:
-    registry.register(_name, family="shadow", description=_DESCRIPTIONS[_name])(_shadow_family(_name))
+    registry.register(_name, family="shadow",
+                      description=_DESCRIPTIONS[_name])(_shadow_family(_name))
 del _name

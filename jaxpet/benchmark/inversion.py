@@ -5,23 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from jaxpet import models
 from jaxpet.attacks import mi_face
-
-
-def timed(fn, *args):
-    """(compile seconds, run seconds, compiled, output) of a jitted ``fn`` on ``args`` (the
-    static arguments first, two of them, as mi_face's invert functions take)."""
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compiled_at = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args[2:]))
-    return compiled_at - start, time.perf_counter() - compiled_at, compiled, out
 
 
 def time_vmap_vs_loop(apply_fn, params, attack: mi_face.MIFaceConfig, image_shape,
@@ -35,13 +25,13 @@ def time_vmap_vs_loop(apply_fn, params, attack: mi_face.MIFaceConfig, image_shap
     if vmapped_run is None:
         targets, inits = mi_face.prepare_inputs(apply_fn, params, image_shape=image_shape,
                                                 init=init, config=attack)
-        _, vmap_s, _, vmapped = timed(mi_face.invert_classes, apply_fn, attack, params, targets,
-                                      inits)
+        _, vmap_s, _, vmapped = mi_face.timed(mi_face.invert_classes, apply_fn, attack, params,
+                                              targets, inits)
         vmapped_images = np.asarray(vmapped.image)
     else:
         targets, inits, vmap_s, vmapped_images = vmapped_run
-    compile_s, first_s, compiled, first = timed(mi_face.invert_class, apply_fn, attack, params,
-                                                targets[0], inits[0])
+    compile_s, first_s, compiled, first = mi_face.timed(mi_face.invert_class, apply_fn, attack,
+                                                        params, targets[0], inits[0])
     tick = time.perf_counter()
     outs = [first] + [compiled(params, targets[i], inits[i]) for i in range(1, len(targets))]
     outs = jax.block_until_ready(outs)

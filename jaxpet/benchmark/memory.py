@@ -27,6 +27,7 @@ The estimate is for the vmap strategy (the accelerators' default): ``map`` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
 import os
@@ -112,7 +113,7 @@ def device_memory_bytes(device=None) -> tuple[int, str]:
     device = device or jax.devices()[0]
     try:
         stats = device.memory_stats() or {}
-    except Exception:  # CPU backends may not implement it.
+    except Exception:  # noqa: BLE001 - CPU backends may not implement it.
         stats = {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"{device.device_kind} memory_stats bytes_limit"
@@ -220,7 +221,7 @@ def _check_count(name: str, value) -> None:
 
 def estimate(model, config: training.TrainConfig, preprocess, image_shape, *,
              examples_per_model: int, pool_size: int | None = None,
-             fit_models: tuple[int, int] = (2, 4), device_bytes: int | None = None
+             fit_models: Sequence[int] = (2, 4), device_bytes: int | None = None
              ) -> MemoryEstimate:
     """Compiles the vmapped epoch at the two sizes ``fit_models`` and fits the line.
 
@@ -248,11 +249,12 @@ def estimate(model, config: training.TrainConfig, preprocess, image_shape, *,
             raise ValueError(f"device_bytes must be a positive number, got {device_bytes!r}.")
         device_bytes, source = int(device_bytes), "given"
     tick = time.perf_counter()
-    programs = tuple(
+    small, large = (
         program_memory(compile_epoch(model, config, preprocess, image_shape, num_models=k,
                                      examples_per_model=examples_per_model,
                                      pool_size=pool_size), k)
         for k in sorted(fit_models))
+    programs = (small, large)
     seconds = time.perf_counter() - tick
     fixed, per_model = fit(*programs)
     sample = preprocess(jnp.zeros((1,) + tuple(image_shape), jnp.uint8))
@@ -265,7 +267,7 @@ def estimate(model, config: training.TrainConfig, preprocess, image_shape, *,
 def estimate_workload(workload: str, *, precision: str = "float32", conv_impl: str = "auto",
                       pool_impl: str = "auto", batchnorm_impl: str = "auto",
                       examples_per_model: int = 512,
-                      batch_size: int = 128, fit_models: tuple[int, int] = (2, 4),
+                      batch_size: int = 128, fit_models: Sequence[int] = (2, 4),
                       device_bytes: int | None = None) -> dict[str, Any]:
     """The memory estimate of a benchmark workload's seed CNN, as the benchmark trains it (same
     model, batch size, member-set size and synthetic pool), as a JSON-ready row."""

@@ -26,7 +26,8 @@ CATEGORIES = (
     ("im2col", re.compile(r"Conv_\d+/(concatenate|slice|pad|jit\(_pad\)|conv_general_dilated)"
                           r"|conv_general_dilated")),
     ("batchnorm", re.compile(r"(BatchNorm|GroupNorm)_\d+")),
-    ("pooling", re.compile(r"reduce_max|select_n|_where|max_pool|select_and_scatter|reduce_window")),
+    ("pooling", re.compile(r"reduce_max|select_n|_where|max_pool|select_and_scatter"
+                           r"|reduce_window")),
 )
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$", re.M)
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
@@ -97,14 +98,15 @@ def op_names(compiled_text: str) -> dict[str, str]:
 def breakdown(compiled_text: str, times: dict[str, float], top: int = 8) -> dict[str, Any]:
     """Sums per-op ``times`` into :data:`CATEGORIES` using ``compiled_text``'s metadata."""
     names = op_names(compiled_text)
-    by_category: collections.Counter = collections.Counter()
-    ops = []
+    by_category: dict[str, float] = {}
+    ops: list[dict[str, Any]] = []
     for op, ms in times.items():
         op_name = names.get(op)
         category = categorize(op_name) if op_name else "other"
-        by_category[category] += ms
+        by_category[category] = by_category.get(category, 0) + ms
         ops.append({"op": op, "ms": ms, "category": category,
                     "layer": (op_name or "").split("closed_call/")[-1]})
     ops.sort(key=lambda r: -r["ms"])
-    return {"total_ms": sum(times.values()), "categories": dict(by_category.most_common()),
+    largest_first = sorted(by_category.items(), key=lambda kv: kv[1], reverse=True)
+    return {"total_ms": sum(times.values()), "categories": dict(largest_first),
             "top_ops": ops[:top]}

@@ -35,7 +35,7 @@ _EPOCH_PROGRAMS = {"vmap": training.train_ensemble_epoch,
 def _peak_memory(device) -> int | None:
     try:
         stats = device.memory_stats()
-    except Exception:  # CPU backends may not implement it.
+    except Exception:  # noqa: BLE001 - CPU backends may not implement it.
         return None
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
@@ -54,7 +54,8 @@ def step_flops(model, config, preprocess, state, images, labels) -> float:
     times the number of steps, not the analysis of the scanned epoch.)
     """
     k = jax.tree.leaves(state.rng)[0].shape[0]
-    x = jnp.broadcast_to(preprocess(images[: config.batch_size]), (k, config.batch_size) + images.shape[1:])
+    x = jnp.broadcast_to(preprocess(images[: config.batch_size]),
+                         (k, config.batch_size) + images.shape[1:])
     y = jnp.broadcast_to(labels[: config.batch_size], (k, config.batch_size))
     mask = jnp.ones((k, config.batch_size), bool)
 
@@ -110,7 +111,7 @@ class PreparedEpoch:
 
     def run(self):
         out = []
-        for state, s in zip(self.states, self.sets):
+        for state, s in zip(self.states, self.sets, strict=True):
             state, _ = self.compiled(state, self.images, self.labels, jnp.asarray(s.indices),
                                      jnp.asarray(s.counts), None, None, jnp.asarray(0, jnp.int32))
             out.append(state)
@@ -135,10 +136,12 @@ def prepare(cell: Cell, examples_per_model: int, batch_size: int = 128) -> Prepa
                                         examples_per_model, seed=1)
     keys = training.model_keys(0, cell.num_models)
     groups = [slice(i, i + group) for i in range(0, cell.num_models, group)]
-    states = [training.init_ensemble(model, config, keys[g], preprocess(images[:1])) for g in groups]
+    states = [training.init_ensemble(model, config, keys[g], preprocess(images[:1]))
+              for g in groups]
     sets = [splits.MemberSets(members.indices[g], members.counts[g]) for g in groups]
     compiled, _, compile_s, flops_per_call = _compile_epoch(
-        _EPOCH_PROGRAMS[cell.strategy], model, config, preprocess, states[0], images, labels, sets[0])
+        _EPOCH_PROGRAMS[cell.strategy], model, config, preprocess, states[0], images, labels,
+        sets[0])
     steps = cell.num_models * -(-examples_per_model // batch_size)
     return PreparedEpoch(compiled, states, sets, images, labels, compile_s,
                          flops_per_call * len(groups), steps)

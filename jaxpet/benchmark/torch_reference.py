@@ -86,7 +86,8 @@ def _seed_cnn_class():
             x = self.dropout(torch.relu(self.fc1(x)))
             return self.fc2(x)
 
-    SeedCNNTorch.__qualname__ = "SeedCNNTorch"  # picklable as jaxpet.benchmark.torch_reference.SeedCNNTorch
+    # Picklable as jaxpet.benchmark.torch_reference.SeedCNNTorch.
+    SeedCNNTorch.__qualname__ = "SeedCNNTorch"
     SeedCNNTorch.__module__ = __name__
     return SeedCNNTorch
 
@@ -104,7 +105,8 @@ _INPUT_SHAPES = {dataset: shape for dataset, _, shape in WORKLOADS.values()}
 
 
 def torch_model(dataset: str, role: str = "target", dropout_rate: float = 0.0):
-    """The PyTorch twin of ``models.seed_cnn(dataset, role)`` (same widths, same parameter count)."""
+    """The PyTorch twin of ``models.seed_cnn(dataset, role)`` (same widths, same parameter
+    count)."""
     key = (dataset, role)
     if key not in models.SEED_CNN_WIDTHS:
         raise ValueError(f"No seed CNN for dataset={dataset!r}, role={role!r}; "
@@ -119,7 +121,7 @@ def torch_model(dataset: str, role: str = "target", dropout_rate: float = 0.0):
 def _normalized_nchw(images: np.ndarray, dataset: str) -> np.ndarray:
     """uint8 NHWC -> float32 NCHW, normalised as ``data.normalizer(dataset)``."""
     norm = data.normalizer(dataset)
-    x = images.astype(np.float32) / norm.scale
+    x: np.ndarray = images.astype(np.float32) / norm.scale
     x = (x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
@@ -130,7 +132,8 @@ def make_optimizer(model, learning_rate: float = 1e-3, weight_decay: float = 1e-
 
 
 def train_epoch(model, optimizer, x, y, batch_size: int = 128, generator=None) -> float:
-    """One shuffled epoch of cross-entropy training on tensors ``x``, ``y``; returns the mean loss."""
+    """One shuffled epoch of cross-entropy training on tensors ``x``, ``y``; returns the mean
+    loss."""
     torch = _torch()
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
@@ -152,7 +155,8 @@ def _sync(torch, device):
 
 def measure_torch(workload: str, num_models: int, examples_per_model: int, batch_size: int = 128,
                   repeats: int = 2, threads: int | None = None) -> dict[str, Any]:
-    """Times one epoch of K PyTorch models trained one after another; a row like ``throughput.measure``'s.
+    """Times one epoch of K PyTorch models trained one after another; a row like
+    ``throughput.measure``'s.
 
     Each model gets its own random member set of ``examples_per_model`` synthetic
     examples and one untimed warm-up epoch (reported as ``compile_seconds``);
@@ -180,7 +184,8 @@ def measure_torch(workload: str, num_models: int, examples_per_model: int, batch
 
     runs = []
     for _ in range(num_models):
-        members = torch.from_numpy(np.sort(rng.choice(pool_size, examples_per_model, replace=False)))
+        members = torch.from_numpy(np.sort(rng.choice(pool_size, examples_per_model,
+                                                      replace=False)))
         members = members.to(device)
         model = torch_model(dataset, role).to(device)
         runs.append((model, make_optimizer(model), x_pool[members], y_pool[members]))

@@ -8,16 +8,16 @@ ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import os
 import pathlib
 import posixpath
 import re
 import stat
 import tarfile
+from typing import Any
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from jaxpet.data.containers import DataError
 
@@ -92,7 +92,9 @@ def read_archive(path: pathlib.Path, want: Want) -> list[Item]:
                         continue
                     key = want(parts)
                     if key is not None:
-                        items.append((key, member.name, tf.extractfile(member).read()))
+                        handle = tf.extractfile(member)
+                        assert handle is not None  # a regular file (isfile above) has one
+                        items.append((key, member.name, handle.read()))
     except DataError:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError,

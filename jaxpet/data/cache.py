@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
-import numpy as np
 from absl import logging
+import numpy as np
 
-from jaxpet import runs
+from jaxpet import files
 from jaxpet.data.containers import Dataset, Split, with_digest
 from jaxpet.data.counts import check_counts
 from jaxpet.data.sources import CACHE_FORMAT, Source
@@ -36,7 +37,7 @@ def read_cache(path: pathlib.Path, name: str, source: Source) -> Dataset | None:
             if meta.get("format") != CACHE_FORMAT or meta.get("name") != name \
                     or meta.get("fingerprint") != source.fingerprint:
                 raise ValueError("cache entry belongs to another source or format")
-            splits = {}
+            splits: dict[str, Any] = {}  # a Split, or None for a split the entry lacks
             for split_name in ("train", "test"):
                 if split_name not in meta["splits"]:
                     splits[split_name] = None
@@ -78,7 +79,8 @@ def write_cache(path: pathlib.Path, dataset: Dataset) -> None:
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
     try:
         # Uncompressed: loading it back must stay well under a second.
-        runs.atomic_write(path, lambda f: np.savez(f, **arrays))
+        # (numpy's stub would match a key "allow_pickle" to savez's flag; the keys are names.)
+        files.atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         logging.info("Cached %s arrays at %s.", dataset.name, path)
     except (OSError, UserError) as e:  # UserError: the disk is full
         logging.warning("Could not write cache file %s (%s); continuing without it.", path, e)

@@ -5,8 +5,8 @@ The Python pickle release is refused: unpickling can run arbitrary code.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Mapping
+import pathlib
 
 import numpy as np
 

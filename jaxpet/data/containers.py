@@ -6,15 +6,15 @@ saved work can be keyed on the data actually loaded, not only on its name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import functools
 import types
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jaxpet import runs
+from jaxpet import files
 from jaxpet.errors import UserError
 
 
@@ -91,14 +91,14 @@ class Dataset:
 
 
 def content_digest(dataset: Dataset) -> str:
-    """The content digest of ``dataset`` (see :attr:`Dataset.digest`), via :func:`runs.digest`."""
+    """The content digest of ``dataset`` (see :attr:`Dataset.digest`), via :func:`files.digest`."""
     def split_parts(split: Split | None):
         if split is None:
             return None
         return {"images": split.images, "labels": split.labels,
                 "attributes": dict(split.attributes)}
 
-    return runs.digest("dataset", dataset.name, dataset.class_names,
+    return files.digest("dataset", dataset.name, dataset.class_names,
                        dict(dataset.attribute_names),
                        split_parts(dataset.train), split_parts(dataset.test))
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
+import io
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,8 @@ def jpeg_header(blob: bytes) -> tuple[int, int, int] | None:
 def _decode_one(blob: bytes, name: str, where, channels: int | None) -> np.ndarray:
     """Decode any PIL-readable image to [H, W, C]; palette images become RGB (or L)."""
     try:
-        with Image.open(io.BytesIO(blob)) as im:
+        with Image.open(io.BytesIO(blob)) as opened:
+            im: Image.Image = opened
             if im.mode == "P" or (channels == 3 and im.mode == "CMYK"):
                 im = im.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(im)

@@ -66,9 +66,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     """
     if name.startswith("tfds:"):  # any TFDS image-classification dataset, by its TFDS name
         tfds_name = name[len("tfds:"):]
-        source = tfds.source(tfds_name, f"{name}: not available (TFDS name {tfds_name!r}); check "
-                             "the name, or pass your data as an .npz of images and labels")
-        return _load(tfds_name, source, cache_dir, use_cache)
+        tfds_source = tfds.source(tfds_name, f"{name}: not available (TFDS name {tfds_name!r}); "
+                                  "check the name, or pass your data as an .npz of images and "
+                                  "labels")
+        return _load(tfds_name, tfds_source, cache_dir, use_cache)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or "
                         "tfds:<name> for a TensorFlow Datasets image-classification dataset.")

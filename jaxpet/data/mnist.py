@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pathlib
 import struct
@@ -89,5 +90,5 @@ def find(root: pathlib.Path) -> sources.Source | None:
                             f"{', '.join(missing)}); copy the missing files there.")
         key = sources.fingerprint("mnist", "local-idx",
                                   [sources.file_stamp(files[k]) for k in sorted(files)])
-        return sources.Source("local-idx", str(folder), key, lambda files=files: _load(files))
+        return sources.Source("local-idx", str(folder), key, functools.partial(_load, files))
     return None

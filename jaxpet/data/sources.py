@@ -6,11 +6,11 @@ no file is read) and keys the array cache: a changed file gives a new key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import pathlib
-from collections.abc import Callable
 
-from jaxpet import runs
+from jaxpet import files
 from jaxpet.data import archives
 from jaxpet.data.containers import Dataset
 
@@ -30,7 +30,7 @@ class Source:
 
 def fingerprint(*parts) -> str:
     """The cache key of a source described by ``parts`` (JSON-able stamps, names, versions)."""
-    return runs.digest("source", CACHE_FORMAT, parts, length=64)
+    return files.digest("source", CACHE_FORMAT, parts, length=64)
 
 
 def file_stamp(path: pathlib.Path) -> list:

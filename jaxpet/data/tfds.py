@@ -63,7 +63,7 @@ def probe_download(name: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         threading.Thread(target=_connect, args=(host, port, timeout, results),
                          daemon=True).start()
     deadline = time.monotonic() + timeout
-    failures = []
+    failures: list[str] = []
     while len(failures) < len(targets):
         try:
             host, port, why = results.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -97,14 +97,14 @@ def _image_classification(builder, name: str, missing: str):
 def source(name: str, missing: str) -> sources.Source:
     """A TF-free TFDS source (``tfds.data_source``); ``missing`` starts every error message."""
     try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(f"{missing} (TFDS download unavailable: tensorflow-datasets is not "
                         "installed; pip install tensorflow-datasets)") from e
     try:
         builder = tfds.builder(name)
         version = str(builder.info.version)
-    except Exception as e:  # noqa: BLE001 - any TFDS failure becomes a DataError
+    except Exception as e:  # any TFDS failure becomes a DataError
         raise DataError(f"{missing} (TFDS failed: {type(e).__name__}: {e})") from e
     shape, classes = _image_classification(builder, name, missing)
 
@@ -136,7 +136,7 @@ def source(name: str, missing: str) -> sources.Source:
                     labels[i] = example["label"]
             except DataError:
                 raise
-            except Exception as e:  # noqa: BLE001 - offline/missing download -> DataError
+            except Exception as e:  # offline/missing download -> DataError
                 raise DataError(f"{missing} (TFDS could not provide {name}/{version} {split}: "
                                 f"{type(e).__name__}: {e})") from e
             if n and (labels.min() < 0 or labels.max() >= len(classes)):

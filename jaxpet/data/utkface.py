@@ -9,8 +9,8 @@ from __future__ import annotations
 import pathlib
 import re
 
-import numpy as np
 from absl import logging
+import numpy as np
 
 from jaxpet.data import sources
 from jaxpet.data.archives import natural_key
@@ -64,7 +64,7 @@ def _from_items(items, where) -> Dataset:
         logging.warning("utkface: skipped %d files whose names do not parse, e.g. %s.",
                         len(skipped), skipped[:3])
     images = decode_images(kept, where, None, "UTKFace images (all must share one size)")
-    age, gender, race = (np.array(col, np.int32) for col in zip(*attrs))
+    age, gender, race = (np.array(col, np.int32) for col in zip(*attrs, strict=True))
     train = Split(images, gender.copy(), {"age": age, "gender": gender, "race": race})
     info = {"skipped_names": len(skipped), "skipped_examples": skipped[:5],
             "missing_race": int((race == -1).sum())}

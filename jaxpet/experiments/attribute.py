@@ -22,9 +22,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib, data, models, report, runs, splits, training
-from jaxpet.attacks.attribute import aggregate, attack_report, extract_representations, standardize
-from jaxpet.config import setting
+from jaxpet import (
+    config as config_lib,
+    data,
+    files,
+    models,
+    page,
+    report,
+    runs,
+    splits,
+    stages,
+    training,
+)
+from jaxpet.attacks import attribute as attribute_attack
+from jaxpet.attacks.attribute import aggregate
+from jaxpet.config import same_as, setting
 from jaxpet.experiments import settings
 
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
@@ -56,19 +68,22 @@ class Config:
                                        "runs).", low=4)
     num_targets: int = setting(1, "Targets trained with different seeds in one ensemble call; "
                                "every number is reported as mean and std over them.", low=1)
-    epochs: int = setting(50, "Target training epochs.", low=1)
-    batch_size: int = setting(128, "Target batch size.", low=1)
-    learning_rate: float = setting(1e-3, "Target Adam learning rate.", low=0, low_open=True,
-                                   high=10)
-    lr_decay: float = setting(0.96, "Learning rate factor per epoch (target and attack).", low=0,
-                              low_open=True, high=1)
-    weight_decay: float = setting(1e-4, "Target L2 weight decay (coupled, as PyTorch's Adam).",
-                                  low=0, high=1)
-    attack_epochs: int = setting(50, "Attack MLP training epochs.", low=1)
-    attack_batch_size: int = setting(128, "Attack MLP batch size.", low=1)
-    attack_learning_rate: float = setting(1e-3, "Attack MLP Adam learning rate.", low=0,
-                                          low_open=True, high=10)
-    attack_weight_decay: float = setting(1e-7, "Attack MLP L2 weight decay.", low=0, high=1)
+    epochs: int = same_as(training.TrainConfig, "epochs", help="Target training epochs.")
+    batch_size: int = same_as(training.TrainConfig, "batch_size", help="Target batch size.")
+    learning_rate: float = same_as(training.TrainConfig, "learning_rate",
+                                   help="Target Adam learning rate.")
+    lr_decay: float = same_as(training.TrainConfig, "lr_decay", help="Learning rate factor per "
+                              "epoch (target and attack).")
+    weight_decay: float = same_as(training.TrainConfig, "weight_decay", help="Target L2 weight "
+                                  "decay (coupled, as PyTorch's Adam).")
+    attack_epochs: int = same_as(training.TrainConfig, "epochs", help="Attack MLP training "
+                                 "epochs.")
+    attack_batch_size: int = same_as(training.TrainConfig, "batch_size",
+                                     help="Attack MLP batch size.")
+    attack_learning_rate: float = same_as(training.TrainConfig, "learning_rate",
+                                          help="Attack MLP Adam learning rate.")
+    attack_weight_decay: float = same_as(training.TrainConfig, "weight_decay", default=1e-7,
+                                         help="Attack MLP L2 weight decay.")
     precision: str = settings.precision()
 
     def __post_init__(self):
@@ -82,14 +97,29 @@ class Config:
                 "must infer an attribute the target was not trained on.")
 
     def target_train_config(self) -> training.TrainConfig:
-        return training.TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
-                                    learning_rate=self.learning_rate, lr_decay=self.lr_decay,
-                                    weight_decay=self.weight_decay)
+        return config_lib.pick(self, training.TrainConfig)
 
     def attack_train_config(self) -> training.TrainConfig:
-        return training.TrainConfig(epochs=self.attack_epochs, batch_size=self.attack_batch_size,
-                                    learning_rate=self.attack_learning_rate, lr_decay=self.lr_decay,
-                                    weight_decay=self.attack_weight_decay)
+        """The target's settings with the attack's own (the learning rate decay is shared)."""
+        return dataclasses.replace(
+            self.target_train_config(), epochs=self.attack_epochs,
+            batch_size=self.attack_batch_size, learning_rate=self.attack_learning_rate,
+            weight_decay=self.attack_weight_decay)
+
+
+# Settings that cannot change the trained targets (the attack's, and where files go).
+TARGETS_KEY_IGNORE = ("data_dir", "workdir", "layer", "compare_layers", "attack_epochs",
+                      "attack_batch_size", "attack_learning_rate", "attack_weight_decay")
+
+# Named configurations; explicit flags override them.
+PRESETS = {
+    "seed": {},
+    "quick": dict(workdir="runs/attribute_utkface_quick", max_examples=5000, epochs=10,
+                  attack_epochs=20, compare_layers=("conv3",)),
+}
+PRESET_HELP = ("seed: the seed's full configuration (all 23,705 usable UTKFace faces, 50 "
+               "epochs each); quick: a reduced run for a CPU (5,000 faces, 10 target and 20 "
+               "attack epochs, fc2 and conv3 attacked).")
 
 
 # The files a run writes besides config.json and results.json.
@@ -102,7 +132,8 @@ def summary_path(config: Config) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class AttributeSplit:
-    """Positions into the usable examples: the target's and the attacker's halves of train, and test."""
+    """Positions into the usable examples: the target's and the attacker's halves of train,
+    and test."""
 
     target: np.ndarray
     attack: np.ndarray
@@ -133,11 +164,12 @@ class Prepared:
 
 def _counts(values, class_names) -> dict[str, int]:
     counts = np.bincount(values, minlength=len(class_names))
-    return {name: int(c) for name, c in zip(class_names, counts)}
+    return {name: int(c) for name, c in zip(class_names, counts, strict=True)}
 
 
 def prepare(config: Config, dataset: data.Dataset) -> Prepared:
-    """Drops examples missing either attribute, subsets, resizes and splits; errors on a bad split."""
+    """Drops examples missing either attribute, subsets, resizes and splits; errors on a bad
+    split."""
     names, attrs = dataset.attribute_names, dataset.train.attributes
     for flag, attr in (("attribute", config.attribute),
                        ("target_attribute", config.target_attribute)):
@@ -192,12 +224,25 @@ def prepare(config: Config, dataset: data.Dataset) -> Prepared:
                     split, info)
 
 
+def train_targets(target, prepared: Prepared, train_config: training.TrainConfig,
+                  num_targets: int, *, seed: int, preprocess, checkpoint_dir: str
+                  ) -> tuple[dict[str, np.ndarray], dict]:
+    """The targets stage: K targets (seeds ``seed``...) trained on the target attribute in one
+    ensemble call; their variables as arrays, and their training seconds and accuracy."""
+    result = training.train_ensemble(
+        target, prepared.images, prepared.target_labels,
+        splits.MemberSets.replicate(prepared.split.target, num_targets), train_config, seed=seed,
+        preprocess=preprocess, log_prefix="target ", checkpoint_dir=checkpoint_dir)
+    return (files.tree_to_arrays("trained", result.variables()),
+            {"seconds": result.seconds, "train_acc": float(result.history[-1]["train_acc"].mean())})
+
+
 def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Runs the experiment; writes results.json, confusion.png, summary.md; returns the results.
 
     ``dataset`` overrides loading ``config.dataset`` (tests pass a small synthetic one).
     """
-    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS, on_finish=page.write_page) as run_:
         with run_.timed("load_data"):
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)
@@ -208,126 +253,103 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         preprocess = data.normalizer(config.dataset)
         dtype = models.compute_dtype(config.precision)
         target = models.LeNet(num_classes=len(prepared.target_class_names), dtype=dtype)
-        target_config = config.target_train_config()
-
-        def train_targets():  # K LeNets on the target attribute, one ensemble call
-            result = training.train_ensemble(
-                target, images, prepared.target_labels,
-                splits.MemberSets.replicate(split.target, k), target_config, seed=config.seed,
-                preprocess=preprocess, log_prefix="target ",
-                checkpoint_dir=str(run_.stages.checkpoint_dir("targets", key)))
-            return (runs.tree_to_arrays("trained", result.variables()),
-                    {"seconds": result.seconds,
-                     "train_acc": float(result.history[-1]["train_acc"].mean())})
-
-        key = {"data": dataset.digest, **{k_: getattr(config, k_) for k_ in (
-            "seed", "target_attribute", "attribute", "image_size", "test_fraction",
-            "max_examples", "num_targets", "epochs", "batch_size", "learning_rate", "lr_decay",
-            "weight_decay", "precision")}}
-        # The run's ETA: the targets, then one attack ensemble per layer and the pixel one.
-        run_.expect("target", config.epochs * k * len(split.target), stage="targets")
-        for layer in (config.layer, *config.compare_layers):  # MLPs: a fraction of a LeNet image
-            run_.expect(f"attack {layer}", config.attack_epochs * 2 * k * len(split.attack),
-                        cost=0.1)
-        run_.expect("pixels", config.attack_epochs * k * len(split.attack), cost=0.1)
-        with run_.timed("target"):
-            arrays, target_info = run_.stages.run("targets", key, train_targets)
-            trained = runs.arrays_to_tree("trained", arrays)
-            tests = splits.MemberSets.replicate(split.test, k)
-            target_test = training.evaluate(target, trained, images, prepared.target_labels,
-                                            tests, preprocess=preprocess)
-            untrained = training.init_ensemble(target, target_config,
-                                               training.model_keys(config.seed + 1000, k),
-                                               preprocess(images[:1])).variables()
-            untrained_test = training.evaluate(target, untrained, images, prepared.target_labels,
-                                               tests, preprocess=preprocess)
-
-        # Representations of the attacker's and the test images under each (un)trained target,
-        # then 2K attack MLPs (K on trained targets, K on untrained ones) in one call.
-        used = np.concatenate([split.attack, split.test])
-        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), trained, untrained)
         attack = models.MLP(hidden_sizes=(128, 64), num_classes=len(prepared.class_names),
                             dtype=dtype)
-        attack_config = config.attack_train_config()
-        train_labels = prepared.labels[split.attack]
-        test_labels = prepared.labels[split.test]
+        target_config, attack_config = config.target_train_config(), config.attack_train_config()
+        layers = (config.layer, *config.compare_layers)
+        _expect(run_, config, split, layers)
 
-        def attack_layer(layer: str):
-            n_attack, n_used = len(split.attack), len(used)
+        key = stages.stage_key(config, ignore=TARGETS_KEY_IGNORE, data=dataset.digest)
+        with run_.timed("target"):  # K trained targets (a stage), K untrained ones, their tests
+            targets = run_.stages.run("targets", key, lambda: train_targets(
+                target, prepared, target_config, k, seed=config.seed, preprocess=preprocess,
+                checkpoint_dir=str(run_.stages.checkpoint_dir("targets", key))))
+            trained = files.arrays_to_tree("trained", targets.arrays)
+            untrained = training.init_ensemble(target, target_config, training.model_keys(
+                config.seed + 1000, k), preprocess(images[:1])).variables()
+            tests = splits.MemberSets.replicate(split.test, k)
+            target_test, untrained_test = (
+                training.evaluate(target, variables, images, prepared.target_labels, tests,
+                                  preprocess=preprocess) for variables in (trained, untrained))
+
+        # Each layer's representations of the attacker's and the test images under the K
+        # trained and K untrained targets, then 2K attack MLPs (one per target) in one call.
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), trained, untrained)
+        used, n_attack = np.concatenate([split.attack, split.test]), len(split.attack)
+        attacked = {}
+        for layer in layers:
             with run_.timed(f"representations_{layer}"):
-                features = standardize(extract_representations(
-                    target, both, images[used], layer, preprocess=preprocess), n_attack)
+                features = attribute_attack.layer_features(
+                    target, both, images[used], layer, num_fit=n_attack, preprocess=preprocess)
             with run_.timed(f"attack_{layer}"):
-                pool = features.reshape(-1, features.shape[-1])
-                pool_labels = np.tile(prepared.labels[used], 2 * k)
-                blocks = [j * n_used + np.arange(n_attack) for j in range(2 * k)]
-                attack_result = training.train_ensemble(
-                    attack, pool, pool_labels, splits.MemberSets.from_lists(blocks),
-                    attack_config, seed=config.seed + 2000, log_prefix=f"attack {layer} ")
-                attack_vars = attack_result.variables()
-                reports = []
-                for j in range(2 * k):
-                    rows = pool[j * n_used + n_attack:(j + 1) * n_used]
-                    logits = training.predict(
-                        attack, jax.tree.map(lambda x: x[j:j + 1], attack_vars), rows)[0]
-                    reports.append(attack_report(test_labels, logits.argmax(-1), train_labels,
-                                                 prepared.class_names))
-            return reports, attack_result
-
-        reports, attack_result = attack_layer(config.layer)
-        # The same attack on other layers of the same targets: where does the attribute live?
-        by_layer = {}
-        for layer in config.compare_layers:
-            layer_reports, layer_result = attack_layer(layer)
-            train_acc = layer_result.history[-1]["train_acc"]
-            by_layer[layer] = {
-                "attack": aggregate(layer_reports[:k]), "untrained": aggregate(layer_reports[k:]),
-                "train_acc": float(train_acc[:k].mean()),
-                "untrained_train_acc": float(train_acc[k:].mean())}
-
+                attacked[layer] = attribute_attack.attack_features(
+                    attack, features, prepared.labels[used], n_attack, attack_config,
+                    class_names=prepared.class_names, seed=config.seed + 2000,
+                    log_prefix=f"attack {layer} ")
         with run_.timed("pixels"):  # the same attack MLP on the normalised raw pixels
-            pixel_result = training.train_ensemble(
-                attack, images, prepared.labels, splits.MemberSets.replicate(split.attack, k),
-                attack_config, seed=config.seed + 3000, preprocess=preprocess,
-                log_prefix="pixels ")
-            pixel_posteriors = training.predict(attack, pixel_result.variables(),
-                                                images[split.test], preprocess=preprocess)
-            pixel_reports = [attack_report(test_labels, p.argmax(-1), train_labels,
-                                           prepared.class_names) for p in pixel_posteriors]
+            pixels = attribute_attack.train_attacks(
+                attack, images, prepared.labels, [split.attack] * k, [split.test] * k,
+                attack_config, class_names=prepared.class_names, seed=config.seed + 3000,
+                preprocess=preprocess, log_prefix="pixels ")
 
-        attack_train_acc = attack_result.history[-1]["train_acc"]
-        results = run_.finish({
-            "data": {"dataset": dataset.name, "source": dataset.info.get("source"),
-                     "digest": dataset.digest, "image_size": config.image_size,
-                     "class_names": list(prepared.class_names), **prepared.info},
-            "target": {
-                "test_acc": float(target_test["accuracy"].mean()),
-                "test_acc_std": float(target_test["accuracy"].std()),
-                "train_acc": target_info["train_acc"],
-                "per_target_test_acc": target_test["accuracy"].tolist(),
-                "untrained_test_acc": float(untrained_test["accuracy"].mean()),
-            },
-            "attack": {**aggregate(reports[:k]), "layer": config.layer,
-                       "train_acc": float(attack_train_acc[:k].mean())},
-            "controls": {
-                "pixels": {**aggregate(pixel_reports),
-                           "train_acc": float(pixel_result.history[-1]["train_acc"].mean())},
-                "untrained": {**aggregate(reports[k:]), "layer": config.layer,
-                              "train_acc": float(attack_train_acc[k:].mean())},
-            },
-            "layers": by_layer,
-            "seconds": {"target_training": target_info["seconds"],
-                        "attack_training": attack_result.seconds,
-                        "pixel_training": pixel_result.seconds},
-        })
-        runs.save_figure(report.confusion_figure(
-            [(title, _panel(results, key_)) for key_, title in _PANELS],
-            results["data"]["class_names"],
-            title=f"{config.attribute} inferred from a {config.target_attribute} model "
-                  f"({config.layer}), {config.num_targets} target(s)"), run_.path / "confusion.png")
-        runs.write_text(summary_path(config), summary_markdown(results))
+        results = run_.finish(_results(config, dataset, prepared, targets.info,
+                                       (target_test, untrained_test), attacked, pixels))
+        files.save_figure(confusion_figure(results), run_.path / "confusion.png")
+        files.write_text(summary_path(config), summary_markdown(results))
         logging.info("Results in %s", run_.path)
         return results
+
+
+def _expect(run_: runs.Run, config: Config, split: AttributeSplit, layers) -> None:
+    """The run's ETA: the targets, then one attack ensemble per layer and the pixel one."""
+    k, n_attack = config.num_targets, len(split.attack)
+    run_.expect("target", config.epochs * k * len(split.target), stage="targets")
+    for layer in layers:  # MLPs: a fraction of a LeNet image
+        run_.expect(f"attack {layer}", config.attack_epochs * 2 * k * n_attack, cost=0.1)
+    run_.expect("pixels", config.attack_epochs * k * n_attack, cost=0.1)
+
+
+def _results(config: Config, dataset: data.Dataset, prepared: Prepared, target_info: dict,
+             target_tests: tuple[dict, dict],
+             attacked: dict[str, attribute_attack.AttackOutcome],
+             pixels: attribute_attack.AttackOutcome) -> dict:
+    """results.json's sections: the data, the targets, the attack on --layer with its controls
+    (pixels, untrained targets) and every --compare_layers one."""
+    k = config.num_targets
+
+    def halves(outcome):  # the K attacks on trained targets, the K on untrained ones
+        acc = outcome.train_acc
+        return (aggregate(outcome.reports[:k]), aggregate(outcome.reports[k:]),
+                float(acc[:k].mean()), float(acc[k:].mean()))
+
+    attack, untrained, attack_acc, untrained_acc = halves(attacked[config.layer])
+    layers = {}
+    for layer in config.compare_layers:
+        a, u, a_acc, u_acc = halves(attacked[layer])
+        layers[layer] = {"attack": a, "untrained": u, "train_acc": a_acc,
+                         "untrained_train_acc": u_acc}
+    target_test, untrained_test = target_tests
+    return {
+        "data": {"dataset": dataset.name, "source": dataset.info.get("source"),
+                 "digest": dataset.digest, "image_size": config.image_size,
+                 "class_names": list(prepared.class_names), **prepared.info},
+        "target": {
+            "test_acc": float(target_test["accuracy"].mean()),
+            "test_acc_std": float(target_test["accuracy"].std()),
+            "train_acc": target_info["train_acc"],
+            "per_target_test_acc": target_test["accuracy"].tolist(),
+            "untrained_test_acc": float(untrained_test["accuracy"].mean()),
+        },
+        "attack": {**attack, "layer": config.layer, "train_acc": attack_acc},
+        "controls": {
+            "pixels": {**aggregate(pixels.reports), "train_acc": float(pixels.train_acc.mean())},
+            "untrained": {**untrained, "layer": config.layer, "train_acc": untrained_acc},
+        },
+        "layers": layers,
+        "seconds": {"target_training": target_info["seconds"],
+                    "attack_training": attacked[config.layer].seconds,
+                    "pixel_training": pixels.seconds},
+    }
 
 
 _PANELS = (("attack", "target representation"), ("pixels", "raw pixels"),
@@ -338,8 +360,18 @@ def _panel(results: dict, name: str) -> dict:
     return results["attack"] if name == "attack" else results["controls"][name]
 
 
+def confusion_figure(results: dict):
+    """The confusion matrices of the attack and of its two controls, side by side."""
+    c = results["config"]
+    return report.confusion_figure(
+        [(title, _panel(results, name)) for name, title in _PANELS],
+        results["data"]["class_names"],
+        title=f"{c['attribute']} inferred from a {c['target_attribute']} model ({c['layer']}), "
+              f"{c['num_targets']} target(s)")
+
+
 # The seed's Task 3 numbers (accuracies in %, per-class F1 White..Others).
-SEED_RESULTS = {"target_test_acc": 86.0, "attack_acc": 51.0, "baseline_acc": 42.52,
+SEED_RESULTS: dict[str, Any] = {"target_test_acc": 86.0, "attack_acc": 51.0, "baseline_acc": 42.52,
                 "f1": (0.64, 0.44, 0.39, 0.22, 0.01),
                 "class_counts": (8950, 4367, 2497, 3484, 1308)}
 
@@ -366,7 +398,8 @@ def summary_markdown(results: dict) -> str:
     rows = []
     for i, name in enumerate(d["class_names"]):
         pc, sd = a["per_class"][name], a["std"]["per_class"][name]
-        rows.append([f"Class {i} ({name})", report.plus_minus(pc["precision"], sd["precision"], 1, 2),
+        rows.append([f"Class {i} ({name})",
+                     report.plus_minus(pc["precision"], sd["precision"], 1, 2),
                      report.plus_minus(pc["recall"], sd["recall"], 1, 2),
                      report.plus_minus(pc["f1"], sd["f1"], 1, 2),
                      f"{seed['f1'][i]:.2f}" if seed else "-",

@@ -15,19 +15,30 @@ a faint but recognisable face. The experiment reports both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Any
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib, data, models, progress, report, runs, splits, training
-from jaxpet.attacks import mi_face
+from jaxpet import (
+    config as config_lib,
+    data,
+    files,
+    models,
+    page,
+    progress,
+    report,
+    runs,
+    splits,
+    stages,
+    training,
+)
+from jaxpet.attacks import mi_face, reconstruction
 from jaxpet.benchmark import inversion as inversion_timing
-from jaxpet.config import setting
-from jaxpet.metrics import correlation, mse, ssim
+from jaxpet.config import same_as, setting
 
 EVALUATORS = ("cnn", "lenet", "mlp")
 INITS = ("gray", "black")
@@ -35,7 +46,7 @@ INPUT_NORMS = ("pm1", "unit")
 # The seed write-up's target (Task 2): 100% train / 95.31% validation accuracy.
 SEED_TARGET = {"train_acc": 1.0, "val_acc": 0.9531, "train_loss": 0.003, "val_loss": 0.154}
 # Alternatives run at 100 iterations beside the main setting, to show what each choice does.
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "paper_cost_black": dict(loss="one_minus_p", init="black"),
     "paper_cost_gray": dict(loss="one_minus_p", init="gray"),
     "paper_cost_gray_step10": dict(loss="one_minus_p", init="gray", step_size=10.0),
@@ -58,11 +69,14 @@ class Config:
                                   "of 10).", low=1, high=9)
     target_hidden: int = setting(3000, "Sigmoid units of the target face MLP (Fredrikson: 3000).",
                                  low=1)
-    epochs: int = setting(30, "Target training epochs.", low=1)
-    evaluator_epochs: int = setting(30, "Evaluator training epochs.", low=1)
-    batch_size: int = setting(64, "Training batch size of both models.", low=1)
-    learning_rate: float = setting(1e-3, "Adam learning rate of both models (plain Adam: no "
-                                   "decay, no L2).", low=0, low_open=True, high=10)
+    epochs: int = same_as(training.TrainConfig, "epochs", default=30,
+                          help="Target training epochs.")
+    evaluator_epochs: int = same_as(training.TrainConfig, "epochs", default=30,
+                                    help="Evaluator training epochs.")
+    batch_size: int = same_as(training.TrainConfig, "batch_size", default=64,
+                              help="Training batch size of both models.")
+    learning_rate: float = same_as(training.TrainConfig, "learning_rate", help="Adam learning "
+                                   "rate of both models (plain Adam: no decay, no L2).")
     input_norm: str = setting("pm1", "What the models see: pm1 = (pixel - 0.5) / 0.5, which "
                               "reproduces the seed's train loss of 0.003; unit = pixels in [0, 1]. "
                               "The attack's pixels are in [0, 1] either way.", choices=INPUT_NORMS)
@@ -107,13 +121,48 @@ class Config:
     def attack_config(self, budget: int, stopping_rules: bool = False,
                       **overrides) -> mi_face.MIFaceConfig:
         """MI-FACE's config for a fixed budget, or for the stopping-rule run."""
-        values = dict(step_size=self.step_size, max_iterations=budget, process=self.process,
-                      loss=self.loss)
+        values: dict[str, Any] = dict(step_size=self.step_size, max_iterations=budget,
+                                      process=self.process, loss=self.loss)
         if stopping_rules:
             values.update(patience=self.patience or None, stopping=self.stopping,
                           cost_threshold=self.cost_threshold if self.cost_threshold >= 0 else None)
         values.update(overrides)
         return mi_face.MIFaceConfig(**values)
+
+    def train_config(self, epochs: int) -> training.TrainConfig:
+        """The target's (``epochs``: --epochs) or the evaluator's: plain Adam, no decay, no L2.
+        --patience is MI-FACE's beta here, not early stopping's, so it is not passed on."""
+        return config_lib.pick(self, training.TrainConfig, epochs=epochs, lr_decay=1.0,
+                               weight_decay=0.0, patience=training.TrainConfig.patience)
+
+    def check_sizes(self, num_classes: int, num_train: int) -> None:
+        """The checks that need the data's size."""
+        if self.figure_people > num_classes:
+            raise config_lib.ConfigError(f"--figure_people={self.figure_people} is more than "
+                                         f"the {num_classes} people — use at most that.")
+        if self.batch_size > num_train:
+            raise config_lib.ConfigError(f"--batch_size={self.batch_size} is larger than the "
+                                         f"{num_train} training faces — lower it.")
+
+
+# Settings that cannot change the trained target and evaluator (the attack's, the report's,
+# and where files go).
+CLASSIFIERS_KEY_IGNORE = ("data_dir", "workdir", "step_size", "loss", "init", "process",
+                          "iterations", "max_iterations", "patience", "stopping",
+                          "cost_threshold", "figure_people", "time_loop", "speed_iterations",
+                          "variants")
+
+# Named configurations; explicit flags override them.
+PRESETS = {
+    "seed": {},
+    "quick": dict(workdir="runs/inversion_quick", epochs=15, evaluator_epochs=15,
+                  evaluator="mlp", max_iterations=300, speed_iterations=10,
+                  variants=("paper_cost_black",)),
+}
+PRESET_HELP = ("seed: the seed's Task 2 setting (30 epochs, the CNN evaluator, every variant, "
+               "loop timing at 100 iterations); quick: a reduced run for a CPU (15 epochs, the "
+               "MLP evaluator, at most 300 stopping-rule steps, one variant, loop timing at 10 "
+               "iterations).")
 
 
 # The files a run writes besides config.json and results.json.
@@ -164,22 +213,20 @@ def _describe(model) -> str:
     return f"{type(model).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
 
 
-def train_classifier(model, split, train_idx, val_idx, config: Config, epochs: int, seed: int,
+def train_classifier(model, faces: data.Split, train_idx, val_idx,
+                     train_config: training.TrainConfig, *, seed: int, preprocess,
                      what: str) -> tuple[Any, dict]:
-    """Trains one model (K=1 ensemble) with plain Adam; returns its variables and accuracies."""
-    train_config = training.TrainConfig(epochs=epochs, batch_size=config.batch_size,
-                                        learning_rate=config.learning_rate, lr_decay=1.0,
-                                        weight_decay=0.0)
-    preprocess = input_normalizer(config.input_norm, 255.0)
+    """Trains one model (K=1 ensemble); returns its variables and accuracies."""
     members = splits.MemberSets.from_lists([train_idx])
     validation = splits.MemberSets.from_lists([val_idx])
-    result = training.train_ensemble(model, split.images, split.labels, members, train_config,
+    result = training.train_ensemble(model, faces.images, faces.labels, members, train_config,
                                      seed=seed, validation=validation, preprocess=preprocess,
                                      log_prefix=f"{what}: ")
     variables = result.variables()
-    info = {"architecture": _describe(model), "epochs": epochs, "seconds": result.seconds}
+    info = {"architecture": _describe(model), "epochs": train_config.epochs,
+            "seconds": result.seconds}
     for name, sets in (("train", members), ("val", validation)):
-        ev = training.evaluate(model, variables, split.images, split.labels, sets,
+        ev = training.evaluate(model, variables, faces.images, faces.labels, sets,
                                preprocess=preprocess)
         info[f"{name}_acc"] = float(ev["accuracy"][0])
         info[f"{name}_loss"] = float(ev["loss"][0])
@@ -188,46 +235,64 @@ def train_classifier(model, split, train_idx, val_idx, config: Config, epochs: i
     return training.take_model(variables, 0), info
 
 
-def score(images, targets, person_means, classifiers: dict[str, tuple[Callable, Any]]) -> dict:
-    """Per-class and mean MSE/SSIM against the person's mean training image, and identification.
-
-    ``classifiers`` maps a name (target, evaluator) to (apply_fn, params); a
-    reconstruction is identified when the classifier's top class is its
-    person. ``nearest_mean`` identifies it by the highest pixel correlation
-    with the 40 mean training faces (no model involved).
-    """
-    images = np.asarray(images, np.float32)
-    targets = np.asarray(targets)
-    own = person_means[targets]
-    out = {"mse": mse(images, own), "ssim": ssim(images, own)}
-    out["mse_mean"], out["ssim_mean"] = float(out["mse"].mean()), float(out["ssim"].mean())
-    for name, (fn, params) in classifiers.items():
-        probs = np.asarray(jax.nn.softmax(fn(params, jnp.asarray(images)).astype(jnp.float32)))
-        predicted = probs.argmax(-1)
-        out[f"{name}_predicted"] = predicted
-        out[f"{name}_p_true"] = probs[np.arange(len(targets)), targets]
-        out[f"{name}_identified"] = float(np.mean(predicted == targets))
-    nearest = correlation(images, person_means).argmax(1)
-    out["nearest_mean_predicted"] = nearest
-    out["nearest_mean_identified"] = float(np.mean(nearest == targets))
-    return out
+def train_classifiers(config: Config, target, evaluator, faces: data.Split, train_idx,
+                      val_idx) -> tuple[dict[str, np.ndarray], dict]:
+    """The classifiers stage: the target, then the evaluator with another seed as well as
+    another architecture (nothing shared with the target); their variables and infos."""
+    preprocess = input_normalizer(config.input_norm, 255.0)
+    target_vars, target_info = train_classifier(
+        target, faces, train_idx, val_idx, config.train_config(config.epochs), seed=config.seed,
+        preprocess=preprocess, what="target")
+    eval_vars, eval_info = train_classifier(
+        evaluator, faces, train_idx, val_idx, config.train_config(config.evaluator_epochs),
+        seed=config.seed + 1, preprocess=preprocess, what="evaluator")
+    return ({**files.tree_to_arrays("target", target_vars),
+             **files.tree_to_arrays("evaluator", eval_vars)},
+            {"target": target_info, "evaluator": eval_info})
 
 
-def _inversion_report(result: mi_face.Inversion, attack: mi_face.MIFaceConfig, compile_s,
-                      run_s) -> dict:
-    reasons = result.stop_reasons
-    return {
-        "max_iterations": attack.max_iterations, "patience": attack.patience,
-        "stopping": attack.stopping,
-        "cost_threshold": attack.cost_threshold, "step_size": attack.step_size,
-        "loss": attack.loss, "process": attack.process,
-        "seconds": run_s, "compile_seconds": compile_s,
-        "cost": np.asarray(result.cost), "cost_mean": float(np.mean(result.cost)),
-        "iterations": np.asarray(result.iterations),
-        "best_iteration": np.asarray(result.best_iteration),
-        "stop_reason": reasons,
-        "stop_reasons": {r: reasons.count(r) for r in sorted(set(reasons))},
-    }
+def start_image(init: str, image_shape) -> np.ndarray:
+    """The attack's start image: gray (0.5) or black (0)."""
+    return np.full(image_shape, 0.5 if init == "gray" else 0.0, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """Every MI-FACE run of the experiment, scored."""
+
+    budgets: dict[str, dict]  # "<budget>" and "stopping_rules" -> report
+    images: dict[int, np.ndarray]  # fixed budget -> reconstructions [classes, H, W, 1]
+    timings: dict[int, tuple]  # fixed budget -> ScoredInversion.timing
+    stopping_images: np.ndarray  # the stopping-rule run's reconstructions
+    variants: dict[str, dict]  # variant name -> report
+
+
+def invert_sweep(config: Config, invert: Callable[..., reconstruction.ScoredInversion],
+                 image_shape, num_classes: int) -> Sweep:
+    """Each fixed budget of --iterations, the stopping-rule run, then each of --variants at 100
+    iterations; ``invert(attack, init=..., what=...)`` runs and scores one."""
+    budgets, images, timings, variants = {}, {}, {}, {}
+    start = start_image(config.init, image_shape)
+    # Progress in gradient steps of one image (each class is one image per step); the
+    # stopping-rules run is counted at its cap.
+    steps = sum(set(config.iterations)) + config.max_iterations + 100 * len(config.variants)
+    with progress.phase("inversion", num_classes * steps, unit="image steps") as phase:
+        for budget in sorted(set(config.iterations)):
+            done = invert(config.attack_config(budget), init=start, what=f"{budget} iterations")
+            budgets[str(budget)], images[budget], timings[budget] = (
+                done.report, done.images, done.timing)
+            phase.advance(num_classes * budget)
+        stopped = invert(config.attack_config(config.max_iterations, stopping_rules=True),
+                         init=start, what="stopping rules")
+        budgets["stopping_rules"] = stopped.report
+        phase.advance(num_classes * config.max_iterations)
+        for name in config.variants:
+            overrides = dict(VARIANTS[name])
+            init = start_image(overrides.pop("init", config.init), image_shape)
+            variants[name] = invert(config.attack_config(100, **overrides), init=init,
+                                    what=f"variant {name}").report
+            phase.advance(num_classes * 100)
+    return Sweep(budgets, images, timings, stopped.images, variants)
 
 
 # The display stretch of the figures' extra rows: per image, these percentiles -> 0 and 255.
@@ -291,135 +356,86 @@ def all_classes_figure(real, recon, class_names, predicted=None, columns: int = 
 
 def run(config: Config, dataset=None) -> dict:
     """The whole experiment; writes results.json, summary.md, inversions.npz and the figures."""
-    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS, on_finish=page.write_page) as run_:
         if dataset is None:
             dataset = data.load_dataset("att_faces", config.data_dir)
-        split = dataset.train
-        num_classes = len(dataset.class_names)
-        image_shape = split.images.shape[1:]
-        train_idx, val_idx = holdout_split(split.labels, config.val_per_person, config.seed)
-        if config.figure_people > num_classes:
-            raise config_lib.ConfigError(f"--figure_people={config.figure_people} is more than "
-                                         f"the {num_classes} people — use at most that.")
-        if config.batch_size > len(train_idx):
-            raise config_lib.ConfigError(f"--batch_size={config.batch_size} is larger than the "
-                                         f"{len(train_idx)} training faces — lower it.")
+        faces, num_classes = dataset.train, len(dataset.class_names)
+        image_shape = faces.images.shape[1:]
+        train_idx, val_idx = holdout_split(faces.labels, config.val_per_person, config.seed)
+        config.check_sizes(num_classes, len(train_idx))
         target = models.face_mlp(num_classes=num_classes, hidden=config.target_hidden)
         evaluator = make_evaluator(config.evaluator, num_classes)
 
-        def train_both():
-            target_vars, target_info = train_classifier(
-                target, split, train_idx, val_idx, config, config.epochs, config.seed, "target")
-            # A different seed as well as a different architecture: nothing shared with the target.
-            eval_vars, eval_info = train_classifier(
-                evaluator, split, train_idx, val_idx, config, config.evaluator_epochs,
-                config.seed + 1, "evaluator")
-            return ({**runs.tree_to_arrays("target", target_vars),
-                     **runs.tree_to_arrays("evaluator", eval_vars)},
-                    {"target": target_info, "evaluator": eval_info})
-
-        key = {"data": dataset.digest, **{k: getattr(config, k) for k in (
-            "seed", "val_per_person", "target_hidden", "epochs", "evaluator_epochs", "batch_size",
-            "learning_rate", "input_norm", "evaluator")}}
+        key = stages.stage_key(config, ignore=CLASSIFIERS_KEY_IGNORE, data=dataset.digest)
         with run_.timed("classifiers"):
-            arrays, info = run_.stages.run("classifiers", key, train_both)
-        target_vars = runs.arrays_to_tree("target", arrays)
-        eval_vars = runs.arrays_to_tree("evaluator", arrays)
-        pixels = input_normalizer(config.input_norm, 1.0)
+            trained = run_.stages.run("classifiers", key, lambda: train_classifiers(
+                config, target, evaluator, faces, train_idx, val_idx))
+        target_vars = files.arrays_to_tree("target", trained.arrays)
+        pixels = input_normalizer(config.input_norm, 1.0)  # the attack's pixels are in [0, 1]
         target_fn = mi_face.flax_apply(target, pixels)
         classifiers = {"target": (target_fn, target_vars),
-                       "evaluator": (mi_face.flax_apply(evaluator, pixels), eval_vars)}
+                       "evaluator": (mi_face.flax_apply(evaluator, pixels),
+                                     files.arrays_to_tree("evaluator", trained.arrays))}
 
-        train_pixels = split.images[train_idx].astype(np.float32) / 255.0
-        train_labels = split.labels[train_idx]
+        train_pixels = faces.images[train_idx].astype(np.float32) / 255.0
+        train_labels = faces.labels[train_idx]
         person_means = np.stack([train_pixels[train_labels == c].mean(0)
                                  for c in range(num_classes)])
         real = np.stack([train_pixels[np.flatnonzero(train_labels == c)[0]]
                          for c in range(num_classes)])
+        invert = functools.partial(reconstruction.invert_and_score, target_fn, target_vars,
+                                   image_shape=image_shape, class_means=person_means,
+                                   classifiers=classifiers)
+        with run_.timed("inversion"):
+            sweep = invert_sweep(config, invert, image_shape, num_classes)
+        everyone = np.arange(num_classes)
+        references = {name: reconstruction.score(np.broadcast_to(image, person_means.shape),
+                                                 everyone, person_means, classifiers)
+                      for name, image in (("mean_face_of_everyone", train_pixels.mean(0)),
+                                          ("start_image", start_image(config.init, image_shape)))}
+        speed = inversion_timing.time_vmap_vs_loop(
+            target_fn, target_vars, config.attack_config(config.speed_iterations), image_shape,
+            sweep.timings.get(config.speed_iterations),
+            start_image(config.init, image_shape)) if config.time_loop else None
 
-        def start_image(init):
-            return np.full(image_shape, 0.5 if init == "gray" else 0.0, np.float32)
-
-        def invert(attack: mi_face.MIFaceConfig, init: str, what: str):
-            targets, inits = mi_face.prepare_inputs(target_fn, target_vars,
-                                                    image_shape=image_shape,
-                                                    init=start_image(init), config=attack)
-            compile_s, run_s, _, result = inversion_timing.timed(
-                mi_face.invert_classes, target_fn, attack, target_vars, targets, inits)
-            out = {**_inversion_report(result, attack, compile_s, run_s),
-                   **score(result.image, np.asarray(targets), person_means, classifiers)}
-            logging.info("%s: %.1fs (+%.1fs compile), cost %.3f, MSE %.4f, SSIM %.3f, target "
-                         "%.0f%%, evaluator %.0f%%, stops %s", what, run_s, compile_s,
-                         out["cost_mean"], out["mse_mean"], out["ssim_mean"],
-                         100 * out["target_identified"], 100 * out["evaluator_identified"],
-                         out["stop_reasons"])
-            return result, out, (targets, inits, run_s, np.asarray(result.image))
-
-        budgets, budget_images, timings = {}, {}, {}
-        # Progress in gradient steps of one image (each class is one image per step); the
-        # stopping-rules run is counted at its cap.
-        steps = sum(set(config.iterations)) + config.max_iterations + 100 * len(config.variants)
-        with run_.timed("inversion"), progress.phase(
-                "inversion", num_classes * steps, unit="image steps") as phase:
-            for budget in sorted(set(config.iterations)):
-                result, budgets[str(budget)], timings[budget] = invert(
-                    config.attack_config(budget), config.init, f"{budget} iterations")
-                budget_images[budget] = np.asarray(result.image)
-                phase.advance(num_classes * budget)
-            stop_result, budgets["stopping_rules"], _ = invert(
-                config.attack_config(config.max_iterations, stopping_rules=True), config.init,
-                "stopping rules")
-            phase.advance(num_classes * config.max_iterations)
-            variants = {}
-            for name in config.variants:
-                overrides = dict(VARIANTS[name])
-                init = overrides.pop("init", config.init)
-                _, variants[name], _ = invert(config.attack_config(100, **overrides), init,
-                                              f"variant {name}")
-                phase.advance(num_classes * 100)
-        references = {
-            "mean_face_of_everyone": score(np.broadcast_to(train_pixels.mean(0),
-                                                           person_means.shape),
-                                           np.arange(num_classes), person_means, classifiers),
-            "start_image": score(np.broadcast_to(start_image(config.init), person_means.shape),
-                                 np.arange(num_classes), person_means, classifiers),
-        }
-        speed = None
-        if config.time_loop:
-            speed = inversion_timing.time_vmap_vs_loop(
-                target_fn, target_vars, config.attack_config(config.speed_iterations),
-                image_shape, timings.get(config.speed_iterations), start_image(config.init))
-
-        largest = max(budget_images)
-        people = np.unique(np.linspace(0, num_classes - 1, min(config.figure_people, num_classes))
-                           .round().astype(int))
-        runs.save_image(iterations_figure(people, real, budget_images, dataset.class_names),
-                        run_.path / "iterations.png")
-        runs.save_image(all_classes_figure(real, budget_images[largest], dataset.class_names,
-                                           budgets[str(largest)]["evaluator_predicted"]),
-                        run_.path / "all_classes.png")
-        images = {**{f"budget_{b}": v for b, v in budget_images.items()},
-                  "budget_stopping_rules": np.asarray(stop_result.image)}
-        runs.write_npz(run_.path / "inversions.npz", person_means=report.to_uint8(person_means),
-                       real=report.to_uint8(real),
-                       **{k: report.to_uint8(v) for k, v in images.items()})
+        figures = write_figures(run_.path, config, dataset.class_names, real, person_means, sweep)
         results = run_.finish({
             "data": {"dataset": dataset.name, "source": dataset.info.get("source"),
                      "digest": dataset.digest},
-            "target": {**info["target"], "seed": SEED_TARGET},
-            "evaluator": info["evaluator"],
-            "budgets": budgets,
-            "variants": variants,
+            "target": {**trained.info["target"], "seed": SEED_TARGET},
+            "evaluator": trained.info["evaluator"],
+            "budgets": sweep.budgets,
+            "variants": sweep.variants,
             "references": references,
             "speed": speed,
-            "figures": {"iterations": "iterations.png", "all_classes": "all_classes.png",
-                        "all_classes_budget": largest, "stretch": STRETCH_TEXT,
-                        # Mean per-image p99 - p1 in grey levels: why the stretched rows exist.
-                        "pixel_spread": {"real": pixel_spread(real),
-                                         "reconstruction": pixel_spread(budget_images[largest])}},
+            "figures": figures,
         })
-        runs.write_text(summary_path(config), summary_markdown(results))
+        files.write_text(summary_path(config), summary_markdown(results))
         return results
+
+
+def write_figures(path, config: Config, class_names, real, person_means, sweep: Sweep) -> dict:
+    """iterations.png, all_classes.png and inversions.npz; returns results.json's figures
+    section."""
+    num_classes = len(class_names)
+    largest = max(sweep.images)
+    people = np.unique(np.linspace(0, num_classes - 1, min(config.figure_people, num_classes))
+                       .round().astype(int))
+    files.save_image(iterations_figure(people, real, sweep.images, class_names),
+                     path / "iterations.png")
+    files.save_image(all_classes_figure(real, sweep.images[largest], class_names,
+                                        sweep.budgets[str(largest)]["evaluator_predicted"]),
+                     path / "all_classes.png")
+    images = {**{f"budget_{b}": v for b, v in sweep.images.items()},
+              "budget_stopping_rules": sweep.stopping_images}
+    files.write_npz(path / "inversions.npz", person_means=report.to_uint8(person_means),
+                    real=report.to_uint8(real),
+                    **{k: report.to_uint8(v) for k, v in images.items()})
+    return {"iterations": "iterations.png", "all_classes": "all_classes.png",
+            "all_classes_budget": largest, "stretch": STRETCH_TEXT,
+            # Mean per-image p99 - p1 in grey levels: why the stretched rows exist.
+            "pixel_spread": {"real": pixel_spread(real),
+                             "reconstruction": pixel_spread(sweep.images[largest])}}
 
 
 def summary_markdown(results: dict) -> str:

@@ -11,18 +11,27 @@ every registered reference-family attack, and sweep the number of references.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 from absl import logging
 import numpy as np
 
-from jaxpet import (config as config_lib, data, dpsgd, metrics, models, progress, report, runs,
-                    splits, training)
-from jaxpet.attacks import lira as lira_attack
-from jaxpet.attacks import rmia as rmia_attack
-from jaxpet.attacks import reference
-from jaxpet.config import setting
+from jaxpet import (
+    config as config_lib,
+    data,
+    dpsgd,
+    files,
+    models,
+    page,
+    progress,
+    report,
+    runs,
+    splits,
+    stages,
+    training,
+)
+from jaxpet.attacks import lira as lira_attack, reference, rmia as rmia_attack
+from jaxpet.config import same_as, setting
 from jaxpet.experiments import settings
 
 DEFENSES = ("none", "dpsgd")
@@ -35,6 +44,7 @@ DATASETS = ("cifar10", "mnist")
 class Config:
     """Every knob of one LiRA/RMIA run; the defaults are the full CIFAR-10 setting (16 models)."""
 
+    preset: str = setting("full", "The preset this config came from (recorded).", flag=False)
     dataset: str = setting("cifar10", "Dataset to attack.", choices=DATASETS)
     data_dir: str | None = settings.data_dir()
     workdir: str | None = setting(None, "Output folder (default: runs/lira_<dataset>). Its "
@@ -52,8 +62,8 @@ class Config:
                                     low=2)
     population_size: int = setting(10_000, "Test-split examples used as RMIA's reference "
                                    "population z (capped at the split's size).", low=1)
-    epochs: int = setting(50, "Training epochs of every model (the LiRA recipe's published "
-                          "count is 100).", low=1)
+    epochs: int = same_as(training.TrainConfig, "epochs", help="Training epochs of every model "
+                          "(the LiRA recipe's published count is 100).")
     model: str = setting("seed_cnn", "Architecture: seed_cnn (the seed's CNN, --width_scale) or "
                          "wrn (WideResNet, --wrn_depth/--wrn_width; WRN-28-2 is the model of "
                          "every published LiRA/RMIA CIFAR-10 figure).", choices=MODELS)
@@ -63,10 +73,10 @@ class Config:
                           "--learning_rate, --batch_size) or lira (LiRA's and RMIA's: SGD "
                           "momentum 0.9, weight decay 5e-4, lr 0.1 on a cosine schedule, batch "
                           "256, flips and 4-pixel shifts).", choices=RECIPES)
-    batch_size: int = setting(128, "Batch size per model (--recipe=adam).", low=1,
-                              when=("recipe", ("adam",)))
-    learning_rate: float = setting(1e-3, "Adam learning rate, decayed x0.96 per epoch "
-                                   "(--recipe=adam).", low=0, low_open=True, high=10,
+    batch_size: int = same_as(training.TrainConfig, "batch_size", help="Batch size per model "
+                              "(--recipe=adam).", when=("recipe", ("adam",)))
+    learning_rate: float = same_as(training.TrainConfig, "learning_rate", help="Adam learning "
+                                   "rate, decayed x0.96 per epoch (--recipe=adam).",
                                    when=("recipe", ("adam",)))
     width_scale: float = settings.width_scale()
     precision: str = settings.precision()
@@ -96,10 +106,10 @@ class Config:
     max_reference_sweep: int | None = setting(None, "Largest number of reference models in the "
                                               "sweep 1, 2, 4, ... (default: num_models - 1).",
                                               low=1)
-    eval_batch_size: int = setting(256, "Images per prediction call (memory only). Under "
+    eval_batch_size: int = same_as(training.TrainConfig, "eval_batch_size", default=256,
+                                   help="Images per prediction call (memory only). Under "
                                    "--query_mode=train_batch_stats the batch is part of the "
-                                   "convention: LiRA's 5,000.", low=1,
-                                   when=("query_mode", ("eval",)))
+                                   "convention: LiRA's 5,000.", when=("query_mode", ("eval",)))
 
     def __post_init__(self):
         config_lib.check(self)
@@ -129,19 +139,18 @@ class Config:
 
     @property
     def output_dir(self) -> str:
-        return self.workdir or f"runs/lira_{self.dataset}"
+        suffix = "" if self.preset == "full" else f"_{self.preset}"
+        return self.workdir or f"runs/lira_{self.dataset}{suffix}"
 
     def check_sizes(self, dataset: data.Dataset) -> None:
         if self.pool_size is not None and self.pool_size > len(dataset.train):
             raise config_lib.ConfigError(f"--pool_size={self.pool_size} is larger than the train "
                                          f"split ({len(dataset.train)}) — lower it.")
-        if dataset.test is None or len(dataset.test) == 0:
-            raise config_lib.ConfigError(f"{dataset.name} has no test split to draw RMIA's "
-                                         "population from.")
-        if self.population_size > len(dataset.test):
+        test = population_split(dataset)
+        if self.population_size > len(test):
             raise config_lib.ConfigError(
                 f"--population_size={self.population_size} is larger than the test split "
-                f"({len(dataset.test)}) it is drawn from — use at most {len(dataset.test)}.")
+                f"({len(test)}) it is drawn from — use at most {len(test)}.")
         members = (self.pool_size or len(dataset.train)) // 2
         batch = self.train_config().batch_size
         if batch > members:
@@ -151,7 +160,8 @@ class Config:
 
     def attack_config(self) -> reference.AttackConfig:
         return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
-                                      rmia_offline_a=self.rmia_offline_a, rmia_gamma=self.rmia_gamma,
+                                      rmia_offline_a=self.rmia_offline_a,
+                                      rmia_gamma=self.rmia_gamma,
                                       lira_convention=self.lira_convention,
                                       rmia_convention=self.rmia_convention,
                                       fpr_rule=self.fpr_rule)
@@ -165,20 +175,11 @@ class Config:
             fpr_rule="lt" if self.lira_convention == "paper" else "le")
 
     def training_key(self, dataset: data.Dataset) -> dict:
-        """Everything the saved logits depend on (not the scoring knobs), sizes resolved."""
-        fields = {k: getattr(self, k) for k in (
-            "dataset", "seed", "num_models", "epochs", "batch_size", "learning_rate",
-            "width_scale", "precision", "defense", "augment_training", "dp_noise_multiplier",
-            "dp_clip_norm")}
-        if self.model != "seed_cnn" or self.recipe != "adam":  # the seed's keys stay as they were
-            fields.update(model=self.model, recipe=self.recipe)
-            if self.model == "wrn":
-                fields.update(wrn_depth=self.wrn_depth, wrn_width=self.wrn_width)
-        if self.query_mode != "eval":  # eval's keys stay as they were
-            fields.update(query_mode=self.query_mode)
-        return {**fields, "data": dataset.digest,
-                "pool_size": self.pool_size or len(dataset.train),
-                "population_size": min(self.population_size, len(dataset.test))}
+        """The logits stage's key: every setting but :data:`NOT_IN_LOGITS`, sizes resolved."""
+        return stages.stage_key(self, ignore=NOT_IN_LOGITS, data=dataset.digest,
+                                pool_size=self.pool_size or len(dataset.train),
+                                population_size=min(self.population_size,
+                                                    len(population_split(dataset))))
 
     def make_model(self):
         """The architecture every model of the run shares."""
@@ -192,13 +193,28 @@ class Config:
         """The recipe's TrainConfig (augmentation on with --augment_training or the lira
         recipe; DP-SGD with --defense=dpsgd)."""
         dp = dict(dpsgd=self.defense == "dpsgd", dp_clip_norm=self.dp_clip_norm,
-                  dp_noise_multiplier=self.dp_noise_multiplier)
+                  dp_noise_multiplier=self.dp_noise_multiplier)  # for the lira recipe
         if self.recipe == "lira":
             return models.lira_recipe(epochs=self.epochs, **dp)
-        return training.TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-            augment="flip_crop" if self.augment_training else "none", **dp)
+        return config_lib.pick(self, training.TrainConfig, **dp,
+                               augment="flip_crop" if self.augment_training else "none")
 
+
+# The settings that cannot change the saved logits: where files go, how the ensemble runs,
+# memory-only sizes, and every scoring knob (the stage always saves both queries).
+NOT_IN_LOGITS = ("preset", "data_dir", "workdir", "strategy", "checkpoint_every",
+                 "eval_batch_size", "augment_queries", "num_targets", "rmia_offline_a",
+                 "rmia_gamma", "rmia_signal", "rmia_convention", "lira_convention", "fpr_rule",
+                 "max_reference_sweep", "dp_delta", "pool_size", "population_size")
+
+# Named configurations; explicit flags override them. "quick" fits a 2-core CPU in minutes.
+PRESETS = {
+    "full": {},
+    "quick": dict(num_models=8, pool_size=1000, population_size=500, width_scale=0.25,
+                  epochs=10),
+}
+PRESET_HELP = ("full: 16 seed CNNs on all of CIFAR-10's train split (a GPU run); quick: 8 "
+               "quarter-width CNNs on a 1,000-example pool for 10 epochs (a CPU run).")
 
 # The files a run writes besides config.json and results.json.
 OUTPUTS = ("roc.png", "sweep.png", "summary.md", "scores.npz")
@@ -208,62 +224,77 @@ def summary_path(config: Config) -> str:
     return f"{config.output_dir}/summary.md"
 
 
-def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
-    """The logits stage: N models trained on a balanced keep mask, queried on pool + population."""
+def population_split(dataset: data.Dataset) -> data.Split:
+    """The test split RMIA's population is drawn from (a dataset without one is refused)."""
+    if dataset.test is None or len(dataset.test) == 0:
+        raise config_lib.ConfigError(f"{dataset.name} has no test split to draw RMIA's "
+                                     "population from.")
+    return dataset.test
+
+
+def draw(config: Config, dataset: data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pool (train split), RMIA's population (test split) and the balanced keep
+    mask [N, pool]: every candidate a member of exactly half the models."""
     key = config.training_key(dataset)
     rng = np.random.default_rng(config.seed)
     pool = np.sort(rng.choice(len(dataset.train), key["pool_size"], replace=False))
-    population = np.sort(rng.choice(len(dataset.test), key["population_size"], replace=False))
-    keep = splits.balanced_keep_mask(len(pool), config.num_models, config.seed)
+    population = np.sort(rng.choice(len(population_split(dataset)), key["population_size"],
+                                    replace=False))
+    return pool, population, splits.balanced_keep_mask(len(pool), config.num_models, config.seed)
+
+
+def train_and_query(config: Config, dataset: data.Dataset, checkpoint_dir: str):
+    """The logits stage: N models trained on a balanced keep mask, queried on pool + population
+    (each image and its flip)."""
+    pool, population, keep = draw(config, dataset)
     images, labels = dataset.train.images[pool], dataset.train.labels[pool]
-    model = config.make_model()
-    preprocess = data.normalizer(config.dataset)
+    test = population_split(dataset)
     logging.info("Training %d models at once, each on about half (%d-%d) of %d pool examples",
                  config.num_models, keep.sum(1).min(), keep.sum(1).max(), len(pool))
-    train_config = config.train_config()
-    result = training.train_ensemble(
-        model, images, labels, splits.MemberSets.from_mask(keep), train_config, seed=config.seed,
-        preprocess=preprocess, log_prefix="lira ", mesh=training.default_mesh(config.strategy),
-        strategy=config.strategy, checkpoint_dir=checkpoint_dir,
-        checkpoint_every=config.checkpoint_every)
-    tick = time.perf_counter()
-    # eval: the weights the models predict with (result.variables()); train_batch_stats: the
-    # raw weights, at LiRA's query batch (training.QUERY_BATCH_SIZES), one model per call (the
-    # memory of a 5,000-image batch; the logits do not depend on it).
-    variables = training.query_variables(result.state, config.query_mode)
-    eval_mode = config.query_mode == "eval"
-    query = dict(preprocess=preprocess, mode=config.query_mode,
-                 batch_size=config.eval_batch_size if eval_mode else None,
-                 models_per_call=None if eval_mode else 1)
-    logits = training.query_logits(model, variables, images, **query)
-    population_logits = training.query_logits(model, variables, dataset.test.images[population],
-                                              **query)
-    predict_seconds = time.perf_counter() - tick
-    logging.info("Logits of %d models on %d pool + %d population examples (x2 queries) in %.1fs",
-                 config.num_models, len(pool), len(population), predict_seconds)
-    arrays = {"logits": logits, "population_logits": population_logits, "keep": keep,
-              "labels": labels, "population_labels": dataset.test.labels[population],
-              "pool_indices": pool.astype(np.int64),
-              "population_indices": population.astype(np.int64),
-              "final_loss": np.asarray(result.history[-1]["loss"], np.float32)}
-    return arrays, {"train_seconds": result.seconds, "predict_seconds": predict_seconds}
+    arrays, info = stages.ensemble_logits(
+        config.make_model(), images, labels, splits.MemberSets.from_mask(keep),
+        config.train_config(), seed=config.seed, preprocess=data.normalizer(config.dataset),
+        queries={"logits": images, "population_logits": test.images[population]},
+        execution=stages.Execution(config.strategy, checkpoint_dir, config.checkpoint_every,
+                                   "lira "),
+        query_mode=config.query_mode, eval_batch_size=config.eval_batch_size)
+    return {**arrays, "keep": keep, "labels": labels,
+            "population_labels": test.labels[population],
+            "pool_indices": pool.astype(np.int64),
+            "population_indices": population.astype(np.int64)}, info
 
 
 def _accuracies(saved: dict) -> dict:
-    """Per-model accuracy (original query) on its members, pool non-members and the population."""
-    keep = saved["keep"].astype(bool)
-    hits = saved["logits"][:, :, 0].argmax(-1) == saved["labels"][None]
-    test = saved["population_logits"][:, :, 0].argmax(-1) == saved["population_labels"][None]
-    per = {"train_acc": [float(h[k].mean()) for h, k in zip(hits, keep)],
-           "pool_non_member_acc": [float(h[~k].mean()) for h, k in zip(hits, keep)],
-           "test_acc": test.mean(1).tolist()}
+    """Per-model accuracy (original query) on its members, pool non-members and the population,
+    and their means."""
+    per = stages.accuracy(saved["logits"], saved["labels"], saved["keep"],
+                          saved["population_logits"], saved["population_labels"])
     return {**{k: float(np.mean(v)) for k, v in per.items()}, "per_model": per}
+
+
+def score(config: Config, saved: dict) -> dict[str, Any]:
+    """Every target scored by every reference-family attack under this run's conventions and
+    the other ones, the a that rmia_offline_fitted_a used, and the reference-count sweep."""
+    signals = lira_attack.Signals.from_logits(saved["logits"], saved["labels"],
+                                              saved["population_logits"],
+                                              saved["population_labels"],
+                                              rmia_signal=config.rmia_signal)
+    keep = saved["keep"].astype(bool)
+    targets = list(range(config.num_targets or keep.shape[0]))
+    attack_config, other_config = config.attack_config(), config.other_attack_config()
+    return {"signals": signals, "keep": keep, "targets": targets,
+            "main": reference.leave_one_out(signals, keep, targets=targets, config=attack_config,
+                                            seed=config.seed, keep_scores_of=0),
+            "other": reference.leave_one_out(signals, keep, targets=targets, config=other_config,
+                                             seed=config.seed),
+            "fitted_a": _fitted_a(signals, keep, targets, attack_config, config.seed)}
 
 
 def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Trains (or reuses) the logits, scores every attack, writes results.json, summary.md,
     roc.png (every attack on target model 0) and sweep.png. ``dataset`` overrides loading."""
-    with runs.Run(config.output_dir, config, outputs=OUTPUTS) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS,
+                  on_finish=page.write_page) as run_:
         with run_.timed("load_data"):
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)
@@ -271,80 +302,79 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
         key = config.training_key(dataset)
         # The run's ETA: about half the pool trained per model and epoch, then every model's
         # logits on pool and population, original and flipped.
-        pool_size, population_size = key["pool_size"], key["population_size"]
-        run_.expect("lira", config.epochs * config.num_models * pool_size / 2, stage="logits")
-        run_.expect("logits", 2 * config.num_models * (pool_size + population_size)
+        run_.expect("lira", config.epochs * config.num_models * key["pool_size"] / 2,
+                    stage="logits")
+        run_.expect("logits", 2 * config.num_models * (key["pool_size"] + key["population_size"])
                     * progress.FORWARD, stage="logits")
         with run_.timed("train_and_logits"):
-            computed = []
-            saved, info = run_.stages.run("logits", key, lambda: computed.append(True) or
-                                          train_and_query(config, dataset, str(
-                                              run_.stages.checkpoint_dir("logits", key))))
-            reused = not computed
-
+            saved, info, reused = run_.stages.run("logits", key, lambda: train_and_query(
+                config, dataset, str(run_.stages.checkpoint_dir("logits", key))))
         with run_.timed("scoring"):
-            signals = lira_attack.Signals.from_logits(saved["logits"], saved["labels"],
-                                                      saved["population_logits"],
-                                                      saved["population_labels"],
-                                                      rmia_signal=config.rmia_signal)
-            keep = saved["keep"].astype(bool)
-            num_models = keep.shape[0]
-            targets = list(range(config.num_targets or num_models))
-            attack_config = config.attack_config()
-            main = reference.leave_one_out(signals, keep, targets=targets, config=attack_config,
-                                           seed=config.seed, keep_scores_of=0)
-            other_config = config.other_attack_config()
-            other = reference.leave_one_out(signals, keep, targets=targets, config=other_config,
-                                            seed=config.seed)
-            fitted_a = _fitted_a(signals, keep, targets, attack_config, config.seed)
+            scored = score(config, saved)
         with run_.timed("sweep"):
+            keep = scored["keep"]
             sweep = reference.reference_sweep(
-                signals, keep, reference.sweep_counts(num_models, config.max_reference_sweep),
-                targets=targets, config=attack_config, seed=config.seed)
-        for name, s in main["summary"].items():
-            logging.info("%-28s AUC %.4f±%.4f  TPR@0.1%%FPR %.2f%%", name, s["auc"]["mean"],
-                         s["auc"]["std"], 100 * s["tpr_at_fpr_0.001"]["mean"])
-        results = run_.finish({
-            "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
-                     "digest": dataset.digest, "pool_size": int(keep.shape[1]),
-                     "population_size": int(saved["population_labels"].shape[0]),
-                     "members_per_model": keep.sum(1).tolist(),
-                     "non_members_per_target": int((~keep[0]).sum()),
-                     "queries": attack_config.num_queries},
-            "models": _accuracies(saved),
-            "targets": targets,
-            "attacks": main["summary"],
-            "conventions": {"lira": attack_config.lira_convention,
-                            "fpr_rule": attack_config.fpr_rule},
-            "rmia_fitted_a": fitted_a,
-            "other_conventions": {"lira": other_config.lira_convention,
-                                  "fpr_rule": other_config.fpr_rule,
-                                  "attacks": other["summary"]},
-            "per_target": main["per_target"],
-            "sweep": sweep,
-            "reused_logits": reused,
-            # At report time, for the smallest member set (the largest sampling rate).
-            "privacy": (dpsgd.training_epsilon(config.dp_noise_multiplier, config.batch_size,
-                                               int(keep.sum(1).min()), config.epochs,
-                                               config.dp_delta)
-                        if config.defense == "dpsgd" else None),
-            "seconds": {"training": float(info["train_seconds"]),
-                        "predict": float(info["predict_seconds"])},
-            "published": PUBLISHED,
-        })
-        # Target model 0's scores, in the layout compare.py overlays (membership + score_<attack>).
-        runs.write_npz(run_.path / "scores.npz", membership=main["labels"].astype(np.int32),
-                       **{f"score_{name}": s for name, s in main["scores"].items()})
-        runs.save_figure(report.roc_figure(
-            {name: (main["labels"], main["scores"][name]) for name in main["scores"]},
-            title=f"{config.dataset}: {num_models} models, target model 0"), run_.path / "roc.png")
-        runs.save_figure(report.reference_sweep_figure(
-            sweep, main["summary"]["global_loss"],
-            title=f"{config.dataset}: {len(targets)} target(s), {num_models} models"),
-            run_.path / "sweep.png")
-        runs.write_text(run_.path / "summary.md", summary_markdown(results))
+                scored["signals"], keep,
+                reference.sweep_counts(keep.shape[0], config.max_reference_sweep),
+                targets=scored["targets"], config=config.attack_config(), seed=config.seed)
+        results = run_.finish(results_of(config, dataset, saved, info, reused, scored, sweep))
+        write_outputs(run_.path, config, scored, sweep, results)
         logging.info("Results in %s", run_.path)
         return results
+
+
+def results_of(config: Config, dataset: data.Dataset, saved: dict, info: dict, reused: bool,
+               scored: dict, sweep: list) -> dict[str, Any]:
+    """results.json's figures (run.finish adds the config, provenance and timings)."""
+    keep, main, other = scored["keep"], scored["main"], scored["other"]
+    attack_config, other_config = config.attack_config(), config.other_attack_config()
+    for name, s in main["summary"].items():
+        logging.info("%-28s AUC %.4f±%.4f  TPR@0.1%%FPR %.2f%%", name, s["auc"]["mean"],
+                     s["auc"]["std"], 100 * s["tpr_at_fpr_0.001"]["mean"])
+    return {
+        "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
+                 "digest": dataset.digest, "pool_size": int(keep.shape[1]),
+                 "population_size": int(saved["population_labels"].shape[0]),
+                 "members_per_model": keep.sum(1).tolist(),
+                 "non_members_per_target": int((~keep[0]).sum()),
+                 "queries": attack_config.num_queries},
+        "models": _accuracies(saved),
+        "targets": scored["targets"],
+        "attacks": main["summary"],
+        "conventions": {"lira": attack_config.lira_convention,
+                        "fpr_rule": attack_config.fpr_rule},
+        "rmia_fitted_a": scored["fitted_a"],
+        "other_conventions": {"lira": other_config.lira_convention,
+                              "fpr_rule": other_config.fpr_rule,
+                              "attacks": other["summary"]},
+        "per_target": main["per_target"],
+        "sweep": sweep,
+        "reused_logits": reused,
+        # At report time, for the smallest member set (the largest sampling rate).
+        "privacy": (dpsgd.training_epsilon(config.dp_noise_multiplier, config.batch_size,
+                                           int(keep.sum(1).min()), config.epochs,
+                                           config.dp_delta)
+                    if config.defense == "dpsgd" else None),
+        "seconds": {"training": float(info["train_seconds"]),
+                    "predict": float(info["predict_seconds"])},
+        "published": PUBLISHED,
+    }
+
+
+def write_outputs(path, config: Config, scored: dict, sweep: list, results: dict) -> None:
+    """scores.npz (target model 0's scores, in the layout compare.py overlays), roc.png,
+    sweep.png and summary.md."""
+    main, num_models = scored["main"], scored["keep"].shape[0]
+    files.write_npz(path / "scores.npz", membership=main["labels"].astype(np.int32),
+                    **{f"score_{name}": s for name, s in main["scores"].items()})
+    files.save_figure(report.roc_figure(
+        {name: (main["labels"], main["scores"][name]) for name in main["scores"]},
+        title=f"{config.dataset}: {num_models} models, target model 0"), path / "roc.png")
+    files.save_figure(report.reference_sweep_figure(
+        sweep, main["summary"]["global_loss"],
+        title=f"{config.dataset}: {len(scored['targets'])} target(s), {num_models} models"),
+        path / "sweep.png")
+    files.write_text(path / "summary.md", summary_markdown(results))
 
 
 _RULE = {"le": "<=", "lt": "<"}
@@ -405,28 +435,15 @@ def _recipe_words(c: dict) -> str:
     return f"Adam lr {c['learning_rate']}, batch {c['batch_size']}, {augment}"
 
 
-def _mean_std(stat: dict, pct: bool = False) -> str:
-    return report.plus_minus(stat["mean"], stat["std"], scale=100 if pct else 1,
-                             digits=2 if pct else 4, show_zero=True)
-
-
 def summary_markdown(results: dict) -> str:
     """Every attack (mean ± std over targets), the published figures and the reference sweep."""
     c, d, m = results["config"], results["data"], results["models"]
-    def attack_table(summary):
-        rows = [[name, _mean_std(s["auc"]), _mean_std(s["balanced_accuracy"], True),
-                 *(_mean_std(s[f"tpr_at_fpr_{level}"], True) for level in metrics.FPR_LEVELS)]
-                for name, s in summary.items()]
-        return report.markdown_table(
-            ["attack", "AUC", "balanced acc (%)", "TPR@1%FPR (%)", "TPR@0.1%FPR (%)",
-             "TPR@0.01%FPR (%)", "TPR@0%FPR (%)"], rows)
-
-    table = attack_table(results["attacks"])
+    table = report.attack_table(results["attacks"])
     conv = results.get("conventions", {"lira": "paper", "fpr_rule": "le"})
     other = results.get("other_conventions")
     other_section = "" if other is None else (
         f"## Under the other conventions: LiRA {other['lira']}, FPR {_RULE[other['fpr_rule']]} "
-        f"level\n\n{attack_table(other['attacks'])}\n{_CONVENTION_NOTE}\n\n")
+        f"level\n\n{report.attack_table(other['attacks'])}\n{_CONVENTION_NOTE}\n\n")
     published = []
     for name, p in results["published"].items():
         ours = results["attacks"][name]

@@ -1,23 +1,39 @@
 """Membership inference with shadow models (seed Task 1): split, train, attack, report.
 
 Data flows one way: the dataset's train split is cut into the seed's four
-quarters; the target and the shadow model(s) are trained (each a stage of the
-run store, reused when its settings and data are unchanged, checkpointed
-while it trains); their posteriors on balanced member / non-member sets are
-the observations every registered shadow-family attack scores; the metrics
-and figures are written last.
+quarters; the target and the shadow model(s) are member sets like any other,
+each role trained and queried for its logits by the shared stage
+(:func:`jaxpet.stages.ensemble_logits`, reused when its settings and data are
+unchanged, checkpointed while it trains); the posteriors on balanced member /
+non-member sets, read from the saved logits, are the observations every
+registered shadow-family attack scores; the metrics and figures are written last.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from absl import logging
+import jax
 import numpy as np
 
-from jaxpet import attacks, config as config_lib, data, dpsgd, models, report, runs, splits, training
-from jaxpet.config import setting
+from jaxpet import (
+    attacks,
+    config as config_lib,
+    data,
+    dpsgd,
+    files,
+    models,
+    page,
+    report,
+    runs,
+    splits,
+    stages,
+    training,
+)
+from jaxpet.config import same_as, setting
 from jaxpet.experiments import settings
 
 DEFENSES = ("none", "dropout_early_stopping", "dpsgd")
@@ -37,7 +53,8 @@ class Config:
     stage_dir: str | None = setting(None, "Where finished stages are kept (default: "
                                     "<workdir>/stages).", flag=False)
     seed: int = setting(0, "Seed for splits, model initialisation and data order.", low=0)
-    epochs: int = setting(50, "Target and shadow training epochs.", low=1)
+    epochs: int = same_as(training.TrainConfig, "epochs",
+                          help="Target and shadow training epochs.")
     attack_epochs: int = setting(50, "Attack MLP training epochs.", low=1)
     train_size: int | None = setting(None, "Members per model (default: a quarter of the train "
                                      "split).", low=2)
@@ -67,15 +84,15 @@ class Config:
                            "Gaussian noise; epsilon reported).", choices=DEFENSES)
     dropout_rate: float = setting(0.5, "Dropout rate of the dropout_early_stopping defence.",
                                   low=0, high=1, high_open=True, when=("defense", _ES))
-    patience: int = setting(10, "Early-stopping patience in epochs.", low=1,
-                            when=("defense", _ES))
+    patience: int = same_as(training.TrainConfig, "patience", when=("defense", _ES))
     num_shadow: int = setting(1, "Shadow models, trained together in one vmapped call.", low=1)
     label_only_shift: int = settings.label_only_shift()
     label_only_translations: str = settings.label_only_translations()
     label_only_flips: bool | None = settings.label_only_flips(when=("dataset", ("cifar10",)))
     label_only_attack_model: str = settings.label_only_attack_model()
     precision: str = settings.precision()
-    batch_size: int = setting(128, "Target/shadow batch size.", low=1)
+    batch_size: int = same_as(training.TrainConfig, "batch_size",
+                              help="Target/shadow batch size.")
     width_scale: float = settings.width_scale()
     dp_noise_multiplier: float = settings.dp_noise_multiplier()
     dp_clip_norm: float = settings.dp_clip_norm()
@@ -117,8 +134,27 @@ class Config:
             attack_model=self.label_only_attack_model, pooled_epochs=self.attack_epochs)
 
     @property
+    def attack_config(self) -> attacks.ShadowAttackConfig:
+        """The shadow-family attacks' settings (the attack MLP's and the thresholds')."""
+        return attacks.ShadowAttackConfig(
+            top_k=self.num_posteriors, epochs=self.attack_epochs, thresholds=self.thresholds,
+            confidence=self.confidence, threshold_criterion=self.threshold_criterion)
+
+    @property
     def model_norm(self) -> str:
         return self.norm or ("group" if self.defense == "dpsgd" else "batch")
+
+    def make_model(self, role: str):
+        """The seed's CNN for ``role`` (target or shadow), with this run's defence and sizes."""
+        dropout = self.dropout_rate if self.defense == "dropout_early_stopping" else 0.0
+        return models.seed_cnn(self.dataset, role, dropout_rate=dropout, precision=self.precision,
+                               width_scale=self.width_scale, norm=self.model_norm)
+
+    def train_config(self) -> training.TrainConfig:
+        """The target's and shadows' TrainConfig: this config's training settings, DP-SGD or
+        early stopping as the defence says."""
+        return config_lib.pick(self, training.TrainConfig, dpsgd=self.defense == "dpsgd",
+                               early_stopping=self.defense == "dropout_early_stopping")
 
     def part_size(self, pool_size: int) -> int:
         return pool_size // 4 if self.train_size is None else self.train_size
@@ -152,22 +188,27 @@ class Config:
                 f"out part of {part} — {fix}.") from None
 
     def training_key(self, dataset: data.Dataset, role: str = "shadow") -> dict:
-        """Everything the trained ``role`` depends on: the training settings and the data's
-        content (not the attack's knobs), so runs differing only in the attack share them."""
-        skip = ("preset", "data_dir", "workdir", "stage_dir", "num_posteriors", "attack_epochs",
-                "strategy", "checkpoint_every", "dp_delta", "norm", "thresholds", "confidence",
-                "threshold_criterion",
-                # the queries are keyed by label_only_queries below; the model is the attack's
-                "label_only_translations", "label_only_flips", "label_only_attack_model")
-        skip += ("num_shadow",) if role == "target" else ()
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        key = {**fields, "norm": self.model_norm, "data": dataset.digest,
-               "train_size": self.part_size(len(dataset.train)),
-               "label_only_queries": self.label_only_queries.key()}
-        # Validation from unused data changes the sets; the seed's layout keeps its old keys.
-        source = self.val_source(len(dataset.train))
-        return {**key, "val_source": source} if source == "unused" else key
+        """The key of ``role``'s stage: every setting but :data:`NOT_IN_STAGE` (the target's
+        also not --num_shadow), sizes, normalisation and label-only queries resolved, and the
+        data's content; runs differing only in the attack share the trained roles."""
+        pool_size = len(dataset.train)
+        source = self.val_source(pool_size)
+        return stages.stage_key(
+            self, ignore=NOT_IN_STAGE + (("num_shadow",) if role == "target" else ()),
+            data=dataset.digest, norm=self.model_norm, train_size=self.part_size(pool_size),
+            label_only_queries=self.label_only_queries.key(), saved=SAVED,
+            # Validation from unused data changes the sets; the seed's layout has no entry.
+            **({"val_source": source} if source == "unused" else {}))
 
+
+# The settings that cannot change a role's stage: where files go, how the ensemble runs, every
+# attack knob, and those resolved in the key (norm, train_size, the label-only queries').
+NOT_IN_STAGE = ("preset", "data_dir", "workdir", "stage_dir", "strategy", "checkpoint_every",
+                "num_posteriors", "attack_epochs", "thresholds", "confidence",
+                "threshold_criterion", "label_only_attack_model", "dp_delta", "norm",
+                "train_size", "label_only_shift", "label_only_translations", "label_only_flips")
+# What a role's stage saves (in its key, so a stage saved in another form is never read as it).
+SAVED = "logits on the candidates and the test split, label-only correctness on the probe"
 
 # Named configurations; explicit flags override them. "quick" fits a 2-core CPU in minutes.
 PRESETS = {
@@ -181,7 +222,8 @@ PRESET_HELP = ("seed: the write-up's full configuration; quick: a reduced run fo
 def get_config(preset: str = "seed", **overrides) -> Config:
     """A preset's config with ``overrides`` applied."""
     if preset not in PRESETS:
-        raise config_lib.ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}.")
+        raise config_lib.ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got "
+                                     f"{preset!r}.")
     return Config(**{**PRESETS[preset], "preset": preset, **overrides})
 
 
@@ -191,13 +233,6 @@ OUTPUTS = ("predictions.npz", "roc.png", "summary.md")
 
 def summary_path(config: Config) -> str:
     return f"{config.output_dir}/summary.md"
-
-
-def _balanced(members: np.ndarray, non_members: np.ndarray, rng: np.random.Generator):
-    """Equal numbers of members and non-members (chance = 50%), sampled without replacement."""
-    n = min(len(members), len(non_members))
-    return (np.sort(rng.choice(members, n, replace=False)),
-            np.sort(rng.choice(non_members, n, replace=False)))
 
 
 @dataclasses.dataclass
@@ -234,155 +269,175 @@ def _roles(split: splits.QuarterSplit, num_shadow: int, seed: int):
                          validation([o[:size] for o in non_members]))
 
 
-def _train_role(role: _Role, model, config: Config, dataset: data.Dataset, preprocess, seed: int,
-                checkpoint_dir: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Trains all models of a role in one ensemble call; posteriors on balanced in/out sets."""
-    train, test = dataset.train, dataset.test
-    early = config.defense == "dropout_early_stopping"
-    train_config = training.TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, early_stopping=early,
-        patience=config.patience, dpsgd=config.defense == "dpsgd",
-        dp_clip_norm=config.dp_clip_norm, dp_noise_multiplier=config.dp_noise_multiplier)
+def _attack_rows(role: _Role, seed: int) -> dict[str, np.ndarray]:
+    """The examples each model is observed on: equal numbers of its members and non-members
+    (chance = 50%), sampled without replacement, as rows of (example index, membership, model)."""
+    rng = np.random.default_rng(seed + 7)
+    sizes = np.array([min(len(role.members.member(k)), len(role.non_members[k]))
+                      for k in range(role.members.num_models)])
+    chosen = [np.sort(rng.choice(pool, n, replace=False)) for k, n in enumerate(sizes)
+              for pool in (role.members.member(k), role.non_members[k])]
+    return {"indices": np.concatenate(chosen),
+            "membership": np.repeat(np.tile(np.array([1, 0], np.int32), len(sizes)),
+                                    np.repeat(sizes, 2)),
+            "model": np.repeat(np.arange(len(sizes), dtype=np.int32), 2 * sizes)}
+
+
+def _train_and_query(role: _Role, config: Config, dataset: data.Dataset, seed: int,
+                     checkpoint_dir: str) -> tuple[dict[str, np.ndarray], dict]:
+    """A role's stage: its models trained in one ensemble call, their logits on the
+    candidates (every member and every attack example: what accuracy and the posteriors
+    need) and on the test split, and the label-only queries on the attack examples (the
+    probe); with the rows the attacks observe and each model's members among the candidates."""
+    train, test, train_config = dataset.train, dataset.test, config.train_config()
+    if test is None:
+        raise data.DataError(f"{dataset.name} has no test split to measure test accuracy on.")
+    rows, member_mask = _attack_rows(role, seed), role.members.mask(len(train))
+    probe = np.unique(rows["indices"])
+    candidates = np.union1d(probe, np.flatnonzero(member_mask.any(0)))
     logging.info("Training %s: %d model(s), %s members each", role.name, role.members.num_models,
                  role.members.counts.tolist())
-    result = training.train_ensemble(
-        model, train.images, train.labels, role.members, train_config, seed=seed,
-        validation=role.validation, preprocess=preprocess, log_prefix=f"{role.name} ",
-        mesh=training.default_mesh(config.strategy), strategy=config.strategy,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every)
-    variables = result.variables()
-    train_eval = training.evaluate(model, variables, train.images, train.labels, role.members,
-                                   preprocess=preprocess)
-    test_sets = splits.MemberSets.replicate(np.arange(len(test)), role.members.num_models)
-    test_eval = training.evaluate(model, variables, test.images, test.labels, test_sets,
-                                  preprocess=preprocess)
-    rng = np.random.default_rng(seed + 7)
-    chosen = [_balanced(role.members.member(k), role.non_members[k], rng)
-              for k in range(role.members.num_models)]
-    # One vmapped pass of all K models over every example any of them is evaluated on.
-    pool = np.unique(np.concatenate([np.concatenate(c) for c in chosen]))
-    pool_post = training.predict(model, variables, train.images[pool], preprocess=preprocess)
-    pool_correct = attacks.label_only.query_correct(model, variables, train.images[pool],
-                                                    train.labels[pool], config.label_only_queries,
-                                                    preprocess=preprocess)
-    correct = []
-    post, labels, membership, indices, owner = [], [], [], [], []
-    for k, (ins, outs) in enumerate(chosen):
-        idx = np.concatenate([ins, outs])
-        post.append(pool_post[k, np.searchsorted(pool, idx)])
-        correct.append(pool_correct[k, np.searchsorted(pool, idx)])
-        labels.append(train.labels[idx])
-        membership.append(np.r_[np.ones(len(ins), np.int32), np.zeros(len(outs), np.int32)])
-        indices.append(idx)
-        owner.append(np.full(len(idx), k, np.int32))
-    arrays = {"posteriors": np.concatenate(post), "correct": np.concatenate(correct),
-              "labels": np.concatenate(labels),
-              "membership": np.concatenate(membership), "indices": np.concatenate(indices),
-              "model": np.concatenate(owner)}
-    info = {"train_acc": train_eval["accuracy"].tolist(), "test_acc": test_eval["accuracy"].tolist(),
-            "seconds": result.seconds, "epochs_run": len(result.history),
-            "best_epoch": np.asarray(result.state.best_epoch).tolist() if early else None,
-            "final_loss": result.history[-1]["loss"].tolist(),
-            "members_min": int(role.members.counts.min())}  # what the DP accounting needs
-    return arrays, info
+    arrays, info = stages.ensemble_logits(
+        config.make_model(role.name), train.images, train.labels, role.members,
+        train_config, seed=seed, preprocess=data.normalizer(config.dataset), flips=False,
+        queries={"logits": train.images[candidates], "test_logits": test.images},
+        label_only_probe=(config.label_only_queries, train.images[probe], train.labels[probe]),
+        validation=role.validation, execution=stages.Execution(
+            config.strategy, checkpoint_dir, config.checkpoint_every, f"{role.name} "))
+    return ({**arrays, **rows, "candidates": candidates, "probe": probe,
+             "keep": member_mask[:, candidates], "labels": train.labels[candidates],
+             "test_labels": test.labels},
+            {"seconds": info["train_seconds"], "predict_seconds": info["predict_seconds"],
+             "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+             "members_min": int(role.members.counts.min())})  # what the DP accounting needs
+
+
+# Posteriors from saved logits exactly as training.predict computes them (float32, in jit).
+_softmax = jax.jit(jax.nn.softmax)
+
+
+@dataclasses.dataclass
+class _Observed:
+    """A role as the attacks and the report see it, read from its stage's arrays."""
+
+    posteriors: attacks.LabeledPosteriors  # the attack rows
+    indices: np.ndarray  # each row's example
+    info: dict  # the stage's, with each model's train_acc (members) and test_acc (test split)
+
+
+def _observed(stage: runs.Stage) -> _Observed:
+    """The attack rows' posteriors, labels and label-only answers, and each model's accuracy:
+    from the stage's arrays only."""
+    a, model = stage.arrays, stage.arrays["model"]
+    rows = np.searchsorted(a["candidates"], a["indices"])
+    observed = attacks.LabeledPosteriors(
+        np.asarray(_softmax(a["logits"][:, :, 0]))[model, rows], a["labels"][rows],
+        a["membership"], correct=a["correct"][model, np.searchsorted(a["probe"], a["indices"])])
+    accuracy = stages.accuracy(a["logits"], a["labels"], a["keep"], a["test_logits"],
+                               a["test_labels"])
+    return _Observed(observed, a["indices"], {**stage.info, **accuracy})
+
+
+def _other_conventions(config: attacks.ShadowAttackConfig) -> attacks.ShadowAttackConfig:
+    """Both threshold switches flipped: Song & Mittal's per-class true-class thresholds against
+    one threshold on the top posterior."""
+    return dataclasses.replace(
+        config, thresholds=next(t for t in attacks.THRESHOLD_SCOPES if t != config.thresholds),
+        confidence=next(c for c in attacks.CONFIDENCES if c != config.confidence))
+
+
+def _attack(config: Config, shadow: _Observed, target: _Observed,
+            ) -> tuple[dict[str, attacks.AttackOutput], dict[str, attacks.AttackOutput]]:
+    """Every registered shadow-family attack the target's observations allow, then the
+    threshold attacks under the other conventions."""
+    own = {"label_only": config.label_only_attack}  # the others take config.attack_config
+    run_one = lambda fn, attack_config: fn(shadow.posteriors, target.posteriors,
+                                           config=attack_config, seed=config.seed)
+    outputs = {a.name: run_one(a.fn, own.get(a.name, config.attack_config))
+               for a in attacks.registry.list_attacks("shadow")
+               if a.runs_on(target.posteriors)}
+    other = _other_conventions(config.attack_config)
+    return outputs, {name: run_one(attacks.get_attack(name, "shadow").fn, other)
+                     for name in attacks.THRESHOLD_ATTACKS}
+
+
+def _results(config: Config, dataset: data.Dataset, split: splits.QuarterSplit,
+             target: _Observed, shadow: _Observed, outputs: dict, other_outputs: dict) -> dict:
+    """results.json's sections (runs.Run.finish adds config, timings and provenance)."""
+    membership, t, s = target.posteriors.membership, target.info, shadow.info
+    other = _other_conventions(config.attack_config)
+    return {
+        "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
+                 "digest": dataset.digest, "pool_size": len(dataset.train),
+                 "members_per_model": len(split.target_in), "val_size": config.val_size,
+                 "val_source": split.val_source,
+                 "label_only_queries": config.label_only_queries.count,
+                 "attack_test_members": int(membership.sum()),
+                 "attack_test_non_members": int((1 - membership).sum())},
+        "target": {"train_acc": t["train_acc"][0], "test_acc": t["test_acc"][0],
+                   "epochs_run": t["epochs_run"], "best_epoch": t["best_epoch"]},
+        "shadow": {"train_acc": float(np.mean(s["train_acc"])),
+                   "test_acc": float(np.mean(s["test_acc"])),
+                   "per_model_train_acc": s["train_acc"], "per_model_test_acc": s["test_acc"],
+                   "epochs_run": s["epochs_run"]},
+        "attacks": {name: out.report for name, out in outputs.items()},
+        "conventions": {"thresholds": config.thresholds, "confidence": config.confidence},
+        "other_conventions": {"thresholds": other.thresholds, "confidence": other.confidence,
+                              "attacks": {name: out.report
+                                          for name, out in other_outputs.items()}},
+        # At report time, for the smallest member set: --dp_delta needs no retraining.
+        "privacy": (dpsgd.training_epsilon(
+            config.dp_noise_multiplier, config.batch_size, t["members_min"], t["epochs_run"],
+            config.dp_delta) if config.defense == "dpsgd" else None),
+        "attack_train_acc": outputs["shadow_mlp"].info["train_acc"],
+        "seconds": {"target_training": t["seconds"], "shadow_training": s["seconds"]},
+    }
 
 
 def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """The whole experiment; writes config.json, results.json, predictions.npz, roc.png and
     summary.md to the workdir. ``dataset`` overrides loading (tests pass a small one)."""
-    with runs.Run(config.output_dir, config, outputs=OUTPUTS, stage_dir=config.stage_dir) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS, stage_dir=config.stage_dir,
+                  on_finish=page.write_page) as run_:
         with run_.timed("load_data"):
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)
-        pool_size = len(dataset.train)
-        config.check_sizes(pool_size)
-        part = config.part_size(pool_size)
-        split = splits.quarter_split(pool_size, config.seed, part_size=part,
+        config.check_sizes(len(dataset.train))
+        split = splits.quarter_split(len(dataset.train), config.seed,
+                                     part_size=config.part_size(len(dataset.train)),
                                      val_size=config.val_size)
-        preprocess = data.normalizer(config.dataset)
-        dropout = config.dropout_rate if config.defense == "dropout_early_stopping" else 0.0
-        make = lambda role: models.seed_cnn(config.dataset, role, dropout_rate=dropout,
-                                            precision=config.precision,
-                                            width_scale=config.width_scale, norm=config.model_norm)
-        target_role, shadow_role = _roles(split, config.num_shadow, config.seed)
+        roles = _roles(split, config.num_shadow, config.seed)
         # The run's ETA: each role's members trained every epoch; then the attack MLP on the
         # shadows' member and non-member posteriors, an example of which costs about 1% of a CNN
         # image (a 10-128-2 MLP; measured on the quick preset: 2 s of 56).
-        for role in (target_role, shadow_role):
+        for role in roles:
             run_.expect(role.name, config.epochs * float(role.members.counts.sum()),
                         stage=role.name)
-        run_.expect("attack", config.attack_epochs * 2 * float(shadow_role.members.counts.sum()),
+        run_.expect("attack", config.attack_epochs * 2 * float(roles[1].members.counts.sum()),
                     cost=0.01)
         trained = {}
-        for role, seed in ((target_role, config.seed), (shadow_role, config.seed + 1000)):
+        for role, seed in zip(roles, (config.seed, config.seed + 1000), strict=True):
             key = config.training_key(dataset, role.name)
+            train = functools.partial(_train_and_query, role, config, dataset, seed,
+                                      str(run_.stages.checkpoint_dir(role.name, key)))
             with run_.timed(role.name):
-                trained[role.name] = run_.stages.run(role.name, key, lambda: _train_role(
-                    role, make(role.name), config, dataset, preprocess, seed,
-                    str(run_.stages.checkpoint_dir(role.name, key))))
-        (target, target_info), (shadow, shadow_info) = trained["target"], trained["shadow"]
-
+                trained[role.name] = _observed(run_.stages.run(role.name, key, train))
+        target, shadow = trained["target"], trained["shadow"]
         with run_.timed("attacks"):
-            observed = lambda arrays: attacks.LabeledPosteriors(
-                arrays["posteriors"], arrays["labels"], arrays["membership"],
-                correct=arrays.get("correct"))
-            attack_config = attacks.ShadowAttackConfig(
-                top_k=config.num_posteriors, epochs=config.attack_epochs,
-                thresholds=config.thresholds, confidence=config.confidence,
-                threshold_criterion=config.threshold_criterion)
-            own_config = {"label_only": config.label_only_attack}  # the rest: attack_config
-            outputs = {a.name: a.fn(observed(shadow), observed(target),
-                                    config=own_config.get(a.name, attack_config),
-                                    seed=config.seed)
-                       for a in attacks.registry.list_attacks("shadow")
-                       if a.runs_on(observed(target))}
-            # The threshold attacks under the other convention (both switches flipped: Song &
-            # Mittal's per-class true-class against one threshold on the top posterior).
-            other = dataclasses.replace(
-                attack_config,
-                thresholds=next(t for t in attacks.THRESHOLD_SCOPES if t != config.thresholds),
-                confidence=next(c for c in attacks.CONFIDENCES if c != config.confidence))
-            other_outputs = {name: attacks.get_attack(name, "shadow").fn(
-                observed(shadow), observed(target), config=other, seed=config.seed)
-                for name in attacks.THRESHOLD_ATTACKS}
-        results = run_.finish({
-            "data": {"dataset": config.dataset, "source": dataset.info.get("source"),
-                     "digest": dataset.digest, "pool_size": pool_size, "members_per_model": part,
-                     "val_size": config.val_size, "val_source": split.val_source,
-                     "label_only_queries": config.label_only_queries.count,
-                     "attack_test_members": int(target["membership"].sum()),
-                     "attack_test_non_members": int((1 - target["membership"]).sum())},
-            "target": {"train_acc": target_info["train_acc"][0],
-                       "test_acc": target_info["test_acc"][0],
-                       "epochs_run": target_info["epochs_run"],
-                       "best_epoch": target_info["best_epoch"]},
-            "shadow": {"train_acc": float(np.mean(shadow_info["train_acc"])),
-                       "test_acc": float(np.mean(shadow_info["test_acc"])),
-                       "per_model_train_acc": shadow_info["train_acc"],
-                       "per_model_test_acc": shadow_info["test_acc"],
-                       "epochs_run": shadow_info["epochs_run"]},
-            "attacks": {name: out.report for name, out in outputs.items()},
-            "conventions": {"thresholds": config.thresholds, "confidence": config.confidence},
-            "other_conventions": {"thresholds": other.thresholds, "confidence": other.confidence,
-                                  "attacks": {name: out.report
-                                              for name, out in other_outputs.items()}},
-            # At report time, for the smallest member set: --dp_delta needs no retraining.
-            "privacy": (dpsgd.training_epsilon(
-                config.dp_noise_multiplier, config.batch_size, target_info["members_min"],
-                target_info["epochs_run"], config.dp_delta) if config.defense == "dpsgd" else None),
-            "attack_train_acc": outputs["shadow_mlp"].info["train_acc"],
-            "seconds": {"target_training": target_info["seconds"],
-                        "shadow_training": shadow_info["seconds"]},
-        })
-        runs.write_npz(run_.path / "predictions.npz", posteriors=target["posteriors"],
-                       labels=target["labels"], membership=target["membership"],
-                       indices=target["indices"],
-                       **{f"score_{name}": out.scores for name, out in outputs.items()})
-        runs.save_figure(report.roc_figure(
-            {name: (target["membership"], out.scores) for name, out in outputs.items()},
-            title=f"{config.dataset}: {part} members/model, {config.epochs} epochs, "
-                  f"top-{config.num_posteriors}, defence {config.defense}"), run_.path / "roc.png")
-        runs.write_text(run_.path / "summary.md", summary_markdown(results))
+            outputs, other_outputs = _attack(config, shadow, target)
+        results = run_.finish(_results(config, dataset, split, target, shadow, outputs,
+                                       other_outputs))
+        observed = target.posteriors
+        files.write_npz(run_.path / "predictions.npz", posteriors=observed.posteriors,
+                        labels=observed.labels, membership=observed.membership,
+                        indices=target.indices,
+                        **{f"score_{name}": out.scores for name, out in outputs.items()})
+        files.save_figure(report.roc_figure(
+            {name: (observed.membership, out.scores) for name, out in outputs.items()},
+            title=f"{config.dataset}: {results['data']['members_per_model']} members/model, "
+                  f"{config.epochs} epochs, top-{config.num_posteriors}, defence "
+                  f"{config.defense}"), run_.path / "roc.png")
+        files.write_text(run_.path / "summary.md", summary_markdown(results))
         logging.info("Results in %s", run_.path)
         return results
 
@@ -424,6 +479,12 @@ def _label_only_sentence(c: dict, queries: int, label_only: dict | None) -> str:
             "thresholds the fraction correct.\n\n")
 
 
+# The shadow-family attacks' own columns, before the table's AUC and TPR at low FPR.
+_SHADOW_COLUMNS = (("acc (%)", lambda r: report.pct(r["accuracy"])),
+                   ("precision", lambda r: f"{r['precision']:.3f}"),
+                   ("recall", lambda r: f"{r['recall']:.3f}"), ("F1", lambda r: f"{r['f1']:.3f}"))
+
+
 def summary_markdown(results: dict) -> str:
     """The seed's table shape (accuracies in %), then every attack with the modern metrics."""
     c, pct = results["config"], report.pct
@@ -435,21 +496,6 @@ def summary_markdown(results: dict) -> str:
           f"Train = {pct(s['train_acc'])} Test = {pct(s['test_acc'])}",
           f"Train = {pct(results['attack_train_acc'])} Test = {pct(a['accuracy'])} "
           f"Precision = {a['precision']:.2f} Recall = {a['recall']:.2f} F1 = {a['f1']:.2f}"]])
-    def attacks_table(reports):
-        rows = []
-        for name, r in reports.items():
-            tpr = r["tpr_at_fpr"]
-            tied = r.get("tpr_at_fpr_randomized")  # absent from results before it existed
-            rows.append([name, pct(r["accuracy"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}",
-                         f"{r['f1']:.3f}", f"{r['auc']:.4f}", pct(tpr["0.01"]),
-                         pct(tpr["0.001"]), pct(tpr["0.0"]),
-                         "-" if tied is None else pct(tied["0.01"]),
-                         "-" if tied is None else pct(tied["0.001"])])
-        return report.markdown_table(
-            ["attack", "acc (%)", "precision", "recall", "F1", "AUC", "TPR@1%FPR (%)",
-             "TPR@0.1%FPR (%)", "TPR@0%FPR (%)", "TPR@1%FPR, ties random (%)",
-             "TPR@0.1%FPR, ties random (%)"], rows)
-
     conv = results.get("conventions")
     other = results.get("other_conventions")
     criterion = {"balanced_accuracy": "balanced accuracy, 0.5 (TPR + TNR)",
@@ -466,7 +512,7 @@ def summary_markdown(results: dict) -> str:
         f"\n## Threshold attacks under the other convention\n\n"
         f"{_SCOPE[other['thresholds']][0].upper()}{_SCOPE[other['thresholds']][1:]}; "
         f"confidence = {_CONF[other['confidence']]}.\n\n"
-        f"{attacks_table(other['attacks'])}")
+        f"{report.attack_table(other['attacks'], _SHADOW_COLUMNS)}")
     d, p = results["data"], results["provenance"]
     return (f"# Membership inference: {c['dataset']}\n\n"
             f"{report.epsilon_sentence(results.get('privacy'), c['dp_clip_norm'])}"
@@ -477,4 +523,4 @@ def summary_markdown(results: dict) -> str:
             f"{_VALIDATION.get(d.get('val_source'), '').format(n=d.get('val_size'))}Backend: "
             f"{p['backend']} ({p['device_kind']}).\n\n"
             f"## Seed table shape\n\n{seed_row}\n## All attacks\n\n{conv_line}"
-            f"{attacks_table(results['attacks'])}{other_section}")
+            f"{report.attack_table(results['attacks'], _SHADOW_COLUMNS)}{other_section}")

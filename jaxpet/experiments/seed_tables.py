@@ -8,13 +8,13 @@ case's full outputs are in ``<workdir>/<case>/``; the table is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import time
-from typing import Mapping
 
 from absl import logging
 
-from jaxpet import config as config_lib, data, report, runs
+from jaxpet import config as config_lib, data, files, page, report, runs
 from jaxpet.config import inherit, setting
 from jaxpet.experiments import membership
 
@@ -40,8 +40,8 @@ class SeedCase:
 _ES = "dropout_early_stopping"
 # Khullar, Zerweck, Keil, Arya, "Privacy Enhancing Technologies, Phase-1" (the seed), Tables 1-4.
 SEED_CASES = (
-    SeedCase("cifar10", 10, 30, "none", (100, 69.62), (99.98, 68.91), (70.26, 71.07, .78, .71, .69)),
-    SeedCase("cifar10", 3, 30, "none", (99.99, 69.73), (99.98, 69.90), (68.88, 69.90, .79, .70, .67)),
+    SeedCase("cifar10", 10, 30, "none", (100, 69.62), (99.98, 68.91), (70.26, 71.07, .78, .71, .69)),  # noqa: E501
+    SeedCase("cifar10", 3, 30, "none", (99.99, 69.73), (99.98, 69.90), (68.88, 69.90, .79, .70, .67)),  # noqa: E501
     SeedCase("cifar10", 10, 50, "none", (100, 70.18), (100, 69.17), (73.14, 74.12, .81, .74, .73)),
     SeedCase("cifar10", 3, 50, "none", (100, 69.76), (100, 68.72), (71.66, 72.55, .81, .73, .71)),
     SeedCase("cifar10", 10, 50, _ES, (90.95, 65.23), (79.05, 64.85), (53.51, 50.64, .51, .51, .50)),
@@ -64,8 +64,9 @@ class Config:
                                         choices=membership.DATASETS)
     cases: tuple[str, ...] = setting((), "Only these cases (default: all of --datasets).",
                                      choices=CASE_NAMES)
-    preset: str = setting("seed", "Membership preset of every case (see membership.py).",
-                          choices=tuple(membership.PRESETS))
+    preset: str = setting("seed", "The preset this config came from (recorded); every case "
+                          "starts from membership.py's preset of that name.",
+                          choices=tuple(membership.PRESETS), flag=False)
     workdir: str = setting("runs/seed_tables", "Output folder: one subfolder per case, the "
                            "trained stages shared in <workdir>/stages.")
     max_seconds: float = setting(0.0, "Start no new case after this many seconds (0: no limit).",
@@ -99,6 +100,13 @@ class Config:
             precision=self.precision, **overrides)
 
 
+# Named configurations (each case takes membership.py's preset of the same name); explicit
+# flags override them. "quick" fits a 2-core CPU in minutes: two cases sharing one training.
+PRESETS = {"seed": {}, "quick": dict(cases=("cifar10_p10_e30", "cifar10_p3_e30"))}
+PRESET_HELP = ("seed: every case at the write-up's full configuration; quick: the two 30-epoch "
+               "CIFAR-10 cases (one trained target and shadow) at membership's quick preset "
+               "(quarter-width CNNs, 2,500 members); --cases= runs every case at it.")
+
 # The files a run writes besides config.json and results.json.
 OUTPUTS = ("seed_tables.md",)
 
@@ -119,7 +127,8 @@ def run(config: Config, datasets: Mapping[str, data.Dataset] | None = None) -> d
     for case in cases:  # every case's flags are checked before any training
         config.case_config(case)
     start = time.perf_counter()
-    with runs.Run(config.workdir, config, outputs=OUTPUTS) as run_:
+    with runs.Run(config.workdir, config, outputs=OUTPUTS,
+                  on_finish=page.write_page) as run_:
         ran = []
         for case in cases:
             if config.max_seconds and time.perf_counter() - start > config.max_seconds:
@@ -129,7 +138,7 @@ def run(config: Config, datasets: Mapping[str, data.Dataset] | None = None) -> d
             membership.run(config.case_config(case), (datasets or {}).get(case.dataset))
             ran.append(case.name)
             finished = _finished_cases(config.workdir)
-            runs.write_text(summary_path(config), "# Seed Tables 1-4, rerun\n\n"
+            files.write_text(summary_path(config), "# Seed Tables 1-4, rerun\n\n"
                             + seed_table_markdown(finished))
         return run_.finish({"cases_run": ran,
                             "cases_finished": [c.name for c, _ in _finished_cases(config.workdir)]})
@@ -139,7 +148,7 @@ def _finished_cases(workdir: str) -> list[tuple[SeedCase, dict]]:
     finished = []
     for case in SEED_CASES:
         try:
-            finished.append((case, runs.read_json(f"{workdir}/{case.name}/results.json")))
+            finished.append((case, files.read_json(f"{workdir}/{case.name}/results.json")))
         except FileNotFoundError:
             continue
     return finished

@@ -7,9 +7,9 @@ the help text and the checks.
 
 from __future__ import annotations
 
-from jaxpet import metrics, models, training
+from jaxpet import dpsgd, metrics, models, training
 from jaxpet.attacks import label_only, lira
-from jaxpet.config import setting
+from jaxpet.config import same_as, setting
 
 _DP = ("dpsgd",)
 
@@ -42,18 +42,15 @@ def checkpoint_every():
 
 
 def dp_noise_multiplier():
-    return setting(1.0, "DP-SGD noise std / clip norm.", low=0, low_open=True,
-                   when=("defense", _DP))
+    return same_as(training.TrainConfig, "dp_noise_multiplier", when=("defense", _DP))
 
 
 def dp_clip_norm():
-    return setting(1.0, "DP-SGD per-example gradient clip norm.", low=0, low_open=True,
-                   when=("defense", _DP))
+    return same_as(training.TrainConfig, "dp_clip_norm", when=("defense", _DP))
 
 
 def dp_delta():
-    return setting(1e-5, "delta at which DP-SGD's epsilon is reported.", low=0, high=1,
-                   low_open=True, high_open=True, when=("defense", _DP))
+    return same_as(dpsgd.DPConfig, "delta", when=("defense", _DP))
 
 
 def lira_convention():

@@ -13,7 +13,18 @@ import time
 from absl import logging
 import numpy as np
 
-from jaxpet import config as config_lib, data, models, report, runs, splits, training
+from jaxpet import (
+    config as config_lib,
+    data,
+    files,
+    models,
+    page,
+    report,
+    runs,
+    splits,
+    stages,
+    training,
+)
 from jaxpet.config import setting
 from jaxpet.experiments import settings
 
@@ -22,18 +33,20 @@ from jaxpet.experiments import settings
 class Config:
     """One ensemble: which CNN, how many, trained how."""
 
+    preset: str = setting("full", "The preset this config came from (recorded).", flag=False)
     dataset: str = setting("mnist", "Dataset to train on.", choices=("mnist", "cifar10"))
     data_dir: str | None = settings.data_dir()
-    workdir: str | None = setting(None, "Output folder (default: runs/train_ensemble_<dataset>).")
+    workdir: str | None = setting(None, "Output folder (default: "
+                                  "runs/train_ensemble_<dataset>[_<preset>]).")
     num_models: int = setting(4, "K, the number of models trained at once.", low=1)
     role: str = setting("target", "Seed CNN width: target, or the half-width shadow.",
                         choices=("target", "shadow"))
     train_size: int = setting(15_000, "Members per model, drawn at random from the train split.",
                               low=1)
-    epochs: int = setting(1, "Training epochs.", low=1)
-    batch_size: int = setting(128, "Batch size per model.", low=1)
-    learning_rate: float = setting(1e-3, "Adam learning rate (decayed x0.96 per epoch).", low=0,
-                                   low_open=True, high=10)
+    epochs: int = config_lib.same_as(training.TrainConfig, "epochs", default=1)
+    batch_size: int = config_lib.same_as(training.TrainConfig, "batch_size")
+    learning_rate: float = config_lib.same_as(training.TrainConfig, "learning_rate",
+                                              help="Adam learning rate (decayed x0.96 per epoch).")
     dropout: float = setting(0.0, "Dropout rate in the CNN.", low=0, high=1, high_open=True)
     precision: str = settings.precision()
     seed: int = setting(0, "Seed for member sets and model keys.", low=0)
@@ -48,8 +61,18 @@ class Config:
 
     @property
     def output_dir(self) -> str:
-        return self.workdir or f"runs/train_ensemble_{self.dataset}"
+        suffix = "" if self.preset == "full" else f"_{self.preset}"
+        return self.workdir or f"runs/train_ensemble_{self.dataset}{suffix}"
 
+
+PRESETS = {
+    "full": {},
+    "quick": dict(num_models=2, train_size=2000),
+}
+PRESET_HELP = ("full: 4 models x 15,000 members x 1 epoch; quick: a few minutes on a CPU "
+               "(2 models x 2,000 members).")
+# Settings that cannot change what the ensemble stage computes (paths, how the models run).
+NOT_IN_STAGE = ("preset", "data_dir", "workdir", "strategy", "checkpoint_every")
 
 # The files a run writes besides config.json and results.json.
 OUTPUTS = ("summary.md",)
@@ -61,16 +84,15 @@ def summary_path(config: Config) -> str:
 
 def run(config: Config, dataset: data.Dataset | None = None) -> dict:
     """Trains the ensemble (or reuses it), evaluates every model, writes results and summary."""
-    with runs.Run(config.output_dir, config, outputs=OUTPUTS) as run_:
+    with runs.Run(config.output_dir, config, outputs=OUTPUTS,
+                  on_finish=page.write_page) as run_:
         if dataset is None:
             dataset = data.load_dataset(config.dataset, config.data_dir)
         train, test = dataset.train, dataset.test
         if config.train_size > len(train):
             raise config_lib.ConfigError(f"--train_size={config.train_size} is larger than the "
                                          f"train split ({len(train)}) — lower it.")
-        key = {**dataclasses.asdict(config), "data": dataset.digest}
-        for name in ("data_dir", "workdir", "strategy", "checkpoint_every"):
-            key.pop(name)
+        key = stages.stage_key(config, ignore=NOT_IN_STAGE, data=dataset.digest)
 
         def train_and_evaluate():
             model = models.seed_cnn(config.dataset, config.role, dropout_rate=config.dropout,
@@ -83,8 +105,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
             tick = time.perf_counter()
             result = training.train_ensemble(
                 model, train.images, train.labels, members,
-                training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
-                                     learning_rate=config.learning_rate),
+                config_lib.pick(config, training.TrainConfig),
                 seed=config.seed, preprocess=preprocess, strategy=config.strategy,
                 checkpoint_dir=str(run_.stages.checkpoint_dir("ensemble", key)),
                 checkpoint_every=config.checkpoint_every)
@@ -99,7 +120,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
 
         run_.expect("training", config.epochs * config.num_models * config.train_size,
                     stage="ensemble")
-        arrays, info = run_.stages.run("ensemble", key, train_and_evaluate)
+        arrays, info, _ = run_.stages.run("ensemble", key, train_and_evaluate)
         seconds = info["seconds_incl_compile"]
         results = run_.finish({
             "models": {"train_acc": arrays["train_acc"].tolist(),
@@ -108,8 +129,9 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
             "images_per_second": config.num_models * config.train_size * config.epochs / seconds,
         })
         rows = [[k, f"{a:.4f}", f"{b:.4f}"]
-                for k, (a, b) in enumerate(zip(arrays["train_acc"], arrays["test_acc"]))]
-        runs.write_text(summary_path(config), (
+                for k, (a, b) in enumerate(zip(arrays["train_acc"], arrays["test_acc"],
+                                                strict=True))]
+        files.write_text(summary_path(config), (
             f"# {config.num_models} {config.role}-width {config.dataset} CNNs, trained at once\n\n"
             + report.markdown_table(["model", "train acc", "test acc"], rows)
             + f"\n{seconds:.1f} s with compilation, "

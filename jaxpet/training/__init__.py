@@ -22,16 +22,45 @@ Design (pure-functional JAX), one module per concept:
 
 from jaxpet.data import IDENTITY, Normalize
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
-from jaxpet.training.inference import (QUERY_BATCH_SIZES, QUERY_MODES, QUERY_WEIGHTS, evaluate,
-                                       evaluate_model, predict, query_batches, query_logits,
-                                       query_variables, stack_models, take_model)
+from jaxpet.training.inference import (
+    QUERY_BATCH_SIZES,
+    QUERY_MODES,
+    QUERY_WEIGHTS,
+    evaluate,
+    evaluate_model,
+    predict,
+    query_batches,
+    query_logits,
+    query_variables,
+    stack_models,
+    take_model,
+)
 from jaxpet.training.sharding import default_mesh, model_mesh
-from jaxpet.training.state import (AUGMENTATIONS, OPTIMIZERS, SCHEDULES, ModelState,
-                                   TrainConfig, accepts_mask, augment_batch, init_ensemble,
-                                   init_model_state, make_optimizer, model_keys, train_step)
-from jaxpet.training.trainer import (AUTO_STRATEGY, STRATEGIES, TrainResult, check_run_flags,
-                                     resolve_strategy, train_ensemble, train_ensemble_epoch,
-                                     train_ensemble_epoch_mapped, train_epoch)
+from jaxpet.training.state import (
+    AUGMENTATIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ModelState,
+    TrainConfig,
+    accepts_mask,
+    augment_batch,
+    init_ensemble,
+    init_model_state,
+    make_optimizer,
+    model_keys,
+    train_step,
+)
+from jaxpet.training.trainer import (
+    AUTO_STRATEGY,
+    STRATEGIES,
+    TrainResult,
+    check_run_flags,
+    resolve_strategy,
+    train_ensemble,
+    train_ensemble_epoch,
+    train_ensemble_epoch_mapped,
+    train_epoch,
+)
 
 __all__ = [
     "AUGMENTATIONS", "AUTO_STRATEGY", "Checkpoints", "IDENTITY", "ModelState", "Normalize",

@@ -1,7 +1,7 @@
 """Checkpoints of a running ensemble (orbax), keyed by a fingerprint of the run.
 
 * :func:`run_fingerprint` digests everything that decides a run's result, with
-  :func:`jaxpet.runs.digest` (the one fingerprint of jaxpet); a directory that
+  :func:`jaxpet.files.digest` (the one fingerprint of jaxpet); a directory that
   holds another run's checkpoints is refused, never resumed.
 * :class:`Checkpoints` keeps the latest complete save. A save that does not fit
   on the disk fails once, before writing when the free space is known to be
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxpet import runs
+from jaxpet import files
 from jaxpet.errors import UserError
 from jaxpet.splits import MemberSets
 from jaxpet.training.state import ModelState
@@ -55,7 +55,7 @@ def run_fingerprint(model, config, preprocess, images, labels, members: MemberSe
     if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
         keys = jax.random.key_data(keys)
     sets = lambda s: None if s is None else (np.asarray(s.indices), np.asarray(s.counts))
-    return runs.digest("training-checkpoint", repr(model), repr(config), repr(preprocess),
+    return files.digest("training-checkpoint", repr(model), repr(config), repr(preprocess),
                        np.asarray(images), np.asarray(labels), sets(members), sets(validation),
                        np.asarray(keys))
 
@@ -170,7 +170,8 @@ class _QuietOrbax(stdlib_logging.Filter):
     def filter(self, record):
         if "orbax" not in record.pathname:
             return True
-        return record.levelno > stdlib_logging.INFO and "raised an exception" not in record.getMessage()
+        return (record.levelno > stdlib_logging.INFO
+                and "raised an exception" not in record.getMessage())
 
 
 def _install_log_filters() -> None:
@@ -228,7 +229,7 @@ class Checkpoints:
                 history = [{k: np.asarray(v) for k, v in h.items()} for h in meta["history"]]
                 if len(history) != step:
                     raise ValueError(f"history has {len(history)} epochs, not {step}")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - as above: an unreadable save is discarded
                 self._discard(step, e)
                 continue
             return restored["state"], history
@@ -278,7 +279,7 @@ class Checkpoints:
                     meta=ocp.args.JsonSave(self._meta(epochs_done, history))), force=True)
                 self.manager.wait_until_finished()
         except Exception as e:
-            if not runs.is_disk_full(e):
+            if not files.is_disk_full(e):
                 raise
             _DropLateReports.reported.add(self.directory)
             self._remove_partial(before)

@@ -9,9 +9,10 @@ also offer LiRA's released query convention, ``mode="train_batch_stats"`` (see
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -162,7 +163,7 @@ def query_batches(num_images: int, batch_size: int, mode: str = "eval") -> list[
         return [(s, min(s + batch_size, num_images)) for s in range(0, num_images, batch_size)]
     bounds = np.cumsum([0] + [num_images // steps + (i < num_images % steps)
                               for i in range(steps)])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def predict(

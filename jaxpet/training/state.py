@@ -9,19 +9,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
-import numbers
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxpet import dpsgd
-from jaxpet.errors import UserError
+from jaxpet import config as config_lib, dpsgd
+from jaxpet.config import same_as, setting
+from jaxpet.dpsgd import DPConfig
 
 # Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
 INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM, NOISE_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
@@ -52,89 +50,61 @@ def augment_batch(key, x, pad: int = _CROP_PAD):
     return jax.vmap(crop)(padded, rows, cols)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < minimum:
-        raise UserError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _check_real(name: str, value, ok, what: str) -> None:
-    """Refuses a non-number, NaN, infinity, or a value ``ok`` rejects."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or not ok(value):
-        raise UserError(f"TrainConfig.{name} must be a finite number {what}, got {value!r}.")
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one ensemble run; defaults are the seed's Task 1 values.
 
-    Every field is checked on construction (NaN and infinity refused), so a bad
-    value fails before any work with a :class:`~jaxpet.errors.UserError`.
+    Every field is a :func:`jaxpet.config.setting`: its default, help and range are
+    written here once, experiments take them with :func:`jaxpet.config.same_as`, and
+    a bad value fails on construction (NaN and infinity refused) with a
+    :class:`~jaxpet.errors.UserError`, before any work.
     """
 
-    epochs: int = 50
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    lr_decay: float = 0.96  # learning rate multiplied by this once per epoch
-    weight_decay: float = 1e-4  # L2 added to the gradient (PyTorch Adam's weight_decay)
-    early_stopping: bool = False  # keep each model's best-validation weights, stop after `patience`
-    patience: int = 10  # epochs without validation improvement before a model stops
-    eval_batch_size: int = 1024
-    augment: str = "none"  # training-time augmentation, one of AUGMENTATIONS
-    # DP-SGD (Abadi et al. 2016, see jaxpet.dpsgd): clip each example's gradient to dp_clip_norm,
-    # add Gaussian noise of std dp_noise_multiplier * dp_clip_norm to the batch sum, divide by
-    # batch_size.
-    dpsgd: bool = False
-    dp_clip_norm: float = 1.0
-    dp_noise_multiplier: float = 1.0
-    # Per-example gradients are formed this many examples at a time (0: the whole batch);
-    # bounds DP-SGD's memory (K x microbatch x parameters) without changing the result.
-    dp_microbatch_size: int = 0
-    optimizer: str = "adam"  # one of OPTIMIZERS; both with coupled L2 weight_decay
-    momentum: float = 0.9  # SGD's momentum (optimizer="sgd" only)
-    schedule: str = "exponential"  # one of SCHEDULES
-    schedule_epochs: int = 0  # the cosine schedules' length in epochs; 0: epochs
-    decayed: str = "all"  # one of DECAYED
-    # An exponential moving average of the weights (and BatchNorm statistics) with this momentum,
-    # debiased, is what the trained model predicts with (LiRA's code: 0.999); 0: off.
-    ema: float = 0.0
+    epochs: int = setting(50, "Training epochs.", low=1)
+    batch_size: int = setting(128, "Batch size per model.", low=1)
+    learning_rate: float = setting(1e-3, "Initial learning rate.", low=0, low_open=True, high=10)
+    lr_decay: float = setting(0.96, "Per-epoch factor of the exponential schedule.", low=0,
+                              low_open=True, high=1)
+    weight_decay: float = setting(1e-4, "L2 weight decay added to the gradient (PyTorch Adam's "
+                                  "weight_decay).", low=0, high=1)
+    early_stopping: bool = setting(False, "Keep each model's best-validation weights; stop a "
+                                   "model after --patience epochs without improvement.")
+    patience: int = setting(10, "Early-stopping patience in epochs.", low=1)
+    eval_batch_size: int = setting(1024, "Examples per prediction call (memory only).", low=1)
+    augment: str = setting("none", "Training-time augmentation: none, or flip_crop (random "
+                           "horizontal flips and 4-pixel crops).", choices=AUGMENTATIONS)
+    # DP-SGD (Abadi et al. 2016, see jaxpet.dpsgd): clip each example's gradient to
+    # dp_clip_norm, add Gaussian noise of std dp_noise_multiplier * dp_clip_norm to the batch
+    # sum, divide by batch_size.
+    dpsgd: bool = setting(False, "Train with DP-SGD.")
+    dp_clip_norm: float = same_as(DPConfig, "clip_norm")
+    dp_noise_multiplier: float = same_as(DPConfig, "noise_multiplier")
+    dp_microbatch_size: int = same_as(DPConfig, "microbatch_size")
+    optimizer: str = setting("adam", "adam, or sgd (with --momentum); both with coupled L2 "
+                             "--weight_decay.", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, "SGD momentum.", low=0, high=1, high_open=True)
+    schedule: str = setting("exponential", "Learning-rate schedule: exponential (x --lr_decay "
+                            "per epoch), constant, cosine (to 0 over the epochs) or lira_cosine "
+                            "(LiRA's code).", choices=SCHEDULES)
+    schedule_epochs: int = setting(0, "The cosine schedules' length in epochs; 0: --epochs.",
+                                   low=0)
+    decayed: str = setting("all", "Which parameters weight decay applies to: all, or kernels "
+                           "(LiRA's code).", choices=DECAYED)
+    # An exponential moving average of the weights (and BatchNorm statistics) with this
+    # momentum, debiased, is what the trained model predicts with (LiRA's code: 0.999); 0: off.
+    ema: float = setting(0.0, "Momentum of the debiased moving average of the weights the "
+                         "model predicts with (LiRA's code: 0.999); 0: off.", low=0, high=1,
+                         high_open=True)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        _check_real("learning_rate", self.learning_rate, lambda v: v > 0, "> 0")
-        _check_real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "in (0, 1]")
-        _check_real("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0")
-        for name in ("early_stopping", "dpsgd"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise UserError(f"TrainConfig.{name} must be True or False, got "
-                                f"{getattr(self, name)!r}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got "
-                            f"{self.optimizer!r}.")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"TrainConfig.schedule must be one of {SCHEDULES}, got "
-                            f"{self.schedule!r}.")
-        _check_real("ema", self.ema, lambda v: 0 <= v < 1, "in [0, 1)")
+        config_lib.check(self)
         if self.ema and self.early_stopping:
-            raise UserError("TrainConfig.ema and early_stopping both choose the weights the model "
-                            "predicts with — use one of them.")
-        if self.decayed not in DECAYED:
-            raise UserError(f"TrainConfig.decayed must be one of {DECAYED}, got "
-                            f"{self.decayed!r}.")
-        _check_real("momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)")
-        _check_int("schedule_epochs", self.schedule_epochs, 0)
-        if self.augment not in AUGMENTATIONS:
-            raise UserError(f"TrainConfig.augment must be one of {AUGMENTATIONS}, got {self.augment!r}.")
-        # Unused without DP-SGD, so only their finiteness is checked then.
-        positive = (lambda v: v > 0, "> 0") if self.dpsgd else (lambda v: v >= 0, ">= 0")
-        _check_real("dp_clip_norm", self.dp_clip_norm, *positive)
-        _check_real("dp_noise_multiplier", self.dp_noise_multiplier, *positive)
-        _check_int("dp_microbatch_size", self.dp_microbatch_size, 0)
+            raise config_lib.ConfigError("--ema and --early_stopping both choose the weights the "
+                                         "model predicts with — use one of them.")
         if self.dp_microbatch_size and self.batch_size % self.dp_microbatch_size:
-            raise UserError(f"TrainConfig.dp_microbatch_size must be 0 or divide batch_size "
-                            f"{self.batch_size}, got {self.dp_microbatch_size}.")
+            raise config_lib.ConfigError(
+                f"--dp_microbatch_size must be 0 or divide --batch_size={self.batch_size}, got "
+                f"{self.dp_microbatch_size}.")
 
     def learning_rate_at(self, epoch):
         """The learning rate of epoch ``epoch`` (an int or a traced int32) under the schedule."""
@@ -143,7 +113,8 @@ class TrainConfig:
         epoch = jnp.asarray(epoch).astype(jnp.float32)
         if self.schedule == "cosine":
             horizon = self.schedule_epochs or self.epochs
-            return self.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch / horizon, 1)))
+            progress = jnp.minimum(epoch / horizon, 1)
+            return self.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * progress))
         if self.schedule == "lira_cosine":
             # LiRA's code: lr * cos(7 pi t / 16) * min(1, 100 t), t the training progress (a
             # 1% linear warm-up, ending at cos(7 pi / 16) = 0.195 lr); per epoch here, at the
@@ -332,7 +303,8 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
                      "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
     )
     updates, opt_state = make_optimizer(config).update(grads, opt_state, state.params)
-    updated = state.replace(
+    updated = dataclasses.replace(
+        state,
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
@@ -341,9 +313,10 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
     if config.ema:  # after every applied step, as LiRA's code updates its EMA model
         m = config.ema
         blend = lambda avg, new: jax.tree.map(lambda a, n: m * a + (1 - m) * n, avg, new)
-        updated = updated.replace(ema_params=blend(state.ema_params, updated.params),
-                                  ema_batch_stats=blend(state.ema_batch_stats, batch_stats),
-                                  ema_norm=m * state.ema_norm + (1 - m))
+        updated = dataclasses.replace(  # (flax's state.replace, which mypy cannot see)
+            updated, ema_params=blend(state.ema_params, updated.params),
+            ema_batch_stats=blend(state.ema_batch_stats, batch_stats),
+            ema_norm=m * state.ema_norm + (1 - m))
     applies = num_real == x.shape[0] if full_only else num_real > 0
     state = select(state.active & applies, updated, state)
     correct = (jnp.argmax(logits, -1) == y) & row_mask

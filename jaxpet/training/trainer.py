@@ -10,17 +10,17 @@ the model axis sharded over a mesh and with checkpoints to resume from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import time
-from typing import Callable
 
 from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
+import numpy as np
 
 from jaxpet import progress
 from jaxpet.data import IDENTITY
@@ -29,9 +29,18 @@ from jaxpet.splits import MemberSets
 from jaxpet.training import sharding
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
 from jaxpet.training.inference import batch_positions, check_sets, evaluate_model
-from jaxpet.training.state import (AUGMENT_STREAM, SHUFFLE_STREAM, ModelState, TrainConfig,
-                                   augment_batch, full_batches_only, init_ensemble, model_keys, select,
-                                   train_step)
+from jaxpet.training.state import (
+    AUGMENT_STREAM,
+    SHUFFLE_STREAM,
+    ModelState,
+    TrainConfig,
+    augment_batch,
+    full_batches_only,
+    init_ensemble,
+    model_keys,
+    select,
+    train_step,
+)
 
 
 def train_epoch(
@@ -79,7 +88,8 @@ def train_epoch(
         if config.early_stopping:
             improved = was_active & (val["accuracy"] > state.best_val_acc)
             since = jnp.where(improved, 0, state.epochs_since_best + was_active.astype(jnp.int32))
-            state = state.replace(
+            state = dataclasses.replace(  # (flax's state.replace, which mypy cannot see)
+                state,
                 best_params=select(improved, state.params, state.best_params),
                 best_batch_stats=select(improved, state.batch_stats, state.best_batch_stats),
                 best_val_acc=jnp.where(improved, val["accuracy"], state.best_val_acc),
@@ -181,7 +191,7 @@ def _run_epoch(strategy, model, config, preprocess, state, images, labels, membe
                                            val_counts, epoch)
     states, metrics = [], []
     for k in range(member_indices.shape[0]):
-        one = lambda tree: _slice_models(tree, k, k + 1)
+        one = lambda tree: _slice_models(tree, k, k + 1)  # noqa: B023 - used in this iteration only
         new_state, new_metrics = train_ensemble_epoch(
             model, config, preprocess, one(state), images, labels, one(member_indices),
             one(member_counts), one(val_indices), one(val_counts), epoch)
@@ -267,9 +277,11 @@ def train_ensemble(
                          "use it. Pass strategy='vmap' or no mesh.")
     if mesh is not None:
         if "models" not in mesh.axis_names:
-            raise ValueError(f"mesh needs a 'models' axis, got axes {mesh.axis_names}; use model_mesh().")
+            raise ValueError(f"mesh needs a 'models' axis, got axes {mesh.axis_names}; use "
+                             "model_mesh().")
         if state is not None:
-            raise ValueError("Resuming a sharded run: pass the saved state without mesh, or re-init.")
+            raise ValueError("Resuming a sharded run: pass the saved state without mesh, or "
+                             "re-init.")
         members, validation, keys = sharding.pad_models(
             members, validation, keys, sharding.padded_model_count(num_models, mesh))
     result = _train_ensemble(model, images, labels, members, config, keys=keys,
@@ -310,7 +322,8 @@ def _train_ensemble(model, images, labels, members, config, *, keys, validation,
         if mesh is not None:  # initialise each model on its own device
             keys = sharding.shard_models(keys, mesh)
         state = init_ensemble(model, config, keys, preprocess(images[:1]))
-    if full_batches_only(model, state.batch_stats) and int(members.counts.min()) < config.batch_size:
+    if (full_batches_only(model, state.batch_stats)
+            and int(members.counts.min()) < config.batch_size):
         raise UserError(
             f"a model's member set holds {int(members.counts.min())} examples, fewer than one "
             f"batch of {config.batch_size}: a module with BatchNorm that takes no mask= trains on "

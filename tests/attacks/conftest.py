@@ -1,4 +1,5 @@
-"""Fixtures shared by the attack tests: models that overfit their members, synthetic LiRA signals."""
+"""Fixtures shared by the attack tests: models that overfit their members, synthetic LiRA
+signals."""
 
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ class Overfit:
         self.post = training.predict(model, result.variables(), x)
 
     def sets(self, model: int, ins, outs) -> attacks.LabeledPosteriors:
-        """Model ``model``'s posteriors on ``ins`` (labelled members) then ``outs`` (non-members)."""
+        """Model ``model``'s posteriors on ``ins`` (labelled members) then ``outs``
+        (non-members)."""
         idx = np.r_[ins, outs]
         membership = np.r_[np.ones(len(ins)), np.zeros(len(outs))].astype(int)
         return attacks.LabeledPosteriors(self.post[model][idx], self.y[idx], membership)

@@ -1,4 +1,5 @@
-"""Label-only attack: the augmentation table, the shifts, the vmapped queries, the fitted attacks."""
+"""Label-only attack: the augmentation table, the shifts, the vmapped queries, the fitted
+attacks."""
 
 import dataclasses
 
@@ -152,7 +153,7 @@ def test_the_per_class_model_is_fitted_on_the_shadow_alone(planted):
     assert again.info["learning_rate"] == out.info["learning_rate"]
     assert again.info["selection"] == out.info["selection"]
     for a, b in zip(jax.tree.leaves(out.info["model"].params),
-                    jax.tree.leaves(again.info["model"].params)):
+                    jax.tree.leaves(again.info["model"].params), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(again.scores, out.scores)
     assert again.report["auc"] != out.report["auc"]  # only the report reads the membership

@@ -19,7 +19,8 @@ def test_lira_online_is_the_gaussian_log_likelihood_ratio():
     # Query 1: IN mean 2, var 2; OUT mean 0, var 2 -> (2^2 - 0^2) / 4 = 1. Queries are averaged.
     np.testing.assert_allclose(lira.lira_online(target, ref, keep), [1.25], rtol=1e-12)
     q0 = stats.norm.logpdf(2.5, 3, math.sqrt(2)) - stats.norm.logpdf(2.5, 0, math.sqrt(2))
-    np.testing.assert_allclose(lira.lira_online(target[:, :1], ref[:, :, :1], keep), [q0], rtol=1e-12)
+    np.testing.assert_allclose(lira.lira_online(target[:, :1], ref[:, :, :1], keep), [q0],
+                               rtol=1e-12)
 
 
 def test_lira_online_three_reference_toy_falls_back_to_the_pooled_std():
@@ -29,7 +30,8 @@ def test_lira_online_three_reference_toy_falls_back_to_the_pooled_std():
     keep = np.array([[True], [True], [False]])
     expected = stats.norm.logpdf(2, 2, math.sqrt(2)) - stats.norm.logpdf(2, 0, math.sqrt(2))
     assert expected == pytest.approx(1.0)
-    np.testing.assert_allclose(lira.lira_online(np.array([[2.0]]), ref, keep), [expected], rtol=1e-12)
+    np.testing.assert_allclose(lira.lira_online(np.array([[2.0]]), ref, keep), [expected],
+                               rtol=1e-12)
 
 
 def test_lira_online_fixed_variance_pools_within_example_deviations():

@@ -1,4 +1,5 @@
-"""mi_face: recovers known class templates, stopping rules, NaN handling, bad input, vmap == loop."""
+"""mi_face: recovers known class templates, stopping rules, NaN handling, bad input, vmap ==
+loop."""
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,8 @@ def test_cost_threshold_stops_early_with_reason():
     assert np.all(np.asarray(result.cost) <= 0.5)
     trace = np.asarray(result.trace)
     for c, n in enumerate(its):  # above the threshold until the last evaluated step
-        assert np.all(trace[c, :n] > 0.5) and trace[c, n] <= 0.5 and np.all(np.isnan(trace[c, n + 1:]))
+        assert (np.all(trace[c, :n] > 0.5) and trace[c, n] <= 0.5
+                and np.all(np.isnan(trace[c, n + 1:])))
 
 
 @pytest.mark.parametrize("rule, steps", [("window", 1), ("no_new_best", 3)])
@@ -147,7 +149,8 @@ def test_inverts_a_flax_model_through_flax_apply():
                                config=mi_face.MIFaceConfig(step_size=1.0, max_iterations=20,
                                                              loss="cross_entropy"))
     assert result.image.shape == (2, *SHAPE)
-    assert float(result.cost[0]) < 1 - float(start[0]) and float(result.cost[1]) < 1 - float(start[2])
+    assert float(result.cost[0]) < 1 - float(start[0])
+    assert float(result.cost[1]) < 1 - float(start[2])
 
 
 @pytest.fixture

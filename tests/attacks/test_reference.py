@@ -1,4 +1,5 @@
-"""Reference-model evaluation: chance and signal on synthetic logits, sweeps, queries, input checks."""
+"""Reference-model evaluation: chance and signal on synthetic logits, sweeps, queries, input
+checks."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ def test_attacks_beat_chance_and_lira_beats_the_loss_baseline(make_signals):
     res = reference.leave_one_out(signals, keep)
     auc = {name: s["auc"]["mean"] for name, s in res["summary"].items()}
     # every reference attack these signals can feed (no label-only queries here), in order
-    assert tuple(auc) == tuple(a for a in attacks.attack_names("reference") if a != "label_only_ref")
+    assert tuple(auc) == tuple(a for a in attacks.attack_names("reference")
+                               if a != "label_only_ref")
     assert min(auc.values()) > 0.6, auc
     # The reference models calibrate away the per-example difficulty that the loss sees.
     for name in ("lira_online_fixed_variance", "lira_offline", "rmia_online"):
@@ -42,8 +44,10 @@ def test_reference_sweep_counts_and_rows(make_signals):
 
 def test_single_query_scoring(make_signals):
     signals, keep = make_signals(effect=1.5, num_models=4, n=200, z=50)
-    one = reference.attack_scores(signals, keep, 0, [1, 2, 3], reference.AttackConfig(num_queries=1))
-    two = reference.attack_scores(signals, keep, 0, [1, 2, 3], reference.AttackConfig(num_queries=2))
+    one = reference.attack_scores(signals, keep, 0, [1, 2, 3],
+                                  reference.AttackConfig(num_queries=1))
+    two = reference.attack_scores(signals, keep, 0, [1, 2, 3],
+                                  reference.AttackConfig(num_queries=2))
     np.testing.assert_allclose(one["global_loss"], signals.log_p[0, :, 0])
     np.testing.assert_allclose(two["global_loss"], signals.log_p[0].mean(-1))
 

@@ -1,4 +1,5 @@
-"""The membership-attack registry: built-ins in results order, a toy attack end to end, clear errors."""
+"""The membership-attack registry: built-ins in results order, a toy attack end to end, clear
+errors."""
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ def test_built_in_attacks_in_results_order():
         "label_only", "label_only_threshold", "label_only_ref"]
     for attack in attacks.list_attacks():
         assert attack.description and callable(attack.fn), attack
-    assert [a.name for a in attacks.list_attacks("reference") if not a.uses_references] == ["global_loss"]
+    no_references = [a.name for a in attacks.list_attacks("reference") if not a.uses_references]
+    assert no_references == ["global_loss"]
 
 
 @pytest.fixture

@@ -143,7 +143,8 @@ def test_online_code_pools_in_and_out_before_trimming():
     for i in range(n):
         keep[rng.permutation(m)[: m // 2], i] = True
     ref, target = np.log(rng.uniform(0.05, 1, (m, n, a))), np.log(rng.uniform(0.05, 1, (n, a)))
-    pop_ref, pop_target = np.log(rng.uniform(0.05, 1, (m, z, a))), np.log(rng.uniform(0.05, 1, (z, a)))
+    pop_ref = np.log(rng.uniform(0.05, 1, (m, z, a)))
+    pop_target = np.log(rng.uniform(0.05, 1, (z, a)))
     offline_a, gamma = 0.3, 1.2
     got = rmia.rmia(target, ref, keep, pop_target, pop_ref, online=True, offline_a=offline_a,
                     gamma=gamma, conv="code")
@@ -167,7 +168,8 @@ def test_registered_attacks_read_the_convention_from_the_config():
     keep = np.zeros((k, n), bool)
     for i in range(n):
         keep[rng.permutation(k)[: k // 2], i] = True
-    logits = rng.normal(size=(k, n, 2, c)) + 2.0 * keep[:, :, None, None] * np.eye(c)[labels][None, :, None]
+    logits = (rng.normal(size=(k, n, 2, c))
+              + 2.0 * keep[:, :, None, None] * np.eye(c)[labels][None, :, None])
     signals = lira.Signals.from_logits(logits, labels, rng.normal(size=(k, z, 2, c)), pop_labels)
     refs = list(range(1, k))
     names = ["rmia_online", "rmia_offline", "rmia_offline_fitted_a"]

@@ -67,7 +67,8 @@ def test_phi_equals_the_naive_formula_on_random_logits():
     logits = rng.normal(0, 3, (3, 5, 2, 7))
     labels = rng.integers(0, 7, 5)
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    py = np.take_along_axis(p, np.broadcast_to(labels[None, :, None, None], (3, 5, 2, 1)), -1)[..., 0]
+    py = np.take_along_axis(p, np.broadcast_to(labels[None, :, None, None], (3, 5, 2, 1)),
+                            -1)[..., 0]
     phi = signals.logit_scaled_confidence(logits, labels[:, None])
     np.testing.assert_allclose(phi, np.log(py) - np.log(1 - py), rtol=1e-9)
 

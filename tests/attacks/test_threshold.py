@@ -43,7 +43,8 @@ def test_the_registered_attack_equals_the_direct_call(overfit):
 def test_threshold_fitted_on_a_hand_built_toy():
     # Shadow losses: members -0.1, -0.2; non-members -1, -2: any threshold in (-1, -0.2] is exact,
     # and the ROC-based fit picks the lowest member score.
-    p = np.array([[np.exp(-0.1), 0.0], [np.exp(-0.2), 0.0], [np.exp(-1.0), 0.0], [np.exp(-2.0), 0.0]])
+    p = np.array([[np.exp(-0.1), 0.0], [np.exp(-0.2), 0.0], [np.exp(-1.0), 0.0],
+                  [np.exp(-2.0), 0.0]])
     y = np.zeros(4, int)
     membership = np.array([1, 1, 0, 0])
     out = threshold.threshold_attack("loss", p, y, membership, p[::-1], y, membership[::-1])

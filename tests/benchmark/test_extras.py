@@ -6,7 +6,8 @@ import tomllib
 
 from jaxpet.benchmark import torch_reference
 
-PROJECT = tomllib.loads((pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+PYPROJECT = pathlib.Path(__file__).parents[2] / "pyproject.toml"
+PROJECT = tomllib.loads(PYPROJECT.read_text())["project"]
 
 
 def _jax_range(requirement: str) -> str:

@@ -5,8 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from jaxpet.benchmark import inversion, throughput, workloads
-from jaxpet.experiments import benchmark as experiment
+from jaxpet.benchmark import inversion, tables, throughput, workloads
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +13,8 @@ def cells():
     rows = {}
     for strategy, k in (("vmap", 1), ("vmap", 2), ("map", 2), ("loop", 2)):
         cell = workloads.Cell("mnist_shadow", strategy, k, "auto", "float32")
-        rows[strategy, k] = throughput.measure(cell, examples_per_model=64, batch_size=32, repeats=1)
+        rows[strategy, k] = throughput.measure(cell, examples_per_model=64, batch_size=32,
+                                               repeats=1)
     return rows
 
 
@@ -37,7 +37,7 @@ def test_flops_scale_with_the_number_of_models(cells):
 
 def test_markdown_has_the_vmap_over_loop_ratio(cells):
     rows = list(cells.values())
-    table = experiment.markdown(rows)
+    table = tables.markdown(rows)
     ratio = cells["vmap", 2]["images_per_s"] / cells["loop", 2]["images_per_s"]
     assert f"{ratio:.2f}x" in table
     assert table.count("\n") == len(rows) + 2
@@ -46,7 +46,8 @@ def test_markdown_has_the_vmap_over_loop_ratio(cells):
 def test_peak_lookup_and_unknown_chips():
     h200 = types.SimpleNamespace(device_kind="NVIDIA H200")
     assert workloads.peak_flops(h200, "bfloat16") == 2 * workloads.peak_flops(h200, "float32")
-    assert workloads.peak_flops(types.SimpleNamespace(device_kind="Mystery chip"), "float32") is None
+    mystery = types.SimpleNamespace(device_kind="Mystery chip")
+    assert workloads.peak_flops(mystery, "float32") is None
 
 
 def test_bad_cells_are_refused():

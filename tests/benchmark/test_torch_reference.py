@@ -79,7 +79,7 @@ def _sweep_config(tmp_path, strategies):
 def test_benchmark_without_torch_skips_its_reference_and_says_how_to_install(
         no_torch, tmp_path, monkeypatch, caplog):
     measured = []
-    monkeypatch.setattr(benchmark.throughput, "measure", _fake_measure(measured))
+    monkeypatch.setattr(throughput, "measure", _fake_measure(measured))
     with caplog.at_level("WARNING"):
         results = benchmark.run(_sweep_config(tmp_path, ("vmap", "torch")))
     # No torch cell is attempted, recorded or compared against; the JAX cells all run.
@@ -96,7 +96,7 @@ def test_benchmark_without_torch_skips_its_reference_and_says_how_to_install(
 def test_benchmark_with_torch_strategy_alone_fails_up_front_without_torch(no_torch, tmp_path,
                                                                            monkeypatch):
     measured = []
-    monkeypatch.setattr(benchmark.throughput, "measure", _fake_measure(measured))
+    monkeypatch.setattr(throughput, "measure", _fake_measure(measured))
     with pytest.raises(config_lib.ConfigError, match=re.escape(
             f"--strategies=torch needs torch, which is not installed — pip install "
             f"{torch_reference.TORCH_PIN} or add a JAX strategy.")):
@@ -107,8 +107,8 @@ def test_benchmark_with_torch_strategy_alone_fails_up_front_without_torch(no_tor
 def test_benchmark_measures_the_torch_reference_when_torch_is_there(tmp_path, monkeypatch):
     """The same sweep with torch present (faked here): the reference is measured and compared."""
     measured = []
-    monkeypatch.setattr(benchmark.torch_reference, "torch_available", lambda: True)
-    monkeypatch.setattr(benchmark.throughput, "measure", _fake_measure(measured))
+    monkeypatch.setattr(torch_reference, "torch_available", lambda: True)
+    monkeypatch.setattr(throughput, "measure", _fake_measure(measured))
     benchmark.run(_sweep_config(tmp_path, ("vmap", "torch")))
     assert measured == [("vmap", 1), ("torch", 1), ("vmap", 2), ("torch", 2)]
     rows = report.parse_markdown_table((tmp_path / "bench" / "benchmark.md").read_text())
@@ -163,11 +163,11 @@ def test_training_steps_lower_the_loss():
 @needs_torch
 def test_measure_torch_row():
     row = torch_reference.measure_torch("mnist_shadow", 2, 64, repeats=1)
-    expected = {"workload", "strategy", "num_models", "conv_impl", "conv_impl_resolved", "precision",
-                "examples_per_model", "epoch_seconds", "images_per_s", "model_epochs_per_s",
-                "seconds_per_model_epoch", "compile_seconds", "flops_per_epoch", "flop_per_s",
-                "fraction_of_peak", "peak_flops", "peak_memory_bytes", "device", "backend",
-                "torch_version", "threads"}
+    expected = {"workload", "strategy", "num_models", "conv_impl", "conv_impl_resolved",
+                "precision", "examples_per_model", "epoch_seconds", "images_per_s",
+                "model_epochs_per_s", "seconds_per_model_epoch", "compile_seconds",
+                "flops_per_epoch", "flop_per_s", "fraction_of_peak", "peak_flops",
+                "peak_memory_bytes", "device", "backend", "torch_version", "threads"}
     assert expected <= set(row)
     assert row["strategy"] == "torch" and row["num_models"] == 2
     assert np.isfinite(row["images_per_s"]) and row["images_per_s"] > 0
@@ -185,7 +185,7 @@ def test_same_logits_as_flax_with_copied_weights():
     convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
     bns = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
-        for i, (conv, bn) in enumerate(zip(convs, bns)):
+        for i, (conv, bn) in enumerate(zip(convs, bns, strict=True)):
             conv.weight.copy_(torch.from_numpy(p[f"Conv_{i}"]["kernel"].transpose(3, 2, 0, 1)))
             bn.weight.copy_(torch.from_numpy(p[f"BatchNorm_{i}"]["scale"]))
             bn.bias.copy_(torch.from_numpy(p[f"BatchNorm_{i}"]["bias"]))

@@ -17,8 +17,8 @@ import types
 import zipfile
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from jaxpet import data
 from jaxpet.data import cifar10, mnist
@@ -92,7 +92,8 @@ def cifar_binary_members():
     members.append(("cifar-10-batches-bin/batches.meta.txt",
                     ("\n".join(data.CIFAR10_CLASSES) + "\n\n").encode()))
     members.append(("cifar-10-batches-bin/readme.html", b"<html></html>"))
-    return members, {s: (np.concatenate(i), np.concatenate(l)) for s, (i, l) in expected.items()}
+    return members, {s: (np.concatenate(ims), np.concatenate(labs))
+                     for s, (ims, labs) in expected.items()}
 
 
 def cifar_image_members(size=(32, 32)):

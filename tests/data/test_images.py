@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from jaxpet import data
 from jaxpet.data import images as images_lib

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxpet import data, report as report_lib
+from jaxpet import data, report as report_lib, stages, training
 from jaxpet.experiments import attribute
 
 RACES = data.UTKFACE_RACES
@@ -48,7 +48,8 @@ def _config(tmp_path, **kwargs):
 @pytest.fixture(scope="module")
 def two_targets(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("attribute")
-    results = attribute.run(_config(tmp_path, compare_layers=("conv3",)), dataset=_planted_dataset())
+    results = attribute.run(_config(tmp_path, compare_layers=("conv3",)),
+                            dataset=_planted_dataset())
     return tmp_path / "run", results
 
 
@@ -89,7 +90,7 @@ def test_summary_tables_show_the_results_numbers(two_targets):
     assert headline["Control: attack on raw pixels (%)"]["ours"] == pct(
         pixels["accuracy"], pixels["std"]["accuracy"])
     per_class = report_lib.parse_markdown_table(text[text.index("## Per class"):])
-    for row, name in zip(per_class, RACES):
+    for row, name in zip(per_class, RACES, strict=True):
         assert row["Class"].endswith(f"({name})")
         assert row["samples (ours)"] == str(results["data"]["class_counts"][name])
         assert row["F1 (pixels)"] == f"{pixels['per_class'][name]['f1']:.2f}"
@@ -127,7 +128,7 @@ def test_per_class_report_agrees_with_sklearn(two_targets):
         # Rebuild (label, prediction) pairs from the confusion matrix and recompute with sklearn.
         matrix = np.asarray(report["confusion"])
         pairs = [(t, p) for t in range(5) for p in range(5) for _ in range(matrix[t, p])]
-        labels, preds = map(np.array, zip(*pairs))
+        labels, preds = map(np.array, zip(*pairs, strict=True))
         p, r, f, s = skm.precision_recall_fscore_support(labels, preds, labels=range(5),
                                                          zero_division=0)
         for c, name in enumerate(RACES):
@@ -156,7 +157,8 @@ def test_bad_input_fails_up_front(tmp_path, kwargs, message):
 
 def test_split_leaving_a_class_empty_fails(tmp_path):
     dataset = _planted_dataset(n=60, race_probs=(0.5, 0.5, 0.0, 0.0, 0.0))
-    with pytest.raises(ValueError, match=r"leaves class\(es\) \['Asian', 'Indian', 'Others'\] empty"):
+    with pytest.raises(ValueError,
+                       match=r"leaves class\(es\) \['Asian', 'Indian', 'Others'\] empty"):
         attribute.run(_config(tmp_path), dataset=dataset)
 
 
@@ -165,3 +167,25 @@ def test_split_is_seeded_and_disjoint():
     np.testing.assert_array_equal(a.attack, b.attack)
     everything = np.concatenate([a.target, a.attack, a.test])
     assert len(a.test) == 10 and sorted(everything) == list(range(101))
+
+
+def test_presets_and_the_targets_stage_key():
+    """The full setting is the first preset; quick is a valid config in its own workdir. The
+    targets' key moves with the target's settings, not the attack's."""
+    assert list(attribute.PRESETS) == ["seed", "quick"] and attribute.PRESETS["seed"] == {}
+    quick = attribute.Config(**attribute.PRESETS["quick"])
+    assert quick.workdir != attribute.Config().workdir and quick.max_examples is not None
+    key = lambda **kw: stages.stage_key(attribute.Config(**kw),
+                                        ignore=attribute.TARGETS_KEY_IGNORE)
+    assert key() == key(attack_epochs=3, attack_weight_decay=0.0, compare_layers=("fc1",),
+                        layer="conv3", workdir="elsewhere")
+    assert key() != key(epochs=3) and key() != key(lr_decay=0.5) and key() != key(seed=1)
+
+
+def test_train_configs_take_the_shared_settings():
+    config = attribute.Config(epochs=7, learning_rate=0.01, lr_decay=0.9, attack_epochs=3,
+                              attack_weight_decay=0.0)
+    target, attack = config.target_train_config(), config.attack_train_config()
+    assert (target.epochs, target.learning_rate, target.lr_decay) == (7, 0.01, 0.9)
+    assert (attack.epochs, attack.weight_decay, attack.lr_decay) == (3, 0.0, 0.9)
+    assert target.weight_decay == training.TrainConfig().weight_decay == config.weight_decay

@@ -3,6 +3,7 @@ a user-supplied target checkpoint, and every bad input refused before training."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpet import attacks, splits, training
+from jaxpet import attacks, models, splits, stages, training
 from jaxpet.experiments import audit
 
 USER_MODELS = textwrap.dedent('''
@@ -132,7 +133,7 @@ def test_a_tfds_dataset_by_name(tmp_path, user_models, monkeypatch):
 def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path, user_models):
     data_path = _features(tmp_path / "d.npz")
     other = _features(tmp_path / "other.npz", seed=5)  # the target trains on other data
-    model = audit.make_model(audit.Config(model=f"{user_models}:tabular"), 4)
+    model = models.classifier(f"{user_models}:tabular", 4)
     arrays = np.load(other)
     result = training.train_ensemble(
         model, arrays["features"], arrays["labels"].astype(np.int32),
@@ -162,12 +163,15 @@ def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path,
     ("members_out_of_range", "indices must be in [0, 160)"),
     ("members_repeated", "repeats indices"),
     ("checkpoint_tree", "does not fit the model"),
+    ("augment_features", "--augment=flip_crop flips and crops images"),
 ])
 def test_bad_input_fails_before_training(tmp_path, user_models, monkeypatch, case, expected):
     monkeypatch.setattr(training, "train_ensemble", lambda *a, **k: pytest.fail("trained"))
     data_path = _features(tmp_path / "d.npz")
     kwargs = dict(model=f"{user_models}:tabular", data=data_path)
-    if case == "no_module":
+    if case == "augment_features":
+        kwargs["augment"] = "flip_crop"
+    elif case == "no_module":
         kwargs["model"] = "no_such_package.models:make"
     elif case in ("not_a_module", "one_logit"):
         kwargs["model"] = f"{user_models}:{case}"
@@ -257,7 +261,84 @@ def test_offline_with_every_example_a_candidate_is_refused():
 
 
 def test_the_built_in_wide_resnet_is_the_published_architecture():
-    config = audit.Config(model="wrn", data="cifar10", width_scale=0.5)
-    model = audit.make_model(config, 10)
+    model = models.classifier("wrn", 10, width_scale=0.5)
     assert (model.depth, model.width) == (28, 1)  # widen factor 2 x 0.5
-    assert (audit.make_model(audit.Config(model="wrn", data="cifar10"), 10).width) == 2
+    assert models.classifier("wrn", 10).width == 2
+
+
+def test_the_logits_stage_is_reused_across_scoring_settings_and_redone_for_training_ones(
+        tmp_path, user_models):
+    config = _config(tmp_path, model=f"{user_models}:tabular", data=_features(tmp_path / "d.npz"),
+                     epochs=3)
+    first = audit.run(config)
+    stages_dir = tmp_path / "audit" / "stages"
+    # Scoring knobs, memory and execution choices and the report's length change no logit.
+    scoring = dataclasses.replace(config, fpr_rule="lt", lira_convention="code",
+                                  rmia_offline_a=0.5, eval_batch_size=7, num_exposed=2,
+                                  strategy="loop", checkpoint_every=1)
+    again = audit.run(scoring)
+    assert len(list(stages_dir.glob("logits-*.npz"))) == 1
+    assert again["attacks"]["global_loss"]["auc"] == first["attacks"]["global_loss"]["auc"]
+    assert again["target"] == first["target"] and len(again["most_exposed"]) == 2
+    # A training setting is in the key: the stage is computed anew.
+    audit.run(dataclasses.replace(config, learning_rate=5e-3))
+    assert len(list(stages_dir.glob("logits-*.npz"))) == 2
+
+
+def test_the_stage_key_holds_every_setting_but_those_declared_harmless():
+    config = audit.Config()
+    key = stages.stage_key(config, ignore=audit.NOT_IN_LOGITS)
+    fields = {f.name for f in dataclasses.fields(audit.Config)}
+    assert set(key) == fields - set(audit.NOT_IN_LOGITS)
+    for name in ("epochs", "learning_rate", "batch_size", "optimizer", "weight_decay", "seed",
+                 "augment", "flip_queries", "query_mode", "width_scale", "precision",
+                 "num_references", "references", "pool_size", "population_size", "target",
+                 "label_only_shift", "label_only_translations", "preprocess", "model"):
+        assert name in key, name
+
+
+def test_the_training_recipe_is_trainconfigs_own():
+    config = audit.Config(optimizer="sgd", learning_rate=0.1, momentum=0.5, schedule="cosine",
+                          augment="flip_crop", batch_size=32, epochs=7)
+    train = config.train_config()
+    assert (train.optimizer, train.learning_rate, train.momentum, train.schedule) == (
+        "sgd", 0.1, 0.5, "cosine")
+    assert (train.augment, train.batch_size, train.epochs) == ("flip_crop", 32, 7)
+    assert audit.Config().train_config().eval_batch_size == 256  # the audit's own default
+    for field in ("batch_size", "learning_rate", "weight_decay", "optimizer", "momentum",
+                  "schedule", "lr_decay", "augment"):  # TrainConfig's defaults, not restated
+        assert getattr(audit.Config(), field) == getattr(training.TrainConfig(), field), field
+    with pytest.raises(ValueError, match="--lr_decay=0.5 has no effect unless --schedule"):
+        audit.Config(schedule="cosine", lr_decay=0.5)
+    with pytest.raises(ValueError, match="--learning_rate must be > 0"):
+        audit.Config(learning_rate=0.0)
+
+
+def test_the_quick_preset_is_a_valid_config():
+    assert audit.PRESETS["full"] == {} and "quick" in audit.PRESET_HELP
+    config = audit.Config(**audit.PRESETS["quick"])
+    assert (config.model, config.data, config.pool_size, config.num_references) == (
+        "mlp", "mnist", 2000, 8)
+
+
+@pytest.mark.parametrize("members, size, offline, expected", [
+    (None, None, False, 10),  # every available example
+    (None, None, True, 5),  # half: offline references train on the rest
+    (None, 4, False, 4),
+    (np.array([1, 3, 5]), None, False, 6),  # a given target's members and as many others
+])
+def test_the_candidate_pool(members, size, offline, expected):
+    available = np.arange(10, 20) if members is None else np.arange(10)
+    pool = splits.candidate_pool(available, members, size, np.random.default_rng(0),
+                                 offline=offline)
+    assert len(pool) == expected and np.isin(pool, available).all()
+    assert (np.diff(pool) > 0).all()
+    if members is not None:
+        assert np.isin(members, pool).all()
+
+
+def test_a_pool_without_room_is_refused():
+    with pytest.raises(ValueError, match="larger than the 10 training examples"):
+        splits.candidate_pool(np.arange(10), None, 11, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="leaves no room for non-members"):
+        splits.candidate_pool(np.arange(10), np.arange(4), 4, np.random.default_rng(0))

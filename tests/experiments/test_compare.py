@@ -40,7 +40,7 @@ def test_rows_are_labelled_by_what_differs(three_runs):
     assert [row["run"] for row in rows] == ["seed=0, attack_epochs=2", "seed=1, attack_epochs=2",
                                            "seed=0, attack_epochs=3"]
     assert columns[:5] == ["run", "workdir", "experiment", "seed", "attack_epochs"]
-    for row, name in zip(rows, _VARIANTS):
+    for row, name in zip(rows, _VARIANTS, strict=True):
         assert row["target test_acc"] == results[name]["target"]["test_acc"]
         for attack, report in results[name]["attacks"].items():
             assert row[f"{attack} AUC"] == report["auc"]

@@ -4,7 +4,7 @@
 import numpy as np
 from PIL import Image
 
-from jaxpet import data
+from jaxpet import data, stages
 from jaxpet.experiments import inversion
 
 
@@ -24,7 +24,8 @@ def test_experiment_writes_every_output(tmp_path, check_common_schema):
                                         variants=("paper_cost_black",))
     results = inversion.run(config, dataset=dataset)
     workdir = tmp_path / "run"
-    for name in ("results.json", "summary.md", "inversions.npz", "iterations.png", "all_classes.png"):
+    for name in ("results.json", "summary.md", "inversions.npz", "iterations.png",
+                 "all_classes.png"):
         assert (workdir / name).stat().st_size > 0, name
     saved = check_common_schema(results, workdir)
     assert set(saved["budgets"]) == {"2", "4", "stopping_rules"}
@@ -35,7 +36,8 @@ def test_experiment_writes_every_output(tmp_path, check_common_schema):
     assert saved["budgets"]["4"]["iterations"] == [4] * 4
     assert saved["speed"]["classes"] == 4 and saved["speed"]["ratio"] > 0
     assert saved["speed"]["max_abs_image_difference"] < 1e-5
-    assert 0.0 <= saved["target"]["val_acc"] <= 1.0 and results["target"]["seed"]["val_acc"] == 0.9531
+    assert 0.0 <= saved["target"]["val_acc"] <= 1.0
+    assert results["target"]["seed"]["val_acc"] == 0.9531
     # Each raw row of reconstructions has a stretched row under it: 2 people x 2 rows in
     # iterations.png; real, raw and stretched rows for the 4 people of all_classes.png.
     cell = 16 + 13 + 4  # tile height + caption + padding (report.image_grid)
@@ -71,3 +73,20 @@ def test_stretch_keeps_a_constant_image_mid_grey():
     out = inversion.stretch(np.full((2, 4, 3, 1), 0.3, np.float32))
     np.testing.assert_array_equal(out, 128)
     assert inversion.pixel_spread(np.full((1, 4, 3, 1), 0.3)) == 0.0
+
+
+def test_presets_stage_key_and_train_configs():
+    """The full setting is the first preset; quick is a valid config in its own workdir. The
+    classifiers' key moves with their settings, not the attack's; --patience (MI-FACE's beta)
+    never reaches the classifiers' training, so beta 0 (off) is fine."""
+    assert list(inversion.PRESETS) == ["seed", "quick"] and inversion.PRESETS["seed"] == {}
+    quick = inversion.Config(**inversion.PRESETS["quick"])
+    assert quick.workdir != inversion.Config().workdir
+    key = lambda **kw: stages.stage_key(inversion.Config(**kw),
+                                        ignore=inversion.CLASSIFIERS_KEY_IGNORE)
+    assert key() == key(step_size=1.0, iterations=(3,), patience=0, variants=(), workdir="x")
+    assert key() != key(epochs=3) and key() != key(evaluator="mlp") and key() != key(seed=1)
+    config = inversion.Config(patience=0, batch_size=32, evaluator_epochs=4)
+    target, evaluator = config.train_config(config.epochs), config.train_config(4)
+    assert (target.epochs, target.batch_size, evaluator.epochs) == (30, 32, 4)
+    assert target.lr_decay == 1.0 and target.weight_decay == 0.0 and not target.early_stopping

@@ -127,9 +127,11 @@ def test_query_mode_keys_the_logits_and_reaches_the_queries(tmp_path, monkeypatc
                                                              make_dataset):
     dataset = _dataset(make_dataset)
     eval_key = _config(tmp_path).training_key(dataset)
-    assert "query_mode" not in eval_key  # eval's stage keys stay as they were
+    assert eval_key["query_mode"] == "eval"
     assert _config(tmp_path, query_mode="train_batch_stats").training_key(dataset) == {
         **eval_key, "query_mode": "train_batch_stats"}
+    # The scoring knobs are declared out of the key: changing them reuses the logits.
+    assert _config(tmp_path, fpr_rule="lt", rmia_gamma=1.5).training_key(dataset) == eval_key
     with pytest.raises(ValueError, match="eval_batch_size=64 has no effect unless --query_mode"):
         _config(tmp_path, query_mode="train_batch_stats", eval_batch_size=64)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from jaxpet import report, runs, splits, training
-from jaxpet import attacks as attacks_lib
+from jaxpet import attacks as attacks_lib, report, runs, splits, training
 from jaxpet.attacks import registry
 from jaxpet.experiments import membership
 
@@ -82,7 +82,39 @@ def test_summary_table_shows_each_attack_under_the_right_column(finished):
         assert row["TPR@1%FPR (%)"] == report.pct(r["tpr_at_fpr"]["0.01"])
         assert row["TPR@0.1%FPR (%)"] == report.pct(r["tpr_at_fpr"]["0.001"])
     seed_row = report.parse_markdown_table(text)[0]
-    assert seed_row["Target acc (%)"].startswith(f"Train = {report.pct(results['target']['train_acc'])}")
+    assert seed_row["Target acc (%)"].startswith(
+        f"Train = {report.pct(results['target']['train_acc'])}")
+
+
+def test_posteriors_and_accuracies_are_read_from_the_saved_logits(finished):
+    """The role's stage holds the ensemble's logits; the attacks' posteriors are their softmax
+    and the reported accuracies their argmax on the members and the test split."""
+    workdir, results = finished
+    saved = np.load(next((workdir / "stages").glob("target-*.npz")))
+    preds = np.load(workdir / "predictions.npz")
+    rows = np.searchsorted(saved["candidates"], preds["indices"])
+    np.testing.assert_allclose(preds["posteriors"],
+                               jax.nn.softmax(saved["logits"][0, rows, 0]), rtol=1e-6)
+    hits = saved["logits"][0, :, 0].argmax(-1) == saved["labels"]
+    assert results["target"]["train_acc"] == hits[saved["keep"][0]].mean()
+    test_hits = saved["test_logits"][0, :, 0].argmax(-1) == saved["test_labels"]
+    assert results["target"]["test_acc"] == test_hits.mean()
+    assert saved["keep"][0].sum() == results["data"]["members_per_model"] == 100
+
+
+def test_role_keys_leave_out_only_what_cannot_change_the_role(tmp_path, make_dataset):
+    dataset = make_dataset()
+    key = lambda role, **kw: _config(tmp_path, **kw).training_key(dataset, role)
+    assert key("target", num_shadow=3) == key("target")  # the target is the same model
+    assert key("shadow", num_shadow=3) != key("shadow")
+    for attack_only in (dict(num_posteriors=10), dict(attack_epochs=9),
+                        dict(thresholds="global"), dict(label_only_attack_model="per_class"),
+                        dict(strategy="loop"), dict(checkpoint_every=1)):
+        assert key("target", **attack_only) == key("target"), attack_only
+        assert key("shadow", **attack_only) == key("shadow"), attack_only
+    for training_setting in (dict(epochs=3), dict(batch_size=8), dict(label_only_shift=2),
+                             dict(width_scale=0.25), dict(seed=1)):
+        assert key("target", **training_setting) != key("target"), training_setting
 
 
 def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch, make_dataset):

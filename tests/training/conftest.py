@@ -1,4 +1,5 @@
-"""Fixtures shared by the trainer tests: tiny CNNs and 8x8 images a CNN separates in a few epochs."""
+"""Fixtures shared by the trainer tests: tiny CNNs and 8x8 images a CNN separates in a few
+epochs."""
 
 import jax
 import numpy as np

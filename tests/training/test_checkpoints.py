@@ -1,4 +1,5 @@
-"""Checkpoints: resume == uninterrupted, another run refused, full disk and corrupt saves handled."""
+"""Checkpoints: resume == uninterrupted, another run refused, full disk and corrupt saves
+handled."""
 
 import asyncio
 import errno
@@ -46,7 +47,7 @@ def _interrupt_after(epochs_done):
 def _assert_same_run(a, b):
     jax.tree.map(np.testing.assert_array_equal, a.state, b.state)
     assert len(a.history) == len(b.history)
-    for x, y in zip(a.history, b.history):
+    for x, y in zip(a.history, b.history, strict=True):
         assert set(x) == set(y)
         for name in set(x) - {"seconds"}:  # an epoch's wall time differs between runs
             np.testing.assert_array_equal(x[name], y[name])

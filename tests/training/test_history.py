@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxpet import runs
+from jaxpet import page, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +18,11 @@ class _Config:
 
 
 def _train_in_run(workdir, fitted, stage_key):
-    with runs.Run(workdir, _Config()) as run_:
+    with runs.Run(workdir, _Config(), on_finish=page.write_page) as run_:
         def compute():
             result = fitted.train(log_prefix="tiny ")
             return {"loss": np.stack([h["loss"] for h in result.history])}, {}
-        arrays, _ = run_.stages.run("tiny", stage_key, compute)
+        arrays, _, _ = run_.stages.run("tiny", stage_key, compute)
     return arrays
 
 

@@ -35,7 +35,8 @@ def test_evaluate_agrees_with_predict(trained):
     post = training.predict(model, variables, images, preprocess=normalize)
     for k in range(2):
         idx = sets.member(k)
-        np.testing.assert_allclose(out["accuracy"][k], np.mean(post[k, idx].argmax(-1) == labels[idx]))
+        np.testing.assert_allclose(out["accuracy"][k],
+                                   np.mean(post[k, idx].argmax(-1) == labels[idx]))
         loss = -np.mean(np.log(post[k, idx, labels[idx]]))
         np.testing.assert_allclose(out["loss"][k], loss, rtol=1e-4)
     with pytest.raises(ValueError, match=f"only {len(images)}"):

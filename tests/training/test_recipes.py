@@ -115,7 +115,7 @@ def test_a_module_without_mask_trains_and_vmap_equals_one_by_one(model):
         alone = training.train_ensemble(
             model, images, labels, splits.MemberSets.from_lists([members.member(k)]), config,
             keys=keys[k:k + 1], strategy="vmap")
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[0], rtol=1e-5, atol=1e-6),
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[0], rtol=1e-5, atol=1e-6),  # noqa: B023 - called now
                      together.state.params, alone.state.params)
 
 
@@ -189,5 +189,5 @@ def test_the_moving_average_of_the_weights_is_what_the_model_predicts_with():
     chex.assert_trees_all_close(result.variables()["params"], expected, rtol=1e-6)
     # The last weights differ from their average (the test would pass trivially otherwise).
     assert not np.allclose(seen[-1]["Dense_0"]["kernel"], expected["Dense_0"]["kernel"])
-    with pytest.raises(UserError, match="ema and early_stopping"):
+    with pytest.raises(UserError, match="--ema and --early_stopping"):
         training.TrainConfig(ema=0.9, early_stopping=True)

@@ -1,4 +1,5 @@
-"""The model axis sharded over a `models` mesh: same result as unsharded, K/devices models per device.
+"""The model axis sharded over a `models` mesh: same result as unsharded, K/devices models per
+device.
 
 Runs in a subprocess because the 4 host devices must be requested before JAX starts.
 """
@@ -30,16 +31,20 @@ _SCRIPT = textwrap.dedent("""
     for k in (8, 6):  # 6 is padded to 8 models
         # The same member-set size for both: K=6, padded to 8, is the K=8 sharded program.
         sets = splits.random_member_sets(np.arange(200), k, 108, seed=k)
-        plain = training.train_ensemble(model, images, labels, sets, config, seed=3, preprocess=prep)
-        sharded = training.train_ensemble(model, images, labels, sets, config, seed=3, preprocess=prep,
+        plain = training.train_ensemble(model, images, labels, sets, config, seed=3,
+                                        preprocess=prep)
+        sharded = training.train_ensemble(model, images, labels, sets, config, seed=3,
+                                          preprocess=prep,
                                           mesh=mesh)
         chex.assert_trees_all_close(plain.state.params, sharded.state.params, atol=1e-5)
-        chex.assert_trees_all_close(plain.history[-1]["loss"], sharded.history[-1]["loss"], atol=1e-5)
+        chex.assert_trees_all_close(plain.history[-1]["loss"], sharded.history[-1]["loss"],
+                                    atol=1e-5)
         assert sharded.state.rng.shape[0] == k
         if k == 8:
             leaf = jax.tree.leaves(sharded.state.params)[0]
             shards = leaf.addressable_shards
-            assert len(shards) == 4 and all(s.data.shape[0] == 2 for s in shards), [s.data.shape for s in shards]
+            assert len(shards) == 4 and all(s.data.shape[0] == 2 for s in shards), [
+                s.data.shape for s in shards]
             assert len({s.device for s in shards}) == 4
     print("SHARDING-OK")
 """)
@@ -47,6 +52,7 @@ _SCRIPT = textwrap.dedent("""
 
 def test_sharded_ensemble_matches_unsharded_and_splits_models():
     env = dict(os.environ)
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SHARDING-OK" in out.stdout

@@ -41,6 +41,9 @@ from jaxpet.errors import UserError
         (dict(dpsgd=True, dp_noise_multiplier=math.nan), "dp_noise_multiplier"),
         (dict(batch_size=32, dp_microbatch_size=5), "dp_microbatch_size"),
         (dict(dp_microbatch_size=-1), "dp_microbatch_size"),
+        (dict(dp_noise_multiplier=0.0), "dp_noise_multiplier"),  # checked with or without DP
+        (dict(ema=0.5, early_stopping=True), "ema"),
+        (dict(epochs=np.float64(3.0)), "epochs"),
     ],
 )
 def test_bad_config_is_rejected(kwargs, match):
@@ -50,7 +53,7 @@ def test_bad_config_is_rejected(kwargs, match):
 
 def test_good_config_edges_are_accepted():
     training.TrainConfig(lr_decay=1.0, weight_decay=0.0, learning_rate=np.float32(1e-3),
-                         epochs=np.int64(3), dp_noise_multiplier=0.0)  # no DP: noise unused
+                         epochs=np.int64(3), early_stopping=np.bool_(True))
     training.TrainConfig(batch_size=32, dpsgd=True, dp_microbatch_size=8)
 
 
@@ -69,7 +72,8 @@ def test_learning_rate_decays_per_epoch(separable_images, normalize):
         training.TrainConfig(epochs=3, batch_size=32, learning_rate=0.01, lr_decay=0.5),
         preprocess=normalize,
     )
-    np.testing.assert_allclose([h["learning_rate"][0] for h in result.history], [0.01, 0.005, 0.0025])
+    np.testing.assert_allclose([h["learning_rate"][0] for h in result.history],
+                               [0.01, 0.005, 0.0025])
     np.testing.assert_allclose(result.state.opt_state.hyperparams["learning_rate"], [0.0025])
 
 
@@ -108,7 +112,7 @@ def test_augment_batch_flips_and_crops_each_image():
     chex.assert_shape(out, x.shape)
     padded = lambda im: np.pad(im, ((2, 2), (2, 2), (0, 0)), mode="reflect")
     flips = 0
-    for original, augmented in zip(np.asarray(x), out):
+    for original, augmented in zip(np.asarray(x), out, strict=True):
         candidates = {(f, i, j): padded(original[:, ::-1] if f else original)[i:i + 8, j:j + 8]
                       for f in (0, 1) for i in range(5) for j in range(5)}
         matches = [k for k, c in candidates.items() if np.allclose(c, augmented)]

@@ -10,7 +10,8 @@ from jaxpet import splits, training
 
 
 def _max_abs_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(jnp.max(jnp.abs(x - y)))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 class Trio:
@@ -64,7 +65,8 @@ def test_vmapped_ensemble_equals_independent_runs(trio):
                             splits.MemberSets.from_lists([trio.validation.member(k)]),
                             trio.keys[k : k + 1], strategy="vmap")
         chex.assert_trees_all_close(
-            training.take_model(ensemble.state.params, k), training.take_model(single.state.params, 0),
+            training.take_model(ensemble.state.params, k),
+            training.take_model(single.state.params, 0),
             atol=1e-5, rtol=1e-5,
         )
         chex.assert_trees_all_close(
@@ -131,12 +133,15 @@ def test_bad_inputs_are_rejected_before_training(separable_images, tiny_cnn):
     model = tiny_cnn()
     config = training.TrainConfig(epochs=1, early_stopping=True)
     with pytest.raises(ValueError, match="validation"):
-        training.train_ensemble(model, images, labels, splits.MemberSets.from_lists([np.arange(10)]), config)
+        training.train_ensemble(model, images, labels,
+                                splits.MemberSets.from_lists([np.arange(10)]), config)
     with pytest.raises(ValueError, match="only 20"):
-        training.train_ensemble(model, images, labels, splits.MemberSets.from_lists([np.arange(30)]),
+        training.train_ensemble(model, images, labels,
+                                splits.MemberSets.from_lists([np.arange(30)]),
                                 training.TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="differ in length"):
-        training.train_ensemble(model, images, labels[:10], splits.MemberSets.from_lists([np.arange(5)]),
+        training.train_ensemble(model, images, labels[:10],
+                                splits.MemberSets.from_lists([np.arange(5)]),
                                 training.TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="checkpoint_every"):
         training.train_ensemble(model, images, labels, splits.MemberSets.from_lists([np.arange(5)]),
@@ -152,7 +157,7 @@ def test_strategies_equal_vmap(strategy, trio):
     chex.assert_trees_all_close(runs["vmap"].state.best_batch_stats,
                                 runs[strategy].state.best_batch_stats, atol=1e-5, rtol=1e-5)
     assert len(runs["vmap"].history) == len(runs[strategy].history)
-    for a, b in zip(runs["vmap"].history, runs[strategy].history):
+    for a, b in zip(runs["vmap"].history, runs[strategy].history, strict=True):
         np.testing.assert_allclose(a["val_acc"], b["val_acc"], atol=1e-6)
         np.testing.assert_array_equal(a["active"], b["active"])
 
