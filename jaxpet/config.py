@@ -274,6 +274,12 @@ def command_line(cls, values: Mapping[str, Any], *,
     return words
 
 
+def default_workdir(stem: str, preset: str, presets: Mapping[str, Any]) -> str:
+    """``runs/<stem>``, suffixed ``_<preset>`` for every preset but the first (the full
+    setting), so a quick run never writes over a full one."""
+    return f"runs/{stem}" + ("" if preset == next(iter(presets)) else f"_{preset}")
+
+
 def inherit(cls, name: str, default=None, help: str | None = None):
     """A setting that overrides ``cls``'s setting ``name`` (same help, checks and choices);
     default None: the other config's value (e.g. its preset's)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import typing
 
@@ -133,19 +134,22 @@ _NOT_TRAINING_SETTINGS = {("inversion", "patience")}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_no_experiment_restates_a_training_default(name):
-    """A setting named as a TrainConfig one is taken from it with same_as (its help, checks and
-    default written once, in TrainConfig), never written again by hand."""
+def test_no_experiment_restates_a_training_or_scoring_default(name):
+    """A setting named as a TrainConfig or AttackConfig one is taken from it with same_as (its
+    help, checks and default written once, there), never written again by hand."""
     from jaxpet import training
+    from jaxpet.attacks import reference
 
     module = importlib.import_module(f"jaxpet.experiments.{name}")
-    shared = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    owners = {f.name: cls.__name__ for cls in (training.TrainConfig, reference.AttackConfig)
+              for f in dataclasses.fields(cls) if "jaxpet" in f.metadata}
     for f in dataclasses.fields(module.Config):
         if (name, f.name) in _NOT_TRAINING_SETTINGS:
             assert config.spec(module.Config, f.name).origin is None
-        elif f.name in shared:
-            assert config.spec(module.Config, f.name).origin == f"TrainConfig.{f.name}", (
-                f"{name}.Config.{f.name} restates TrainConfig's setting: use config.same_as")
+        elif f.name in owners:
+            assert config.spec(module.Config, f.name).origin == f"{owners[f.name]}.{f.name}", (
+                f"{name}.Config.{f.name} restates {owners[f.name]}'s setting: use "
+                "config.same_as")
 
 
 def test_same_as_takes_help_checks_and_default_once():
@@ -172,3 +176,23 @@ def test_same_as_takes_help_checks_and_default_once():
     # pick: the same-named fields carried across, the rest given.
     assert config.pick(Uses(size=5), Base) == Base(lr=0.1, size=5)
     assert config.pick(Uses(), Base, size=9) == Base(lr=0.1, size=9)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_the_command_line_written_for_a_config_rebuilds_it(name):
+    """config.command_line (the report page's reproduce command) round-trips through the flags:
+    the quick preset with one setting changed comes back equal."""
+    module = importlib.import_module(f"jaxpet.experiments.{name}")
+    values = flags.FlagValues()
+    config.define_flags(module.Config, presets=module.PRESETS, flag_values=values,
+                        module_name="script")
+    values(["script", "--preset=quick", "--seed=3"] if "seed" in values else
+           ["script", "--preset=quick"])
+    built = config.from_flags(module.Config, presets=module.PRESETS, flag_values=values)
+    recorded = json.loads(json.dumps(dataclasses.asdict(built)))  # as config.json holds it
+    words = config.command_line(module.Config, recorded, presets=module.PRESETS)
+    again = flags.FlagValues()
+    config.define_flags(module.Config, presets=module.PRESETS, flag_values=again,
+                        module_name="script")
+    again(["script", *words])
+    assert config.from_flags(module.Config, presets=module.PRESETS, flag_values=again) == built

@@ -19,9 +19,10 @@ import numpy as np
 
 from jaxpet import metrics
 from jaxpet.attacks import registry
-from jaxpet.attacks.lira import Signals, convention as lira_convention, equalized_use
-from jaxpet.attacks.rmia import check_rmia_knobs
+from jaxpet.attacks.lira import CONVENTIONS, Signals, equalized_use
+from jaxpet.attacks.rmia import CONVENTIONS as RMIA_CONVENTIONS
 from jaxpet.attacks.signals import negative_loss
+from jaxpet.config import check, setting
 
 
 @registry.register("global_loss", family="reference", uses_references=False,
@@ -51,14 +52,33 @@ class AttackConfig:
     plotting code does)."""
 
     num_queries: int = 2  # 1: the original image only; 2: also its horizontal flip
-    rmia_offline_a: float = 0.3
-    rmia_gamma: float = 2.0
-    lira_convention: str = "paper"
-    fpr_rule: str = "le"
-    # RMIA's convention (jaxpet.attacks.rmia.CONVENTIONS): "paper" (plain means, LR >= gamma,
-    # queries averaged) or "code" (the released code: 20% trimmed means, LR > gamma, majority
-    # vote over queries); rmia_offline_a applies in both.
-    rmia_convention: str = "paper"
+    rmia_offline_a: float = setting(0.3, "RMIA offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + "
+                                    "(1 - a)) / 2 (rmia_offline_fitted_a fits it instead).",
+                                    low=0, high=1)
+    rmia_gamma: float = setting(2.0, "RMIA: x dominates z when its likelihood ratio against z "
+                                "is at least gamma.", low=0, low_open=True)
+    lira_convention: str = setting(
+        "paper",
+        "How LiRA fits its Gaussians: paper (means, unbiased variances, the fixed variance "
+        "pooled within examples, one-sided offline test: Carlini et al. 2022 as written) or code "
+        "(medians, population variances, one global std of all IN scores, two-sided offline: the "
+        "authors' released plotting code).",
+        choices=tuple(CONVENTIONS))
+    fpr_rule: str = setting(
+        "le",
+        "TPR at FPR counts thresholds with FPR <= the level (le) or < it (lt, LiRA's plotting "
+        "code).",
+        choices=metrics.FPR_RULES)
+    rmia_convention: str = setting(
+        "paper",
+        "How RMIA (Zarifzadeh et al., ICML 2024) estimates Pr(x) and combines the queries: paper "
+        "(Pr(x) the references' mean, x dominates z when LR >= gamma, the fraction of z "
+        "dominated averaged over queries: the paper as written) or code (20% trimmed means over "
+        "the references, LR > gamma, and per (x, z) pair a majority vote over queries, x "
+        "dominating z on more than half of them: the authors' released code, "
+        "privacytrustlab/ml_privacy_meter research/2024_rmia/main.py). --rmia_offline_a applies "
+        "to both; the released CIFAR-10 configs use 0.3.",
+        choices=tuple(RMIA_CONVENTIONS))
     # rmia_offline_fitted_a's a when it was fitted beforehand, where the references' members
     # are (None: fitted on the references' scores of the candidates, the usual case).
     rmia_fitted_a: float | None = None
@@ -68,11 +88,7 @@ class AttackConfig:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}.")
         if self.rmia_fitted_a is not None and not 0 <= self.rmia_fitted_a <= 1:
             raise ValueError(f"rmia_fitted_a must be in [0, 1], got {self.rmia_fitted_a}.")
-        check_rmia_knobs(self.rmia_gamma, self.rmia_offline_a, self.rmia_convention)
-        lira_convention(self.lira_convention)
-        if self.fpr_rule not in metrics.FPR_RULES:
-            raise ValueError(f"fpr_rule must be one of {metrics.FPR_RULES}, got "
-                             f"{self.fpr_rule!r}.")
+        check(self)
 
 
 def attack_scores(signals: Signals, keep, target: int, references: Sequence[int] | np.ndarray,

@@ -114,9 +114,7 @@ class Config:
     rmia_signal: str = settings.rmia_signal()
     lira_convention: str = settings.lira_convention()
     rmia_convention: str = settings.rmia_convention()
-    rmia_offline_a: float = setting(0.3, "RMIA offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + "
-                                    "(1 - a)) / 2 (rmia_offline_fitted_a fits it instead).",
-                                    low=0, high=1)
+    rmia_offline_a: float = same_as(reference.AttackConfig, "rmia_offline_a")
     query_mode: str = settings.lira_query_mode()
     fpr_rule: str = settings.fpr_rule()
     width_scale: float = settings.width_scale()

@@ -104,8 +104,7 @@ class Config:
 
     @property
     def output_dir(self) -> str:
-        suffix = "" if self.preset == "full" else f"_{self.preset}"
-        return self.workdir or f"runs/benchmark{suffix}"
+        return self.workdir or config_lib.default_workdir("benchmark", self.preset, PRESETS)
 
 
 PRESETS = {

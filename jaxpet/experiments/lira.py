@@ -95,10 +95,8 @@ class Config:
     query_mode: str = settings.lira_query_mode()
     num_targets: int | None = setting(None, "How many models (0, 1, ...) to score as the target "
                                       "in turn (default: all).", low=1)
-    rmia_offline_a: float = setting(0.3, "RMIA offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + "
-                                    "(1 - a)) / 2.", low=0, high=1)
-    rmia_gamma: float = setting(2.0, "RMIA: x dominates z when its likelihood ratio against z "
-                                "is at least gamma.", low=0, low_open=True)
+    rmia_offline_a: float = same_as(reference.AttackConfig, "rmia_offline_a")
+    rmia_gamma: float = same_as(reference.AttackConfig, "rmia_gamma")
     rmia_signal: str = settings.rmia_signal()
     rmia_convention: str = settings.rmia_convention()
     lira_convention: str = settings.lira_convention()  # the summary reports the other too
@@ -139,8 +137,8 @@ class Config:
 
     @property
     def output_dir(self) -> str:
-        suffix = "" if self.preset == "full" else f"_{self.preset}"
-        return self.workdir or f"runs/lira_{self.dataset}{suffix}"
+        return self.workdir or config_lib.default_workdir(f"lira_{self.dataset}", self.preset,
+                                                          PRESETS)
 
     def check_sizes(self, dataset: data.Dataset) -> None:
         if self.pool_size is not None and self.pool_size > len(dataset.train):

@@ -113,8 +113,8 @@ class Config:
 
     @property
     def output_dir(self) -> str:
-        suffix = "" if self.preset == "seed" else f"_{self.preset}"
-        return self.workdir or f"runs/membership_{self.dataset}{suffix}"
+        return self.workdir or config_lib.default_workdir(f"membership_{self.dataset}",
+                                                          self.preset, PRESETS)
 
     @property
     def label_only_queries(self) -> attacks.label_only.Queries:

@@ -7,8 +7,8 @@ the help text and the checks.
 
 from __future__ import annotations
 
-from jaxpet import dpsgd, metrics, models, training
-from jaxpet.attacks import label_only, lira
+from jaxpet import dpsgd, models, training
+from jaxpet.attacks import label_only, lira, reference
 from jaxpet.config import same_as, setting
 
 _DP = ("dpsgd",)
@@ -54,17 +54,11 @@ def dp_delta():
 
 
 def lira_convention():
-    return setting(
-        "paper", "How LiRA fits its Gaussians: paper (means, unbiased variances, the fixed "
-        "variance pooled within examples, one-sided offline test: Carlini et al. 2022 as "
-        "written) or code (medians, population variances, one global std of all IN scores, "
-        "two-sided offline: the authors' released plotting code).",
-        choices=tuple(lira.CONVENTIONS))
+    return same_as(reference.AttackConfig, "lira_convention")
 
 
 def fpr_rule():
-    return setting("le", "TPR at FPR counts thresholds with FPR <= the level (le) or < it (lt, "
-                   "LiRA's plotting code).", choices=metrics.FPR_RULES)
+    return same_as(reference.AttackConfig, "fpr_rule")
 
 
 def rmia_signal():
@@ -92,17 +86,7 @@ def lira_query_mode():
 
 
 def rmia_convention():
-    from jaxpet.attacks import rmia  # only for its choices
-
-    return setting(
-        "paper", "How RMIA (Zarifzadeh et al., ICML 2024) estimates Pr(x) and combines the "
-        "queries: paper (Pr(x) the references' mean, x dominates z when LR >= gamma, the "
-        "fraction of z dominated averaged over queries: the paper as written) or code (20% "
-        "trimmed means over the references, LR > gamma, and per (x, z) pair a majority vote "
-        "over queries, x dominating z on more than half of them: the authors' released code, "
-        "privacytrustlab/ml_privacy_meter research/2024_rmia/main.py). --rmia_offline_a "
-        "applies to both; the released CIFAR-10 configs use 0.3.",
-        choices=tuple(rmia.CONVENTIONS))
+    return same_as(reference.AttackConfig, "rmia_convention")
 
 
 def label_only_translations():

@@ -61,8 +61,8 @@ class Config:
 
     @property
     def output_dir(self) -> str:
-        suffix = "" if self.preset == "full" else f"_{self.preset}"
-        return self.workdir or f"runs/train_ensemble_{self.dataset}{suffix}"
+        return self.workdir or config_lib.default_workdir(f"train_ensemble_{self.dataset}",
+                                                          self.preset, PRESETS)
 
 
 PRESETS = {
