@@ -34,7 +34,7 @@
 # 10 s per process start; 8 s to decode CIFAR-10's 60,000 JPEGs once (measured on a 2-core CPU).
 #   0 environment                                      ~10 s              (box  15 s)
 #   1 benchmark, cifar10_target, vmap K=64/128/256 (128 in case 256 does not fit: the CPU's
-#     compiled program needs ~0.6 GiB per model at batch 128, README), bf16 and fp32, 3 epochs
+#     compiled program needs ~0.6 GiB per model at batch 128, docs/performance.md), bf16 and fp32, 3 epochs
 #     of 2,048 images per model per cell, memory estimate fitted through K=64 and 256: 10 s
 #     of training (7.3e14 FLOP per K=256 cell) + 12 programs x 5 s + start
 #                                                        ~80 s  (box  95 s)

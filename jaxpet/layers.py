@@ -3,7 +3,7 @@ BatchNorm with hand-written gradients, and the switches that pick them per backe
 
 Each form computes the same function as the library layer it stands in for (tested in
 ``tests/test_layers.py``); "auto" picks the one measured faster on the default backend
-(README, Performance): on CPU the patch-matrix convolutions, the reshape max-pool and the
+(docs/performance.md): on CPU the patch-matrix convolutions, the reshape max-pool and the
 fused BatchNorm; elsewhere ``nn.Conv``, ``nn.max_pool`` and ``nn.BatchNorm``.
 """
 
@@ -124,14 +124,14 @@ _patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
 CONV_IMPLS = ("auto", "conv", "patches", "slices")
-# "auto" per backend, measured with experiments/benchmark.py --conv_impls (README, Performance).
+# "auto" per backend, measured with experiments/benchmark.py --conv_impls (docs/performance.md).
 AUTO_CONV_IMPL = {"cpu": "slices"}
 
 
 def resolve_conv_impl(impl: str) -> str:
     """"auto" picks the faster form for the default backend: slices on CPU, conv elsewhere.
 
-    Measured on a 2-core CPU (jax 0.10, batch 128, README "Performance"): one
+    Measured on a 2-core CPU (jax 0.10, batch 128, docs/performance.md): one
     fwd+bwd of the CIFAR-10 shadow CNN's second layer takes 11 s as ``nn.Conv``,
     165 ms as patches and 110 ms as slices; with the CPU's pooling and BatchNorm
     forms the CNN trains at 653 images/s with patches and 1152 with slices.
@@ -221,7 +221,7 @@ AUTO_BATCHNORM_IMPL = {"cpu": "fused"}
 
 
 def resolve_batchnorm_impl(impl: str) -> str:
-    """"auto": fused on CPU (measured faster, README), flax elsewhere."""
+    """"auto": fused on CPU (measured faster, docs/performance.md), flax elsewhere."""
     return _resolve("batchnorm_impl", impl, BATCHNORM_IMPLS, AUTO_BATCHNORM_IMPL, "flax")
 
 

@@ -76,7 +76,7 @@ def label_only_shift():
 def lira_query_mode():
     return setting(
         "eval", "How the trained models are queried for their logits: eval (jaxpet's default, "
-        "and the mode of every figure in the README: inference mode, BatchNorm running "
+        "and the mode of every figure in the docs: inference mode, BatchNorm running "
         "statistics, the weights the models predict with, i.e. the 0.999 moving average under "
         "--recipe=lira) or train_batch_stats (LiRA's released inference.py: the raw weights, "
         "not their moving average, called in training mode, so BatchNorm normalises each batch "

@@ -29,7 +29,7 @@ from jaxpet.training.state import ModelState, accepts_mask
 # * "eval": inference mode. BatchNorm normalises with its running statistics, so an example's
 #   output does not depend on the other examples of its batch; the weights are those the
 #   trained model predicts with (TrainConfig.ema's moving average, early stopping's best).
-#   jaxpet's default, and the mode of every figure in the README.
+#   jaxpet's default, and the mode of every figure in the docs.
 # * "train_batch_stats": LiRA's released code (tensorflow/privacy research/mi_lira_2021,
 #   inference.py), which calls the raw model -- MemModule.model, not its moving average
 #   model_ema -- with training=True: BatchNorm normalises with the mean and (biased) variance

@@ -147,7 +147,7 @@ def train_ensemble_epoch_mapped(
 #   map:  one program, lax.map over models (sequential on the device);
 #   loop: the K=1 program called once per model from the host.
 STRATEGIES = ("auto", "vmap", "map", "loop")
-# "auto" per backend, from experiments/benchmark.py (README, Performance). On a 2-core CPU
+# "auto" per backend, from experiments/benchmark.py (docs/performance.md). On a 2-core CPU
 # lax.map was the fastest at K=8 on all four seed CNNs (e.g. CIFAR-10 shadow CNN: map 1297
 # images/s, vmap 1100, loop 1117); accelerators batch models (vmap) until measured otherwise.
 AUTO_STRATEGY = {"cpu": "map", "gpu": "vmap", "tpu": "vmap"}
