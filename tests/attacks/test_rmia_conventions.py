@@ -188,7 +188,7 @@ def test_registered_attacks_read_the_convention_from_the_config():
 
 
 def test_conventions_are_checked():
-    with pytest.raises(ValueError, match="RMIA convention must be one of"):
+    with pytest.raises(ValueError, match="--rmia_convention must be one of paper, code"):
         reference.AttackConfig(rmia_convention="mine")
     with pytest.raises(ValueError, match="RMIA convention must be one of"):
         rmia.rmia(*_toy_args(), conv="mine")
