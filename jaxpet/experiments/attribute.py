@@ -237,6 +237,23 @@ def train_targets(target, prepared: Prepared, train_config: training.TrainConfig
             {"seconds": result.seconds, "train_acc": float(result.history[-1]["train_acc"].mean())})
 
 
+def attack_layer(run_: runs.Run, config: Config, prepared, target, variables, attack, layer: str,
+                 attack_config: training.TrainConfig, preprocess):
+    """One layer's representations of the attacker's and the test images under every target in
+    ``variables`` (K trained, then K untrained), then one attack MLP per target, in one call."""
+    split = prepared.split
+    used, n_attack = np.concatenate([split.attack, split.test]), len(split.attack)
+    with run_.timed(f"representations_{layer}"):
+        features = attribute_attack.layer_features(
+            target, variables, prepared.images[used], layer, num_fit=n_attack,
+            preprocess=preprocess)
+    with run_.timed(f"attack_{layer}"):
+        return attribute_attack.attack_features(
+            attack, features, prepared.labels[used], n_attack, attack_config,
+            class_names=prepared.class_names, seed=config.seed + 2000,
+            log_prefix=f"attack {layer} ")
+
+
 def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Runs the experiment; writes results.json, confusion.png, summary.md; returns the results.
 
@@ -272,20 +289,9 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
                 training.evaluate(target, variables, images, prepared.target_labels, tests,
                                   preprocess=preprocess) for variables in (trained, untrained))
 
-        # Each layer's representations of the attacker's and the test images under the K
-        # trained and K untrained targets, then 2K attack MLPs (one per target) in one call.
         both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), trained, untrained)
-        used, n_attack = np.concatenate([split.attack, split.test]), len(split.attack)
-        attacked = {}
-        for layer in layers:
-            with run_.timed(f"representations_{layer}"):
-                features = attribute_attack.layer_features(
-                    target, both, images[used], layer, num_fit=n_attack, preprocess=preprocess)
-            with run_.timed(f"attack_{layer}"):
-                attacked[layer] = attribute_attack.attack_features(
-                    attack, features, prepared.labels[used], n_attack, attack_config,
-                    class_names=prepared.class_names, seed=config.seed + 2000,
-                    log_prefix=f"attack {layer} ")
+        attacked = {layer: attack_layer(run_, config, prepared, target, both, attack, layer,
+                                        attack_config, preprocess) for layer in layers}
         with run_.timed("pixels"):  # the same attack MLP on the normalised raw pixels
             pixels = attribute_attack.train_attacks(
                 attack, images, prepared.labels, [split.attack] * k, [split.test] * k,
