@@ -223,14 +223,26 @@ def from_flags(cls, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
                flag_values: flags.FlagValues = flags.FLAGS, **values):
     """The config of ``cls``: the chosen preset's values, then every flag given explicitly,
     then ``values`` (settings the experiment fills in itself)."""
-    merged = dict(presets[str(flag_values["preset"].value)]) if presets else {}
+    preset = dict(presets[str(flag_values["preset"].value)]) if presets else {}
+    merged = dict(preset)
     if presets and "preset" in {f.name for f in dataclasses.fields(cls)}:
         merged["preset"] = flag_values["preset"].value
-    for name, (f, kind) in _fields(cls).items():
-        if f.metadata[_META].flag and flag_values[name].present:
-            merged[name] = _convert(name, flag_values[name].value, kind)
+    given = {name for name, (f, _) in _fields(cls).items()
+             if f.metadata[_META].flag and flag_values[name].present}
+    for name in given:
+        merged[name] = _convert(name, flag_values[name].value, _fields(cls)[name][1])
     merged.update(values)
+    # A preset's value for a setting that the flags given make inapplicable (the quick preset's
+    # --width_scale under --model=wrn) is the preset's, not the user's: it falls back to the
+    # default rather than being refused as a setting with no effect.
+    for name, (f, _) in _fields(cls).items():
+        when = f.metadata[_META].when
+        if name in preset and name not in given and when is not None:
+            other, allowed = when
+            if merged.get(other, _fields(cls)[other][0].default) not in allowed:
+                del merged[name]
     config = cls(**merged)
+    object.__setattr__(config, _GIVEN, frozenset(given))
     for name, (f, _) in _fields(cls).items():  # a flag given has effect, even at its default
         s = f.metadata[_META]
         if s.when is not None and s.flag and flag_values[name].present:
@@ -239,6 +251,29 @@ def from_flags(cls, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
                 raise ConfigError(_no_effect(name, getattr(config, name), other, allowed,
                                              getattr(config, other)))
     return config
+
+
+_GIVEN = "_jaxpet_given"
+
+
+def given(config) -> frozenset[str]:
+    """The settings of ``config`` its user chose: the flags given on the command line (for a
+    config from :func:`from_flags`), else every setting that differs from its default."""
+    recorded = getattr(config, _GIVEN, None)
+    if recorded is not None:
+        return recorded
+    return frozenset(name for name, (f, _) in _fields(config).items()
+                     if getattr(config, name) != f.default)
+
+
+def refuse_no_effect(config, names, why: str) -> None:
+    """Raises :class:`ConfigError` for the first of ``names`` the user chose (:func:`given`)
+    although, as ``why`` says, it has no effect on this run: a setting that is accepted but
+    changes nothing would be recorded in results.json as if it had been used."""
+    for name in names:
+        if name in given(config):
+            raise ConfigError(f"--{name}={_show(getattr(config, name))} has no effect: {why} "
+                              f"— drop --{name}.")
 
 
 def _flag_value(value) -> str:

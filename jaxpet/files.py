@@ -23,8 +23,11 @@ import json
 import os
 import pathlib
 import shutil
+import struct
 import tempfile
 from typing import Any
+import zipfile
+import zlib
 
 from flax import traverse_util
 import jax
@@ -154,10 +157,46 @@ def write_npz(path, **arrays) -> pathlib.Path:
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
+# What reading a damaged, cut or foreign .npz raises besides ValueError and OSError: zipfile's
+# own errors and those of the layers under it (zlib, bz2/lzma, struct), an encrypted member
+# (RuntimeError), a compression it lacks (NotImplementedError), a member it cannot find.
+_DAMAGED_NPZ = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, struct.error,
+                RuntimeError, NotImplementedError, KeyError, IndexError, OverflowError)
+
+
 def read_npz(path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz, loaded now (never unpickled)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    """All arrays of an .npz, loaded now, every member read whole and its checksum checked
+    (never unpickled).
+
+    A file that is not a whole .npz (cut, a flipped bit, not a zip, an object array) is one
+    ``ValueError`` saying so; a file that cannot be opened stays an ``OSError``. The checksums
+    are checked before numpy parses a member, so a damaged header never reaches numpy (which
+    might then ask for an impossible allocation).
+    """
+    name = pathlib.Path(path).name
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member to its end: zlib and the CRC check
+        if bad is not None:
+            raise ValueError(f"{name} is damaged (its member {bad} fails its checksum)")
+        with np.load(path, allow_pickle=False) as f:
+            try:
+                arrays = {k: f[k] for k in f.files}
+            except ValueError as e:  # an object array (pickled), a header numpy refuses
+                raise ValueError(f"{name} is not an .npz of plain numpy arrays ({e})") from e
+    except zipfile.BadZipFile as e:
+        if "not a zip file" not in str(e):
+            raise ValueError(f"{name} is damaged ({e})") from e
+        with open(path, "rb") as f:
+            cut = f.read(4) == b"PK\x03\x04"  # starts as a zip: its end (the directory) is lost
+        raise ValueError(f"{name} is cut short or damaged (its zip directory is missing)" if cut
+                         else f"{name} is not an .npz archive (not a zip file)") from e
+    except _DAMAGED_NPZ as e:
+        raise ValueError(f"{name} is damaged ({type(e).__name__}: {e})") from e
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # numpy gives a member that is no .npy as bytes
+            raise ValueError(f"{name} is not an .npz archive (its member {key} is not an array)")
+    return arrays
 
 
 def write_text(path, text: str) -> pathlib.Path:

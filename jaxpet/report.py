@@ -210,12 +210,15 @@ def reference_sweep_figure(sweep: Sequence[dict], baseline: dict, title: str = "
     fig = Figure(figsize=(10, 4.2), dpi=110)
     axes = fig.subplots(1, 2)
     counts = [row["num_references"] for row in sweep]
+    names = list(dict.fromkeys(name for row in sweep for name in row["attacks"]))
     for ax, key, label in ((axes[0], "auc", "AUC"),
                            (axes[1], "tpr_at_fpr_0.001", "TPR at 0.1% FPR")):
-        for name in sweep[0]["attacks"]:
-            mean = [row["attacks"][name][key]["mean"] for row in sweep]
-            std = [row["attacks"][name][key]["std"] for row in sweep]
-            ax.errorbar(counts, mean, yerr=std, marker="o", ms=3, capsize=2, lw=1.2, label=name)
+        for name in names:  # an attack is drawn at the counts where it is available
+            rows = [row for row in sweep if name in row["attacks"]]
+            mean = [row["attacks"][name][key]["mean"] for row in rows]
+            std = [row["attacks"][name][key]["std"] for row in rows]
+            ax.errorbar([row["num_references"] for row in rows], mean, yerr=std, marker="o",
+                        ms=3, capsize=2, lw=1.2, label=name)
         ax.axhline(baseline[key]["mean"], color="k", ls=":", lw=1, label="global_loss")
         ax.axhline(0.5 if key == "auc" else 0.001, color="gray", ls="--", lw=1, label="chance")
         ax.set_xscale("log", base=2)

@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from typing import IO, Any, NamedTuple
-import zipfile
 
 from absl import logging
 import jax
@@ -113,9 +112,26 @@ class Workdir:
             self._lock_file = None
 
 
+_PATH_MAX, _NAME_MAX = 4096, 255  # Linux's limits on a path and on one name in it
+# The deepest file a run writes below its workdir: a stage's checkpoint inside orbax's
+# layout (stages/checkpoints-<name>-<digest>/<step>/<item>/<array folders>/...), with room.
+_DEEPEST_FILE = 300
+
+
+def _short(path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]} ({len(text)} characters)"
+
+
 def check_writable(path, flag: str = "--workdir") -> pathlib.Path:
     """Creates ``path`` and proves it writable, before any work; else a :class:`WorkdirError`."""
     path = pathlib.Path(path)
+    longest = len(os.fsencode(os.path.abspath(path))) + _DEEPEST_FILE
+    if longest > _PATH_MAX or any(len(os.fsencode(p)) > _NAME_MAX for p in path.parts):
+        raise WorkdirError(f"{flag}={_short(path)} is too long for the file system (a run's "
+                           f"files lie up to {_DEEPEST_FILE} characters below it, within "
+                           f"{_PATH_MAX} in all, each name within {_NAME_MAX}) — choose a "
+                           "shorter path.")
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"{flag}={path} is a file, not a folder — choose another {flag}.")
     try:
@@ -165,7 +181,11 @@ class StageCache:
         return None if found is None else (found[0], found[1]["info"])
 
     def _load(self, name: str, key) -> tuple[dict[str, np.ndarray], dict] | None:
-        """(arrays, the stage's whole JSON record) of :meth:`load`."""
+        """(arrays, the stage's whole JSON record) of :meth:`load`.
+
+        Every array is read whole here (its checksum checked), so a damaged file is found
+        now, discarded and recomputed, and never fails a later step or every rerun.
+        """
         arrays_path, meta_path = self.paths(name, key)
         if not meta_path.exists():
             return None
@@ -173,19 +193,39 @@ class StageCache:
             meta = files.read_json(meta_path)
             if not isinstance(meta, dict) or meta.get("fingerprint") != files.digest(key):
                 raise ValueError(f"it is not this stage's (fingerprint {files.digest(key)})")
-            arrays = files.read_npz(arrays_path)
-            missing = set(meta.get("arrays", [])) - set(arrays)
-            if missing:
-                raise ValueError(f"arrays {sorted(missing)} are missing")
+            if "checksum" in meta and meta["checksum"] != _record_checksum(meta):
+                raise ValueError(f"{meta_path.name} fails its checksum")
             if "info" not in meta:
                 raise ValueError("it holds no info record")
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as e:
+            listed = meta.get("arrays", [])
+            if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
+                raise ValueError("its list of arrays is not a list of names")
+            arrays = files.read_npz(arrays_path)
+            missing = set(listed) - set(arrays)
+            if missing:
+                raise ValueError(f"arrays {sorted(missing)} are missing")
+        except MemoryError:
+            raise  # the machine's shortage, not the file's damage (its checksums passed)
+        except Exception as e:  # noqa: BLE001 - any stage file that does not load is recomputed
             logging.warning("Stage %s: discarding %s, which does not load (%s: %s); "
                             "recomputing it.", name, arrays_path, type(e).__name__, e)
-            for p in (meta_path, arrays_path):
-                p.unlink(missing_ok=True)
+            self._discard(meta_path, arrays_path)
             return None
         return arrays, meta
+
+    @staticmethod
+    def _discard(*paths: pathlib.Path) -> None:
+        """Removes a stage's files (the JSON first: without it the stage is not done), folders
+        in their place included; one that cannot be removed is a warning, and the stage is
+        then written over when it is saved again."""
+        for path in paths:
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as e:
+                logging.warning("Could not remove %s (%s).", path, e.strerror or e)
 
     def run(self, name: str, key, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
             ) -> Stage:
@@ -221,11 +261,17 @@ class StageCache:
         its checkpoints."""
         arrays_path, meta_path = self.paths(name, key)
         files.write_npz(arrays_path, **arrays)
-        files.write_json(meta_path, {"fingerprint": files.digest(key),
-                                     "key": files._canonical(key),
-                                     "arrays": sorted(arrays), "info": info,
-                                     "histories": dict(histories or {})})
+        record = json.loads(json.dumps(files._jsonable(  # as it reads back, for its checksum
+            {"fingerprint": files.digest(key), "key": files._canonical(key),
+             "arrays": sorted(arrays), "info": info, "histories": dict(histories or {})})))
+        files.write_json(meta_path, {**record, "checksum": _record_checksum(record)})
         shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
+
+
+def _record_checksum(record: Mapping) -> str:
+    """The digest of a stage's JSON record (all but its checksum): a flipped digit in the
+    info is found, not reported as the stage's result."""
+    return files.digest({k: v for k, v in record.items() if k != "checksum"})
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -285,7 +331,10 @@ class Run:
     ``with runs.Run(workdir, config) as run:`` checks and locks the workdir
     before any work; :meth:`finish` writes ``config.json`` and ``results.json``
     (the config, the results, the timings and the provenance block). A run
-    that fails early leaves no output files; the stages it finished stay.
+    that fails early leaves no output files; the stages it finished stay. The
+    outputs of an earlier run in the workdir stay until this run writes its
+    own; then every one it has not written over goes, so the folder never
+    holds a mix of two runs' outputs.
 
     Inside the block the run's :class:`jaxpet.progress.Tracker` is current: every
     phase reports to it, and every trained phase's history lands in
@@ -312,8 +361,12 @@ class Run:
         self.progress = progress.Tracker(progress.default_mode())
         self.histories: dict[str, list[dict]] = {}
         self.on_finish = on_finish
-        self._check_outputs(("config.json", "results.json", self.HISTORY, self.CURVES, self.PAGE,
-                             *outputs), flag)
+        # What a finished run leaves besides history, curves and page (removed on entry):
+        # results.json (last: it is what marks a finished run), config.json, and the outputs
+        # the experiment declares.
+        self.outputs = ("results.json", "config.json", *outputs)
+        self._check_outputs((*self.outputs, self.HISTORY, self.CURVES, self.PAGE), flag)
+        self._earlier: dict[str, tuple[int, ...]] = {}
         self._scope: contextlib.ExitStack | None = None
 
     def _check_outputs(self, outputs, flag: str) -> None:
@@ -340,6 +393,10 @@ class Run:
         # Stale files of an earlier run in this workdir would mix with this run's.
         for name in (self.HISTORY, self.CURVES, self.PAGE):
             (self.path / name).unlink(missing_ok=True)
+        # The earlier run's outputs stay until this run writes its own: a run that fails
+        # before writing any loses nothing.
+        self._earlier = {name: key for name in self.outputs
+                         if (key := _file_key(self.path / name)) is not None}
         self._scope = contextlib.ExitStack()
         self._scope.enter_context(progress.tracking(self.progress))
         self._scope.callback(self.progress.add_history_sink(self.record_history))
@@ -351,8 +408,29 @@ class Run:
                 self._scope.close()
             if exc_type is None:
                 self._finished()
+            elif any(_file_key(self.path / name) != key for name, key in self._earlier.items()):
+                # It failed after writing some of its outputs over the earlier run's: the
+                # earlier run's others (its results.json first) go too, never a mix of two.
+                self._remove_earlier()
         finally:
             self.workdir.unlock()
+
+    def _remove_earlier(self) -> None:
+        """Removes the outputs an earlier run left that this run has not written over
+        (results.json first: without it the folder holds no finished run)."""
+        removed = []
+        for name, key in self._earlier.items():
+            path = self.path / name
+            if _file_key(path) == key:
+                try:
+                    path.unlink(missing_ok=True)
+                    removed.append(name)
+                except OSError as e:
+                    logging.warning("Could not remove the earlier run's %s (%s); it does not "
+                                    "belong to this run's results.", path, e.strerror or e)
+        self._earlier = {}
+        if removed:
+            logging.info("Removed the earlier run's %s from %s.", ", ".join(removed), self.path)
 
     def expect(self, phase: str, units: float, *, stage: str | None = None,
                cost: float = 1.0) -> None:
@@ -394,13 +472,29 @@ class Run:
                             self.path / self.PAGE, type(e).__name__, e)
 
     def finish(self, results: dict) -> dict:
-        """Writes ``results.json``: the config, ``results``, the timings and the provenance."""
+        """Writes ``results.json``: the config, ``results``, the timings and the provenance.
+
+        Every output of an earlier run in this workdir that this run has not yet written is
+        removed first, so a run that fails later (a full disk while writing its summary)
+        leaves part of its own outputs beside its results.json, never the earlier run's.
+        """
         results = {"config": dataclasses.asdict(self.config), **results,
                    "seconds": {**self.seconds, **results.get("seconds", {})},
                    "provenance": {"experiment": self.experiment, **provenance(self.started)}}
+        self._remove_earlier()
         files.write_json(self.path / "config.json", results["config"])
         files.write_json(self.path / "results.json", results)
         return results
+
+
+def _file_key(path: pathlib.Path) -> tuple[int, ...] | None:
+    """What tells one version of a file from another (its inode, size and time: jaxpet's
+    writes replace a file by a new one); None when there is no file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def read_history(path) -> list[dict]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import splits, training
+from jaxpet import config as config_lib, splits, training
 from jaxpet.attacks import label_only
 
 
@@ -95,6 +95,36 @@ def ensemble_logits(model, x: np.ndarray, y: np.ndarray, member_sets: splits.Mem
                     "epochs_run": len(result.history),
                     "best_epoch": (np.asarray(result.state.best_epoch).tolist()
                                    if train_config.early_stopping else None)}
+
+
+def check_memory(model, train_config: training.TrainConfig, sample, num_models: int, *,
+                 queried: int, num_classes: int, queries: int = 1, pool_size: int = 0,
+                 flag: str, besides: int = 0) -> None:
+    """Refuses, before anything is allocated, an ensemble whose smallest possible footprint
+    does not fit: the ``num_models`` models' state (parameters, optimiser state, BatchNorm
+    statistics, and as much again for the gradients) on the device, and their logits
+    (``queried`` examples x ``queries`` x ``num_classes`` each) and member masks over
+    ``pool_size`` examples in host memory. A lower bound (activations come on top), so a
+    refusal is certain; ``flag`` names the setting to lower, which counts all the models but
+    ``besides`` (e.g. the audit's target)."""
+    from jaxpet.benchmark import memory  # local: the memory model compiles nothing here
+
+    one = memory.state_bytes(model, train_config, sample)
+    state = num_models * (2 * one["parameter_bytes"] + one["optimizer_state_bytes"]
+                          + one["batch_stats_bytes"])
+    host = num_models * (queried * queries * num_classes * 4 + pool_size * 8 * 3)
+    device, source = memory.device_memory_bytes()
+    for need, have, what, where in (
+            (state, device, "the models' parameters, gradients and optimiser state", source),
+            (host, memory.physical_memory_bytes(), "their logits and member masks",
+             "host memory")):
+        if need > have:
+            per_model = need / num_models
+            raise config_lib.ConfigError(
+                f"{flag}={num_models - besides} needs at least {memory.human_bytes(need)} for "
+                f"{what} alone, more than the {memory.human_bytes(have)} of {where} — lower it "
+                f"to at most {max(1, int(have // per_model) - besides)} (fewer fit in practice: "
+                "activations come on top).")
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, keep: np.ndarray,

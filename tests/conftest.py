@@ -21,6 +21,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Before JAX creates its CPU backend, which reads XLA_FLAGS once.
 _OPT_FLAG = "--xla_backend_optimization_level"
 _OPT_LEVEL = os.environ.get("JAXPET_TEST_XLA_OPT_LEVEL", "1")
@@ -44,3 +46,30 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _CACHE_DIR is not None:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+def _main_error(name: str, argv: list[str]) -> str:
+    """Runs experiment ``name`` as its main would, in process, on flags ``argv``, expecting a
+    user error; returns the error line it exits with."""
+    import importlib
+
+    from absl import flags
+
+    from jaxpet import cli, config
+
+    module = importlib.import_module(f"jaxpet.experiments.{name}")
+    values = flags.FlagValues()
+    presets = getattr(module, "PRESETS", None) or None
+    config.define_flags(module.Config, presets=presets, flag_values=values, module_name="t")
+    values(["prog", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.guarded(lambda: module.run(config.from_flags(module.Config, presets=presets,
+                                                         flag_values=values)))
+    return str(exit_.value.code)
+
+
+@pytest.fixture
+def main_error():
+    """:func:`_main_error`: an experiment's one-line error for a command line."""
+    return _main_error
+

@@ -391,3 +391,36 @@ def test_a_tied_score_falls_to_zero_thresholded_but_not_randomized():
     # The top block: 300 members, 100 non-members; FPR 1% takes 5 of its 100 non-members.
     assert metrics.tpr_at_fpr_randomized(labels, scores, (0.01,))["0.01"] == \
         pytest.approx(0.6 * 0.05)
+
+
+def test_a_figure_that_would_mean_nothing_is_reported_not_available():
+    """Two models, each the other's only reference (complementary halves): every member of the
+    target lacks an IN reference and every non-member an OUT one. The online attacks' scores
+    would be their fallbacks, split by membership (RMIA online's AUC was 0.008 on a model
+    with no signal), and so would the offline ones' (the non-members lack an OUT reference):
+    they are not available, with the reason; the attacks that pool or ignore the references
+    still run, calibrated."""
+    keep = np.zeros((2, NUM_CANDIDATES), bool)
+    keep[0, : NUM_CANDIDATES // 2] = True
+    keep[1] = ~keep[0]
+    trained = keep.copy()
+    trained[0] = False  # no signal in the target
+    signals = simulate(trained, seed=3).signals()
+    scores = reference_lib.attack_scores(signals, keep, 0, [1])
+    comparing = {a.name for a in registry.list_attacks("reference") if a.compares}
+    assert {"lira_online", "rmia_online", "lira_offline", "rmia_offline"} <= comparing
+    assert set(scores) == set(REFERENCE_ATTACKS) - comparing == {"global_loss", "label_only_ref"}
+    missing = reference_lib.not_available(sorted(comparing), keep[[1]], None, keep[0])
+    assert set(missing) == comparing
+    assert "no IN reference follows the target's membership" in missing["rmia_online"]
+    assert "no OUT reference" in missing["lira_offline"]
+    with pytest.raises(ValueError, match="rmia_online is not available here"):
+        reference_lib.attack_scores(signals, keep, 0, [1], attacks=["rmia_online"])
+    _check_no_signal("global_loss", keep[0], scores["global_loss"])
+
+
+def test_a_random_subset_of_references_keeps_every_attack():
+    """One reference drawn at random (the sweep's first point): which examples lack a side is
+    unrelated to the target's membership, so no attack is withheld."""
+    keep = splits.balanced_keep_mask(NUM_CANDIDATES, 16, seed=4)
+    assert reference_lib.not_available(REFERENCE_ATTACKS, keep[[5]], None, keep[0]) == {}

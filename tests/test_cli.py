@@ -3,34 +3,20 @@ a non-zero exit, and no output written; a bug keeps its traceback."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import pathlib
 import re
 import subprocess
 import sys
 
-from absl import flags
 import pytest
 
-from jaxpet import cli, config, files, runs
+from jaxpet import cli, files, runs
 from jaxpet.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 REAL_DATA = os.environ.get("JAXPET_DATA_DIR")
 
-
-def _main(name: str, argv: list[str]) -> str:
-    """Runs experiment ``name`` as its main would, in process; returns its error line."""
-    module = importlib.import_module(f"jaxpet.experiments.{name}")
-    values = flags.FlagValues()
-    presets = getattr(module, "PRESETS", None) or None
-    config.define_flags(module.Config, presets=presets, flag_values=values, module_name="t")
-    values(["prog", *argv])
-    with pytest.raises(SystemExit) as exit_:
-        cli.guarded(lambda: module.run(config.from_flags(module.Config, presets=presets,
-                                                         flag_values=values)))
-    return str(exit_.value.code)
 
 
 BAD = [  # (experiment, flags, what the one line must name)
@@ -92,7 +78,7 @@ BAD = [  # (experiment, flags, what the one line must name)
     ("attribute", ["--compare_layers=fc2"], "repeats --layer=fc2"),
     ("train_ensemble", ["--batch_size=1000", "--train_size=200"], "larger than --train_size=200"),
     ("audit", ["--num_references=3"], "--num_references must be even"),
-    ("audit", ["--data={tmp}/missing.npz"], "cannot read --data={tmp}/missing.npz"),
+    ("audit", ["--data={tmp}/missing.npz"], "--data={tmp}/missing.npz does not exist"),
     ("audit", ["--data={tmp}/file"], "is neither a jaxpet dataset"),
     ("audit", ["--target_members=m.npy"],
      "--target_members=m.npy has no effect unless --target is checkpoint"),
@@ -104,7 +90,8 @@ BAD = [  # (experiment, flags, what the one line must name)
     ("benchmark", "folder_output", "holds a folder benchmark.md where this run writes a file"),
     ("train_ensemble", "stages_file", "is a file where this run keeps its stages"),
 ])
-def test_a_workdir_this_run_cannot_use_is_refused_before_work(tmp_path, name, setup, expected):
+def test_a_workdir_this_run_cannot_use_is_refused_before_work(tmp_path, main_error, name, setup,
+                                                               expected):
     out = tmp_path / "out"
     out.mkdir()
     if setup == "foreign":
@@ -114,20 +101,21 @@ def test_a_workdir_this_run_cannot_use_is_refused_before_work(tmp_path, name, se
     else:
         (out / "stages").write_text("x")
     before = sorted(p.name for p in out.iterdir())
-    message = _main(name, [f"--workdir={out}"])
+    message = main_error(name, [f"--workdir={out}"])
     assert message.startswith("error: ") and expected in message and "\n" not in message
     assert sorted(p.name for p in out.iterdir() if p.name != ".jaxpet.lock") == before
 
 
 @pytest.mark.parametrize("name, argv, expected", BAD, ids=[f"{b[0]}:{' '.join(b[1])}" for b in BAD])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, name, argv, expected):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, main_error, name, argv,
+                                                 expected):
     monkeypatch.chdir(tmp_path)  # default workdirs (runs/...) land here, and must stay empty
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
     argv = [a.format(tmp=tmp_path) for a in argv]
     if not any(a.startswith("--workdir") for a in argv):
         argv.append(f"--workdir={tmp_path}/out")
-    message = _main(name, argv)
+    message = main_error(name, argv)
     assert message.startswith("error: ") and "\n" not in message
     assert expected.format(tmp=tmp_path) in message
     outputs = [p for p in tmp_path.rglob("*")
@@ -150,8 +138,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, name, a
      "larger than the test split (10000)"),
     ("inversion", ["--figure_people=100"], "--figure_people=100 is more than the 40 people"),
 ])
-def test_sizes_the_real_data_cannot_hold(tmp_path, name, argv, expected):
-    message = _main(name, [*argv, f"--data_dir={REAL_DATA}", f"--workdir={tmp_path}/out"])
+def test_sizes_the_real_data_cannot_hold(tmp_path, main_error, name, argv, expected):
+    message = main_error(name, [*argv, f"--data_dir={REAL_DATA}", f"--workdir={tmp_path}/out"])
     assert message.startswith("error: ") and expected in message and "\n" not in message
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".jaxpet.lock"]
 

@@ -1,4 +1,8 @@
-"""Model shapes, widths and exposed representations."""
+"""Model shapes, widths and exposed representations; a user's --model refused in one line."""
+
+import importlib
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxpet import models
+from jaxpet.config import ConfigError
 
 
 def _num_params(variables):
@@ -126,3 +131,232 @@ def test_seed_cnn_cpu_forms_train_like_the_reference_forms_under_vmap():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3),
                  grads, grads_ref)
 
+
+
+# --- A user's --model: every way it can fail is one line, before any work ------------------
+
+FACTORIES = textwrap.dedent('''
+    import jax
+    import flax.linen as nn
+
+    CONSTANT = 3
+
+
+    class Net(nn.Module):
+        num_classes: int
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+    class NoFields(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(2)(x.reshape((x.shape[0], -1)))
+
+
+    class NoTrain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(x.reshape((x.shape[0], -1)))
+
+
+    class ExtraArgument(nn.Module):
+        @nn.compact
+        def __call__(self, x, lengths, train: bool = False):
+            return nn.Dense(2)(x.reshape((x.shape[0], -1)))
+
+
+    class OwnNoise(nn.Module):
+        """Draws from a random stream jaxpet does not give, in training only."""
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = x.reshape((x.shape[0], -1))
+            if train:
+                x = x + jax.random.normal(self.make_rng("noise"), x.shape)
+            return nn.Dense(2)(x)
+
+
+    class Labels(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(2)(x.reshape((x.shape[0], -1))).argmax(-1)[:, None].repeat(2, 1)
+
+
+    class Pair(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            y = nn.Dense(2)(x.reshape((x.shape[0], -1)))
+            return y, y
+
+
+    def make(num_classes):
+        return Net(num_classes)
+
+
+    def no_argument():
+        return Net(2)
+
+
+    def two_arguments(num_classes, width):
+        return Net(num_classes)
+
+
+    def raises(num_classes):
+        raise RuntimeError("no GPU here\\nand a second line")
+
+
+    def exits(num_classes):
+        raise SystemExit(2)
+
+
+    def returns_class(num_classes):
+        return Net
+
+
+    def returns_string(num_classes):
+        return "a string"
+
+
+    class Holder:
+        @staticmethod
+        def make(num_classes):
+            return Net(num_classes)
+
+
+    holder = Holder()
+    instance = Net(2)
+''')
+for _name in ("no_train", "extra_argument", "own_noise", "labels", "pair"):
+    FACTORIES += (f"\n\ndef {_name}(num_classes):\n    return "
+                  f"{''.join(w.title() for w in _name.split('_'))}()\n")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Writes a module of ``source`` on the Python path and returns its fresh name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = []
+
+    def write(source, name=None):
+        name = name or f"user_factories_{len(names)}_{tmp_path.name}".replace("-", "_")
+        (tmp_path / f"{name}.py").write_text(source)
+        importlib.invalidate_caches()
+        names.append(name)
+        return name
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def _refusal(name, num_classes=2):
+    with pytest.raises(ConfigError) as error:
+        models.classifier(name, num_classes)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("attribute, expected", [
+    ("CONSTANT", "is not a function (it is of type int)"),
+    ("instance", "is a Flax module, not a function"),
+    ("no_argument", "no_argument() cannot be called as no_argument(2) (too many positional"),
+    ("two_arguments", "cannot be called as two_arguments(2) (missing a required argument: "
+                      "'width')"),
+    ("raises", "raises(2) raised RuntimeError: no GPU here — fix the factory"),
+    ("exits", "exits(2) raised SystemExit: 2"),
+    ("NoFields", "is a Flax module class that cannot be built as NoFields(2) (TypeError"),
+    ("returns_class", "returned the class Net, not a Flax module instance — return Net(...)"),
+    ("returns_string", "returned a str, not a Flax module"),
+    ("missing", "does not resolve: {module} has no attribute 'missing'"),
+    ("mak", "has no attribute 'mak' (did you mean make?)"),
+    ("Holder.missing", "does not resolve: {module}:Holder has no attribute 'missing'"),
+])
+def test_a_factory_that_cannot_give_a_module_is_refused_in_one_line(user_module, attribute,
+                                                                   expected):
+    module = user_module(FACTORIES)
+    assert expected.format(module=module) in _refusal(f"{module}:{attribute}")
+
+
+@pytest.mark.parametrize("attribute", ["make", "Net", "Holder.make", "holder.make"])
+def test_a_factory_a_module_class_or_a_nested_attribute_builds_the_model(user_module, attribute):
+    model = models.classifier(f"{user_module(FACTORIES)}:{attribute}", 4)
+    assert model.num_classes == 4
+
+
+@pytest.mark.parametrize("source, expected", [
+    ('raise RuntimeError("no licence\\nsecond line")',
+     "importing {module} raised RuntimeError: no licence — fix the module"),
+    ("def f(:\n    pass", "importing {module} raised SyntaxError: invalid syntax"),
+    ("x = undefined_name", "raised NameError: name 'undefined_name' is not defined"),
+    ("import sys\nsys.exit(3)", "raised SystemExit: 3"),
+    ("import a_package_that_is_not_installed",
+     "importing {module} failed (ModuleNotFoundError: No module named "
+     "'a_package_that_is_not_installed') — install what it imports"),
+])
+def test_a_module_that_fails_to_import_is_named_with_its_error(user_module, source, expected):
+    module = user_module(source)
+    assert expected.format(module=module) in _refusal(f"{module}:make")
+
+
+@pytest.mark.parametrize("name, expected", [
+    (":make", "names no module"),
+    ("mymodels:", "names no function"),
+    ("a:b:c", "has 2 colons"),
+    (".relative:make", "'.relative' is not a module path"),
+    ("my-models:make", "'my-models' is not a module path"),
+    ("mymodels:make()", "'make()' is not a function path"),
+    ("no_such_package.models:make", "does not resolve: no module 'no_such_package' on the "
+                                    "Python path — put the folder that holds it on PYTHONPATH"),
+    ("resnet50", "is neither one of seed_cnn, mlp, wrn nor an import path"),
+    ("examples/nowhere.py:make", "is a file path, but --model takes an import path "
+                                 "package.module:function"),
+    ("nowhere.py:make", "nowhere.py is not a file here either"),
+    ("nowhere.py", "is a file path"),
+])
+def test_a_model_path_that_is_not_an_import_path_is_refused(name, expected):
+    assert expected in _refusal(name)
+
+
+def test_a_file_path_is_refused_with_the_pythonpath_and_module_to_use(tmp_path):
+    (tmp_path / "my_net.py").write_text(FACTORIES)
+    message = _refusal(f"{tmp_path}/my_net.py:make")
+    assert f"run with PYTHONPATH={tmp_path.resolve()} and --model=my_net:make." in message
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(FACTORIES)
+    assert (f"PYTHONPATH={tmp_path.resolve()} and --model=mypkg.nets:make"
+            in _refusal(f"{package}/nets.py:make"))
+    (tmp_path / "my-net.py").write_text(FACTORIES)
+    assert "rename my-net.py to a Python module name" in _refusal(f"{tmp_path}/my-net.py:make")
+
+
+@pytest.mark.parametrize("attribute, expected", [
+    ("no_train", "NoTrain.__call__(self, x) cannot be called as module(x, train=...) (got an "
+                 "unexpected keyword argument 'train') — jaxpet needs module(x, train=bool) "
+                 "returning [batch, 2] logits"),
+    ("extra_argument", "cannot be called as module(x, train=...) (missing a required argument: "
+                       "'lengths')"),
+    ("own_noise", "fails in training, called as module(x, train=True) on inputs of shape (4, 4, "
+                  "1) (InvalidRngError"),
+    ("labels", "returns int32 logits; it needs floating-point logits"),
+    ("pair", "returns a tuple for one example; it needs one logit per class: (1, 2)"),
+])
+def test_a_module_jaxpet_cannot_call_says_the_call_it_needs(user_module, attribute, expected):
+    name = f"{user_module(FACTORIES)}:{attribute}"
+    model = models.classifier(name, 2)
+    with pytest.raises(ConfigError) as error:
+        models.check_classifier(model, jnp.zeros((1, 4, 4, 1)), 2, name)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["seed_cnn", "mlp", "wrn"])
+def test_the_built_in_classifiers_pass_the_check(name):
+    model = models.classifier(name, 10, width_scale=0.125)
+    models.check_classifier(model, jnp.zeros((1, 32, 32, 3)), 10, name)
+    with pytest.raises(ConfigError, match=r"needs one logit per class: \(1, 7\)"):
+        models.check_classifier(model, jnp.zeros((1, 32, 32, 3)), 7, name)

@@ -375,5 +375,7 @@ for _name, _fn, _fixed, _what in (
          "references, per-example variance"),
         ("lira_offline_fixed_variance", lira_offline, True, "LiRA offline with one global "
          "variance")):
-    registry.register(_name, family="reference", description=_what)(_lira(_fn, _fixed))
+    registry.register(_name, family="reference", description=_what,
+                      compares=("in", "out") if _fn is lira_online else ("out",))(
+        _lira(_fn, _fixed))
 del _name, _fn, _fixed, _what

@@ -120,7 +120,47 @@ def attack_scores(signals: Signals, keep, target: int, references: Sequence[int]
     if use is not None and np.shape(use) != ref_keep.shape:
         raise ValueError(f"use mask must be {ref_keep.shape} (references, examples), got "
                          f"{np.shape(use)}.")
-    return {a.name: a.fn(s, target, references, ref_keep, use, config) for a in chosen}
+    missing = not_available([a.name for a in chosen], ref_keep, use, keep[target])
+    if missing and attacks is not None:
+        name, why = next(iter(missing.items()))
+        raise ValueError(f"{name} is not available here: {why}.")
+    return {a.name: a.fn(s, target, references, ref_keep, use, config) for a in chosen
+            if a.name not in missing}
+
+
+def not_available(attacks: Sequence[str], ref_keep, use=None, target_keep=None,
+                  ) -> dict[str, str]:
+    """The attacks of ``attacks`` whose figure would mean nothing with these references
+    (``ref_keep`` [M, N], ``use`` as in :func:`attack_scores`) and this target's membership
+    ``target_keep`` [N], each with the reason.
+
+    An attack compares each example with the reference sides of its ``compares`` (IN and OUT
+    online, OUT offline); an example lacking one is scored by the attack's fallback. That is
+    harmless while which examples fall back is unrelated to the target's membership (a
+    random subset of references), and meaningless when it follows it: two models, each the
+    other's only reference, give every member of one the fallback for "no IN" and every
+    non-member the one for "no OUT", and an AUC far below chance. Refused when the lack of a
+    side and the target's membership correlate by more than 0.5 in absolute value."""
+    ref_keep = np.asarray(ref_keep, bool)
+    used = np.ones_like(ref_keep) if use is None else np.asarray(use, bool)
+    lacks = {"in": ~(ref_keep & used).any(0), "out": ~(~ref_keep & used).any(0)}
+    out: dict[str, str] = {}
+    if target_keep is None:
+        return out
+    member = np.asarray(target_keep, np.float64)
+    for name in attacks:
+        for side in registry.get_attack(name).compares:
+            lack = lacks[side].astype(np.float64)
+            if lack.std() == 0 or member.std() == 0:
+                continue
+            corr = float(np.corrcoef(lack, member)[0, 1])
+            if abs(corr) > 0.5:
+                out[name] = (f"which examples have no {side.upper()} reference follows the "
+                             f"target's membership (correlation {corr:+.2f}), so the attack's "
+                             "fallback, not the model, would tell members from non-members — "
+                             "use more references, each example IN some and OUT others")
+                break
+    return out
 
 
 def attack_metrics(labels, scores, fpr_levels: Sequence[float] = metrics.FPR_LEVELS,
@@ -198,7 +238,7 @@ def leave_one_out(signals: Signals, keep, *, targets: Sequence[int] | None = Non
         raise ValueError(f"num_references must be in [1, {num_models - 1}], got {num_references}.")
     attacks = [a.name for a in _resolve(attacks) if attacks is not None or a.runs_on(signals)]
     per_target: dict[str, list] = {name: [] for name in attacks}
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"not_available": {}}
     for t in targets:
         others = np.array([k for k in range(num_models) if k != t])
         use = equalized_use(keep[others], seed=[seed, t])
@@ -209,12 +249,18 @@ def leave_one_out(signals: Signals, keep, *, targets: Sequence[int] | None = Non
                 "gets would depend on the target's membership and every attack would be "
                 "miscalibrated; with a balanced keep mask use at least 4 models.")
         chosen = _choose_references(num_models, t, num_references, seed)
+        missing = not_available(attacks, keep[others[chosen]], use[chosen], keep[t])
+        result["not_available"].update(missing)
         scores = attack_scores(signals, keep, t, others[chosen], config, use=use[chosen],
-                               attacks=attacks)
+                               attacks=[a for a in attacks if a not in missing])
         for name, s in scores.items():
             per_target[name].append(attack_metrics(keep[t], s, fpr_rule=config.fpr_rule))
         if t == keep_scores_of:
             result["scores"], result["labels"] = scores, keep[t]
+    # An attack not available for some target is not reported: a mean over the other targets
+    # would be a figure of another setting.
+    per_target = {name: reports for name, reports in per_target.items()
+                  if name not in result["not_available"]}
     result["per_target"] = per_target
     result["summary"] = {name: summarize(reports) for name, reports in per_target.items()}
     result["targets"] = targets
@@ -248,7 +294,10 @@ def reference_sweep(signals: Signals, keep, counts: Sequence[int], *, targets=No
         tick = time.perf_counter()
         res = leave_one_out(signals, keep, targets=targets, num_references=count, config=config,
                             attacks=attacks, seed=seed)
-        rows.append({"num_references": int(count), "attacks": res["summary"]})
-        logging.info("Sweep: %d reference model(s) scored in %.1fs; LiRA online AUC %.4f", count,
-                     time.perf_counter() - tick, res["summary"]["lira_online"]["auc"]["mean"])
+        rows.append({"num_references": int(count), "attacks": res["summary"],
+                     "not_available": res["not_available"]})
+        logging.info("Sweep: %d reference model(s) scored in %.1fs; %s", count,
+                     time.perf_counter() - tick, ", ".join(
+                         f"{name} AUC {s['auc']['mean']:.4f}" for name, s in
+                         list(res["summary"].items())[:1]) or "no attack available")
     return rows

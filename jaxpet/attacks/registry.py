@@ -72,6 +72,9 @@ class MembershipAttack:
     # Inputs beyond the family's usual ones, by attribute name (e.g. "correct": label-only
     # queries); an experiment that does not make them skips the attack.
     needs: tuple[str, ...] = ()
+    # The reference sides each example is compared with: ("in", "out") for an online attack,
+    # ("out",) for an offline one, () for one that pools the references or ignores them.
+    compares: tuple[str, ...] = ()
 
     def runs_on(self, observed) -> bool:
         """Whether ``observed`` (LabeledPosteriors or Signals) carries what this attack needs."""
@@ -87,8 +90,13 @@ def _check_family(family: str | None) -> None:
 
 
 def register(name: str, *, family: str, description: str, uses_references: bool = True,
-             needs: tuple[str, ...] = (), replace: bool = False) -> Callable[[Callable], Callable]:
+             needs: tuple[str, ...] = (), compares: tuple[str, ...] = (),
+             replace: bool = False) -> Callable[[Callable], Callable]:
     """Decorator adding ``fn`` to the registry as attack ``name``; returns ``fn`` unchanged.
+
+    ``compares``: the reference sides ("in", "out") each example's score compares it with;
+    where no example has them all, the attack's figure is not available
+    (:func:`jaxpet.attacks.reference.not_available`).
 
     A name already taken raises ValueError unless ``replace`` is set.
     """
@@ -102,8 +110,11 @@ def register(name: str, *, family: str, description: str, uses_references: bool 
         if name in _REGISTRY and not replace:
             raise ValueError(f"A membership attack named {name!r} is already registered "
                              f"({_REGISTRY[name].family} family); pass replace=True to replace it.")
+        if set(compares) - {"in", "out"}:
+            raise ValueError(f"Attack {name!r}: compares holds only 'in' and 'out', got "
+                             f"{compares!r}.")
         _REGISTRY[name] = MembershipAttack(name, family, fn, description, uses_references,
-                                           tuple(needs))
+                                           tuple(needs), tuple(compares))
         return fn
 
     return add

@@ -286,13 +286,13 @@ def _rmia(online: bool, fit_a: bool = False):
     return attack
 
 
-registry.register("rmia_online", family="reference",
+registry.register("rmia_online", family="reference", compares=("in", "out"),
                   description="RMIA online: fraction of population z that x dominates, IN and OUT "
                               "references")(_rmia(online=True))
-registry.register("rmia_offline", family="reference",
+registry.register("rmia_offline", family="reference", compares=("out",),
                   description="RMIA offline: as rmia_online with OUT references only")(
                       _rmia(online=False))
-registry.register("rmia_offline_fitted_a", family="reference",
+registry.register("rmia_offline_fitted_a", family="reference", compares=("out",),
                   description="RMIA offline with a fitted on the references (each plays the "
                               "target in turn), as the paper tunes it")(
                       _rmia(online=False, fit_a=True))

@@ -9,6 +9,9 @@ no network the load fails in seconds, where TFDS itself retries for minutes.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import logging
 import queue
 import socket
 import threading
@@ -30,6 +33,8 @@ DOWNLOAD_HOSTS = {
     "cifar10": ("storage.googleapis.com", "www.cs.toronto.edu"),
 }
 PROBE_TIMEOUT_S = 3.0
+# Where TFDS lists its datasets (named in the unknown-name error instead of the list itself).
+CATALOG = "https://www.tensorflow.org/datasets/catalog/overview"
 
 
 def _targets(name: str) -> list[tuple[str, int]]:
@@ -94,18 +99,63 @@ def _image_classification(builder, name: str, missing: str):
     return shape, classes
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Only warnings from absl loggers meanwhile: TFDS logs every failed lookup of a name at
+    INFO ("Failed to load ... from files: ... make sure you have the correct permissions"),
+    which would precede and contradict jaxpet's own one-line error."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _one_line(error: Exception) -> str:
+    """``type: first line of the message``: TFDS's messages run to hundreds of lines. A line
+    that announces a list ("... closely match:") ends at the sentence before."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    if line.endswith(":") and ". " in line:
+        line = line[:line.rindex(". ") + 1]
+    return f"{type(error).__name__}: {line}"
+
+
+def _tfds_failure(tfds, name: str, error: Exception) -> str:
+    """Why ``tfds.builder(name)`` failed, in one line: for an unknown name, the closest known
+    names and where the list is, never TFDS's list of every dataset."""
+    not_found = getattr(getattr(tfds.core, "registered", None), "DatasetNotFoundError", ())
+    if isinstance(error, not_found):
+        base = name.split("/", 1)[0].split(":", 1)[0]
+        try:
+            known = tfds.list_builders(with_community_datasets=False)
+        except Exception:  # noqa: BLE001 - the suggestion is optional
+            known = []
+        close = difflib.get_close_matches(base, known, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return (f"TFDS has no dataset {base!r}{hint} — its names are listed at {CATALOG} and "
+                "by tensorflow_datasets.list_builders()")
+    return f"TFDS failed: {_one_line(error)}"
+
+
 def source(name: str, missing: str) -> sources.Source:
-    """A TF-free TFDS source (``tfds.data_source``); ``missing`` starts every error message."""
+    """A TF-free TFDS source (``tfds.data_source``); ``missing`` starts every error message,
+    which is one line whatever TFDS says (its unknown-name error lists every dataset)."""
+    if not name.strip():
+        raise DataError(f"{missing} (no dataset name after 'tfds:'; write e.g. "
+                        "tfds:fashion_mnist)")
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(f"{missing} (TFDS download unavailable: tensorflow-datasets is not "
                         "installed; pip install tensorflow-datasets)") from e
     try:
-        builder = tfds.builder(name)
+        with _quiet():
+            builder = tfds.builder(name)
         version = str(builder.info.version)
-    except Exception as e:  # any TFDS failure becomes a DataError
-        raise DataError(f"{missing} (TFDS failed: {type(e).__name__}: {e})") from e
+    except Exception as e:  # any TFDS failure becomes a one-line DataError
+        raise DataError(f"{missing} ({_tfds_failure(tfds, name, e)})") from e
     shape, classes = _image_classification(builder, name, missing)
 
     def load() -> Dataset:
@@ -138,7 +188,7 @@ def source(name: str, missing: str) -> sources.Source:
                 raise
             except Exception as e:  # offline/missing download -> DataError
                 raise DataError(f"{missing} (TFDS could not provide {name}/{version} {split}: "
-                                f"{type(e).__name__}: {e})") from e
+                                f"{_one_line(e)})") from e
             if n and (labels.min() < 0 or labels.max() >= len(classes)):
                 raise DataError(f"TFDS {name} {split} has labels outside 0..{len(classes) - 1}; "
                                 "clear the TFDS data folder and re-download.")

@@ -117,8 +117,11 @@ class Config:
     rmia_offline_a: float = same_as(reference.AttackConfig, "rmia_offline_a")
     query_mode: str = settings.lira_query_mode()
     fpr_rule: str = settings.fpr_rule()
-    width_scale: float = settings.width_scale()
-    precision: str = settings.precision()
+    width_scale: float = settings.width_scale(
+        "Multiplies the widths of jaxpet's built-in --model (seed_cnn and mlp; wrn's widen "
+        "factor 2, rounded); refused for your own model, and where the rounded widths do not "
+        "change.")
+    precision: str = settings.precision()  # jaxpet's built-in models only
     strategy: str = settings.strategy()
     checkpoint_every: int = settings.checkpoint_every()
     eval_batch_size: int = same_as(_TRAIN, "eval_batch_size", default=256,
@@ -176,15 +179,17 @@ def run(config: Config) -> dict[str, Any]:
                                   width_scale=config.width_scale, precision=config.precision)
         sample = audit.preprocess(audit.x[:1])
         models.check_classifier(model, sample, audit.num_classes, config.model)
-        if config.augment != "none" and audit.kind != "images":
-            raise config_lib.ConfigError(f"--augment={config.augment} flips and crops images; "
-                                         "the data holds feature vectors.")
+        refuse_unused(config, audit, model)
         members = (arrays_lib.read_indices(config.target_members, len(audit.x))
                    if config.target == "checkpoint" else None)
         audit, available, pool, population = _candidates(config, audit, members)
+        queries = 2 if audit.kind == "images" and config.flip_queries else 1
+        stages.check_memory(model, config.train_config(), sample, config.num_references + 1,
+                            queried=len(pool) + len(population), num_classes=audit.num_classes,
+                            queries=queries, pool_size=len(pool), flag="--num_references",
+                            besides=1)
         target_keep, target_vars, target_digest = _target(config, model, sample, pool, members)
         layout = reference_layout(config, target_keep, pool, np.setdiff1d(available, pool))
-        queries = 2 if audit.kind == "images" and config.flip_queries else 1
         probe = _label_only_probe(config, audit, queries)
         key = stages.stage_key(
             config, ignore=NOT_IN_LOGITS, data=audit.digest, model=models.identity(model, sample),
@@ -225,6 +230,31 @@ def run(config: Config) -> dict[str, Any]:
                                        queries, target, scored, info))
         _write_outputs(config, run_.path, audit, pool, target_keep, scored, results)
         return results
+
+
+def refuse_unused(config: Config, audit: arrays_lib.LabelledArrays, model) -> None:
+    """Refuses a setting the user chose that this run would not use, given what it actually
+    loaded and built: results.json must never record a setting that changed nothing."""
+    if audit.kind != "images":
+        config_lib.refuse_no_effect(
+            config, ("augment", "flip_queries", "label_only_shift", "label_only_translations"),
+            f"--data={config.data} holds feature vectors, which are never flipped, shifted or "
+            "cropped (and the label-only attack needs images)")
+    if config.data not in BUILTIN_DATASETS and not config.data.startswith("tfds:"):
+        config_lib.refuse_no_effect(config, ("data_dir",), f"--data={config.data} is a file; "
+                                    "--data_dir only locates jaxpet's named datasets")
+    if "preprocess" in config_lib.given(config) and audit.preprocess == arrays_lib.preprocessing(
+            config.data, arrays_lib.PREPROCESS[0], audit.x.dtype):
+        config_lib.refuse_no_effect(config, ("preprocess",), f"--data={config.data} holds "
+                                    f"{audit.x.dtype} {audit.kind}, which it leaves as "
+                                    f"--preprocess={arrays_lib.PREPROCESS[0]} does")
+    if config.model not in BUILTIN_MODELS:
+        config_lib.refuse_no_effect(config, ("width_scale", "precision"), f"--model="
+                                    f"{config.model} is built by your factory; jaxpet's widths "
+                                    "and precision apply to its built-in models only")
+    elif model == models.classifier(config.model, audit.num_classes, precision=config.precision):
+        config_lib.refuse_no_effect(config, ("width_scale",), f"--model={config.model}'s widths, "
+                                    "rounded to whole units, are those of --width_scale=1")
 
 
 def _candidates(config: Config, audit: arrays_lib.LabelledArrays, members: np.ndarray | None):

@@ -78,7 +78,7 @@ class Config:
     learning_rate: float = same_as(training.TrainConfig, "learning_rate", help="Adam learning "
                                    "rate, decayed x0.96 per epoch (--recipe=adam).",
                                    when=("recipe", ("adam",)))
-    width_scale: float = settings.width_scale()
+    width_scale: float = settings.width_scale(when=("model", ("seed_cnn",)))  # wrn: --wrn_width
     precision: str = settings.precision()
     defense: str = setting("none", "Training defence: none, or dpsgd (GroupNorm CNNs, "
                            "per-example clipping and Gaussian noise; epsilon reported).",
@@ -155,6 +155,13 @@ class Config:
             raise config_lib.ConfigError(f"the batch of {batch} (--batch_size, or the lira "
                                          f"recipe's 256) is larger than a model's ~{members} "
                                          "members — lower it or enlarge --pool_size.")
+        pool = self.pool_size or len(dataset.train)
+        stages.check_memory(self.make_model(), self.train_config(),
+                            np.zeros((1, *dataset.train.images.shape[1:]), np.float32),
+                            self.num_models, queried=pool + self.population_size,
+                            num_classes=len(dataset.class_names),
+                            queries=2 if self.augment_queries else 1, pool_size=pool,
+                            flag="--num_models")
 
     def attack_config(self) -> reference.AttackConfig:
         return reference.AttackConfig(num_queries=2 if self.augment_queries else 1,
@@ -455,10 +462,14 @@ def summary_markdown(results: dict) -> str:
     def cell(s):
         return f"{s['auc']['mean']:.4f} / {100 * s['tpr_at_fpr_0.001']['mean']:.2f}"
 
-    sweep_rows = [[row["num_references"]] + [cell(s) for s in row["attacks"].values()]
+    swept = list(dict.fromkeys(name for row in results["sweep"] for name in row["attacks"]))
+    sweep_rows = [[row["num_references"]] + [cell(row["attacks"][name]) if name in row["attacks"]
+                                             else "n/a" for name in swept]
                   for row in results["sweep"]]
-    sweep_table = report.markdown_table(
-        ["references"] + list(results["sweep"][0]["attacks"]), sweep_rows)
+    sweep_table = report.markdown_table(["references"] + swept, sweep_rows) + (
+        "\nn/a: not available with that many references (which examples lack an IN or OUT "
+        "reference follows the target's membership; see results.json's sweep).\n"
+        if any(row.get("not_available") for row in results["sweep"]) else "")
     negatives = d["non_members_per_target"]
     secs = results["seconds"]
     augment = "flips and crops" if c["augment_training"] else "no augmentation"

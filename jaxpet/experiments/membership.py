@@ -403,6 +403,11 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict[str, Any]:
             if dataset is None:
                 dataset = data.load_dataset(config.dataset, config.data_dir)
         config.check_sizes(len(dataset.train))
+        stages.check_memory(config.make_model("shadow"), config.train_config(),
+                            np.zeros((1, *dataset.train.images.shape[1:]), np.float32),
+                            config.num_shadow, queried=len(dataset.train),
+                            num_classes=len(dataset.class_names), pool_size=len(dataset.train),
+                            flag="--num_shadow")
         split = splits.quarter_split(len(dataset.train), config.seed,
                                      part_size=config.part_size(len(dataset.train)),
                                      val_size=config.val_size)

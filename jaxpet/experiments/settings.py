@@ -25,9 +25,9 @@ def precision():
                    choices=tuple(models.PRECISIONS))
 
 
-def width_scale():
-    return setting(1.0, "Multiplies the seed CNN widths (1.0 = the seed's; 0.25 for quick CPU "
-                   "runs).", low=0, low_open=True, high=16)
+def width_scale(help: str = "Multiplies the seed CNN widths (1.0 = the seed's; 0.25 for quick "
+                "CPU runs).", when=None):
+    return setting(1.0, help, low=0, low_open=True, high=16, when=when)
 
 
 def strategy():

@@ -93,10 +93,15 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
             raise config_lib.ConfigError(f"--train_size={config.train_size} is larger than the "
                                          f"train split ({len(train)}) — lower it.")
         key = stages.stage_key(config, ignore=NOT_IN_STAGE, data=dataset.digest)
+        model = models.seed_cnn(config.dataset, config.role, dropout_rate=config.dropout,
+                                precision=config.precision)
+        stages.check_memory(model,
+                            config_lib.pick(config, training.TrainConfig),
+                            np.zeros((1, *train.images.shape[1:]), np.float32), config.num_models,
+                            queried=0, num_classes=len(dataset.class_names),
+                            pool_size=len(train), flag="--num_models")
 
         def train_and_evaluate():
-            model = models.seed_cnn(config.dataset, config.role, dropout_rate=config.dropout,
-                                    precision=config.precision)
             members = splits.random_member_sets(np.arange(len(train)), config.num_models,
                                                 config.train_size, seed=config.seed)
             preprocess = data.normalizer(config.dataset)

@@ -7,7 +7,9 @@
   on the disk fails once, before writing when the free space is known to be
   short, with a :class:`~jaxpet.errors.UserError` naming the directory and the
   space needed; the partial save is removed and the last complete one kept. A
-  save that does not restore (truncated or corrupt files) is discarded with a
+  save that does not restore, whatever the damage (truncated, deleted or garbled
+  files, a flipped bit in the arrays, which orbax itself would restore as other
+  weights, found by the checksums each save records), is discarded with a
   warning, and the run resumes from an older one or starts from scratch.
 """
 
@@ -22,6 +24,7 @@ import shutil
 import sys
 import threading
 import time
+import zlib
 
 from absl import logging
 import jax
@@ -93,6 +96,29 @@ def _join_new_threads(before: set, timeout: float = _JOIN_SECONDS) -> bool:
                 threading.Thread.join(thread, min(0.1, max(0.0, left)))
             except RuntimeError:  # created but not started yet
                 time.sleep(0.01)
+
+
+def state_checksum(state) -> int | None:
+    """A CRC-32 of every array of ``state`` (values, dtypes and shapes), recorded with each
+    save and checked on restore: orbax restores a flipped bit in its array files as other
+    weights without a word. None when the arrays are not all on this process."""
+    crc = 0
+    for leaf in jax.tree.leaves(state):
+        if isinstance(leaf, jax.Array):
+            if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            if not leaf.is_fully_addressable:
+                return None
+        array = np.ascontiguousarray(np.asarray(leaf))
+        crc = zlib.crc32(f"{array.dtype}{array.shape}".encode(), crc)
+        crc = zlib.crc32(array.reshape(-1).view(np.uint8).data, crc)
+    return crc
+
+
+def _record_checksum(record: dict) -> str:
+    """The digest of a save's JSON record (all but its checksum), as it reads back."""
+    return files.digest({k: v for k, v in json.loads(json.dumps(record)).items()
+                         if k != "checksum"})
 
 
 def _remove(path: str) -> None:
@@ -197,11 +223,53 @@ class Checkpoints:
                     _remove(os.path.join(self.directory, name))
         self.manager = self._open()
 
-    def _open(self) -> ocp.CheckpointManager:
+    def _manager(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False),
         )
+
+    def _open(self) -> ocp.CheckpointManager:
+        """orbax's manager of the directory. orbax reads every save's own metadata when it
+        opens; one it cannot read (e.g. a JSON list where it wants an object) would fail
+        every rerun, so the saves are then discarded (another run's still refused) and the
+        run starts from scratch."""
+        try:
+            return self._manager()
+        except MemoryError:
+            raise
+        except Exception as e:  # a damaged save must not stop every rerun (else re-raised)
+            steps = (sorted(name for name in os.listdir(self.directory) if name.isdigit())
+                     if os.path.isdir(self.directory) else [])
+            if not steps:
+                raise  # not a save's damage
+            for step in steps:
+                self._refuse_another_run(step)
+            logging.warning("The checkpoints in %s do not open (%s: %s); discarding %s and "
+                            "training from scratch.", self.directory, type(e).__name__,
+                            str(e)[:300], ", ".join(steps))
+            _DropLateReports.reported.add(self.directory)
+            for step in steps:
+                _remove(os.path.join(self.directory, step))
+            return self._manager()
+
+    def _refuse_another_run(self, step: str) -> None:
+        """Raises the different-run UserError when save ``step``'s record, read directly
+        (orbax keeps the Composite's ``meta`` item as ``<step>/meta/metadata``), is another
+        run's; a record that does not read is left to the caller (damaged)."""
+        try:
+            with open(os.path.join(self.directory, step, "meta", "metadata")) as f:
+                fingerprint = json.load(f).get("fingerprint")
+        except Exception:  # noqa: BLE001 - unreadable: damaged, not another run's
+            return
+        if isinstance(fingerprint, str) and fingerprint != self.fingerprint:
+            raise self._another_run(fingerprint)
+
+    def _another_run(self, fingerprint) -> UserError:
+        return UserError(
+            f"checkpoint directory {self.directory} holds checkpoints of a different run "
+            f"(fingerprint {fingerprint}, this run {self.fingerprint}) — use another directory, "
+            "or delete that one to start over.")
 
     def restore(self, template: ModelState):
         """(state, history) of the latest save that restores, or None to start from scratch.
@@ -214,14 +282,17 @@ class Checkpoints:
                 with _settle_on_failure():
                     meta = self.manager.restore(
                         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), str):
+                    raise ValueError("its record is not a jaxpet checkpoint's")
+                if "checksum" in meta and meta["checksum"] != _record_checksum(meta):
+                    raise ValueError("its record fails its checksum")
+            except MemoryError:
+                raise
             except Exception as e:  # noqa: BLE001  (any unreadable save is discarded)
                 self._discard(step, e)
                 continue
-            if meta.get("fingerprint") != self.fingerprint:
-                raise UserError(
-                    f"checkpoint directory {self.directory} holds checkpoints of a different run "
-                    f"(fingerprint {meta.get('fingerprint')}, this run {self.fingerprint}) — "
-                    "use another directory, or delete that one to start over.")
+            if meta["fingerprint"] != self.fingerprint:
+                raise self._another_run(meta["fingerprint"])
             try:
                 with _settle_on_failure():
                     restored = self.manager.restore(
@@ -229,6 +300,11 @@ class Checkpoints:
                 history = [{k: np.asarray(v) for k, v in h.items()} for h in meta["history"]]
                 if len(history) != step:
                     raise ValueError(f"history has {len(history)} epochs, not {step}")
+                expected = meta.get("state_checksum")
+                if expected is not None and state_checksum(restored["state"]) != expected:
+                    raise ValueError("its arrays fail their checksum (a damaged array file)")
+            except MemoryError:
+                raise
             except Exception as e:  # noqa: BLE001 - as above: an unreadable save is discarded
                 self._discard(step, e)
                 continue
@@ -267,6 +343,11 @@ class Checkpoints:
         return {"fingerprint": self.fingerprint, "epochs_done": epochs_done,
                 "history": [{k: np.asarray(v).tolist() for k, v in h.items()} for h in history]}
 
+    def _checked_meta(self, epochs_done: int, state, history) -> dict:
+        """The save's JSON record with the checksums that :meth:`restore` checks."""
+        meta = {**self._meta(epochs_done, history), "state_checksum": state_checksum(state)}
+        return {**meta, "checksum": _record_checksum(meta)}
+
     def save(self, epochs_done: int, state: ModelState, history):
         """Saves after ``epochs_done`` epochs; a full disk is one UserError, the last save kept."""
         os.makedirs(self.directory, exist_ok=True)
@@ -276,7 +357,8 @@ class Checkpoints:
             with _settle_on_failure():
                 self.manager.save(epochs_done, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave(self._meta(epochs_done, history))), force=True)
+                    meta=ocp.args.JsonSave(self._checked_meta(epochs_done, state, history))),
+                    force=True)
                 self.manager.wait_until_finished()
         except Exception as e:
             if not files.is_disk_full(e):

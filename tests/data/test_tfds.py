@@ -3,6 +3,7 @@ starts TFDS's retrying download."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -162,3 +163,49 @@ def test_unknown_or_offline_tfds_names_point_to_the_npz_route(monkeypatch, cache
     with pytest.raises(data.DataError, match="cannot download it: cannot connect"):
         data.load_dataset("tfds:fashion_mnist", cache_dir=cache)
     assert asked == ["mnist"]  # a dataset without hosts of its own probes TFDS's mirror
+
+
+def test_an_unknown_tfds_name_is_one_line_not_the_list_of_every_dataset(cache, caplog):
+    pytest.importorskip("tensorflow_datasets")
+    with caplog.at_level(logging.INFO, logger="absl"), pytest.raises(data.DataError) as err:
+        data.load_dataset("tfds:fashion_mnst", cache_dir=cache)
+    # TFDS's own INFO line about the failed lookup is not shown before jaxpet's line.
+    assert not [r for r in caplog.records if "Failed to load" in r.getMessage()]
+    msg = str(err.value)
+    assert "\n" not in msg and "abstract_reasoning" not in msg  # TFDS's list, first entry
+    for needle in ("tfds:fashion_mnst", "TFDS has no dataset 'fashion_mnst'",
+                   "did you mean fashion_mnist", tfds_source.CATALOG, "list_builders()"):
+        assert needle in msg
+    assert type(err.value.__cause__).__name__ == "DatasetNotFoundError"  # the cause is kept
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("Parsing builder name string failed.\nThe builder name string must be of the following "
+     "format:\n  dataset_name[/config_name]", "Parsing builder name string failed."),
+    ("BuilderConfig 3.0.1 not found. Here are 10 BuilderConfigs whose name closely match:\n"
+     "  - mnist\n  - fashion_mnist", "BuilderConfig 3.0.1 not found."),
+])
+def test_any_tfds_failure_is_one_line(monkeypatch, cache, message, shown):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def builder(name):
+        raise ValueError(message)
+
+    monkeypatch.setattr(tfds, "builder", builder)
+    with pytest.raises(data.DataError) as err:
+        data.load_dataset("tfds:mnist/3.0.1", cache_dir=cache)
+    assert str(err.value).endswith(f"(TFDS failed: ValueError: {shown})")
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_an_empty_tfds_name_is_refused_with_or_without_tfds(monkeypatch, cache, installed):
+    if not installed:
+        monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
+        with pytest.raises(data.DataError) as err:  # and any other name says so, in one line
+            data.load_dataset("tfds:no_such_dataset", cache_dir=cache)
+        assert "\n" not in str(err.value)
+        assert "tensorflow-datasets is not installed" in str(err.value)
+    for name in ("tfds:", "tfds:  "):
+        with pytest.raises(data.DataError, match="no dataset name after 'tfds:'; write e.g. "
+                                                 "tfds:fashion_mnist"):
+            data.load_dataset(name, cache_dir=cache)

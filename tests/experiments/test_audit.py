@@ -163,7 +163,7 @@ def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path,
     ("members_out_of_range", "indices must be in [0, 160)"),
     ("members_repeated", "repeats indices"),
     ("checkpoint_tree", "does not fit the model"),
-    ("augment_features", "--augment=flip_crop flips and crops images"),
+    ("augment_features", "--augment=flip_crop has no effect: --data="),
 ])
 def test_bad_input_fails_before_training(tmp_path, user_models, monkeypatch, case, expected):
     monkeypatch.setattr(training, "train_ensemble", lambda *a, **k: pytest.fail("trained"))

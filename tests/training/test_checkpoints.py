@@ -3,8 +3,11 @@ handled."""
 
 import asyncio
 import errno
+import json
 import logging
 import os
+import pathlib
+import shutil
 import threading
 
 import chex
@@ -159,7 +162,26 @@ def _garble_history(step_dir):
     (step_dir / "meta" / "metadata").write_bytes(b"\x00not json")
 
 
-@pytest.mark.parametrize("corrupt", [_truncate_arrays, _garble_history])
+def _largest_file(step_dir):
+    paths = [pathlib.Path(root, name) for root, _, names in os.walk(step_dir) for name in names]
+    return max(paths, key=lambda p: p.stat().st_size)
+
+
+def _flip_array_byte(step_dir):
+    """One flipped byte in the middle of the largest array file: orbax restores it as other
+    weights, without an error, so only the save's own checksum finds it."""
+    path = _largest_file(step_dir / "state")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _orbax_metadata_a_list(step_dir):  # orbax's manager then fails when it opens the folder
+    (step_dir / "_CHECKPOINT_METADATA").write_text("[1, 2]")
+
+
+@pytest.mark.parametrize("corrupt", [_truncate_arrays, _garble_history, _flip_array_byte,
+                                     _orbax_metadata_a_list])
 def test_unreadable_checkpoint_is_discarded_and_the_run_still_finishes(run, tmp_path, caplog,
                                                                        corrupt):
     directory = tmp_path / "ckpt"
@@ -169,7 +191,8 @@ def test_unreadable_checkpoint_is_discarded_and_the_run_still_finishes(run, tmp_
     caplog.set_level(logging.WARNING)
     result = run(checkpoint_dir=str(directory))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("does not restore" in w and str(directory) in w for w in warnings), warnings
+    assert any(("does not restore" in w or "do not open" in w) and str(directory) in w
+               for w in warnings), warnings
     _assert_same_run(result, run.whole)  # trained from scratch, to the same result
     assert os.listdir(directory) == ["4"]
 
@@ -182,3 +205,117 @@ def test_a_save_cut_short_is_removed_when_the_run_restarts(tmp_path):
     assert saves.restore(template=None) is None
     saves.close()
     assert os.listdir(tmp_path / "ckpt") == []
+
+
+# A small state saved in one folder, damaged in every way a file can be, then restored: each
+# damage is a warning and a fresh start (None), never a traceback, never other weights.
+_STATE = {"w": np.arange(2000, dtype=np.float32).reshape(20, 100), "b": np.ones(7, np.float32)}
+_HISTORY = [{"loss": np.float32(1.0)}, {"loss": np.float32(0.5)}]
+
+
+def _all_files(folder):
+    return sorted(pathlib.Path(root, name) for root, _, names in os.walk(folder)
+                  for name in names)
+
+
+def _on_largest_array_file(change):
+    return lambda step: change(_largest_file(step / "state"))
+
+
+def _on_every_file_in(sub, change):
+    def damage(step):
+        for path in _all_files(step / sub):
+            change(path)
+    return damage
+
+
+def _truncate(path):
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_record(change):
+    def damage(step):
+        path = step / "meta" / "metadata"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps(change(record)))
+    return damage
+
+
+_DAMAGES = {
+    "array_file_truncated": _on_largest_array_file(_truncate),
+    "array_file_byte_flipped": _on_largest_array_file(_flip),
+    "array_file_deleted": _on_largest_array_file(os.unlink),
+    "array_file_emptied": _on_largest_array_file(lambda p: p.write_bytes(b"")),
+    "array_files_all_garbage": _on_every_file_in("state", lambda p: p.write_bytes(b"\0garbage")),
+    "state_folder_deleted": lambda step: shutil.rmtree(step / "state"),
+    "record_garbage": lambda step: (step / "meta" / "metadata").write_bytes(b"\xff\x00{"),
+    "record_truncated": lambda step: _truncate(step / "meta" / "metadata"),
+    "record_deleted": lambda step: (step / "meta" / "metadata").unlink(),
+    "record_a_list": lambda step: (step / "meta" / "metadata").write_text("[1, 2]"),
+    "record_without_fingerprint": _edit_record(
+        lambda r: {k: v for k, v in r.items() if k not in ("fingerprint", "checksum")}),
+    "record_digit_changed": _edit_record(lambda r: {**r, "history": [{"loss": 7.0}] * 2}),
+    "history_entries_not_objects": _edit_record(
+        lambda r: {k: v for k, v in {**r, "history": [1, 2]}.items() if k != "checksum"}),
+    "orbax_metadata_a_list": _orbax_metadata_a_list,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGES))
+def test_every_damaged_save_is_discarded_with_a_warning(tmp_path, caplog, damage):
+    directory = tmp_path / "ckpt"
+    saves = training.Checkpoints(directory, "fingerprint")
+    saves.save(2, _STATE, _HISTORY)
+    saves.close()
+    _DAMAGES[damage](directory / "2")
+    caplog.set_level(logging.WARNING)
+    saves = training.Checkpoints(directory, "fingerprint")
+    assert saves.restore(_STATE) is None  # a fresh start, not other weights or a traceback
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(directory) in warnings and ("does not restore" in warnings
+                                           or "do not open" in warnings), warnings
+    assert "2" not in os.listdir(directory)
+    saves.save(3, _STATE, _HISTORY + _HISTORY[:1])  # the folder is usable again
+    restored, history = saves.restore(_STATE)
+    saves.close()
+    np.testing.assert_array_equal(restored["w"], _STATE["w"])
+    assert len(history) == 3
+
+
+def test_an_undamaged_save_restores_and_another_runs_is_still_refused(tmp_path):
+    directory = tmp_path / "ckpt"
+    saves = training.Checkpoints(directory, "fingerprint")
+    saves.save(2, _STATE, _HISTORY)
+    saves.close()
+    saves = training.Checkpoints(directory, "fingerprint")
+    restored, history = saves.restore(_STATE)
+    np.testing.assert_array_equal(restored["w"], _STATE["w"])
+    assert [float(h["loss"]) for h in history] == [1.0, 0.5]
+    saves.close()
+    with pytest.raises(UserError, match="different run"):  # even when orbax cannot open it
+        _orbax_metadata_a_list(directory / "2")
+        training.Checkpoints(directory, "another")
+    assert os.listdir(directory) == ["2"]  # another run's save is never removed
+
+
+@pytest.mark.parametrize("error", [MemoryError, KeyboardInterrupt])
+def test_a_memory_error_or_an_interrupt_while_restoring_is_not_swallowed(tmp_path, monkeypatch,
+                                                                          error):
+    directory = tmp_path / "ckpt"
+    saves = training.Checkpoints(directory, "fingerprint")
+    saves.save(2, _STATE, _HISTORY)
+
+    def fail(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(saves.manager, "restore", fail)
+    with pytest.raises(error):
+        saves.restore(_STATE)
+    saves.close()
+    assert os.listdir(directory) == ["2"]  # kept: nothing showed it damaged
