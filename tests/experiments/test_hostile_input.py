@@ -158,3 +158,49 @@ def test_a_workdir_path_too_long_for_the_file_system_is_one_line(tmp_path, main_
     message = main_error(name, [f"--workdir={deep}"])
     assert message.startswith("error: ") and "\n" not in message
     assert "too long" in message
+
+
+# --- a stale answer after a model edit ---------------------------------------------------------
+
+_MODEL = '''from flax import linen as nn
+
+
+def act(x):{comment}
+    return nn.{activation}(x)
+
+
+class Net(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(self.num_classes)(act(nn.Dense(8)(x)))
+
+
+def make(num_classes):
+    return Net(num_classes)
+'''
+
+
+def test_an_edit_to_code_the_model_calls_is_never_answered_from_a_saved_stage(
+        tmp_path, features, monkeypatch):
+    """The model's class is untouched; only a module-level helper it calls changes. The rerun
+    trains anew; a comment added to the helper reuses the stage."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "edited_user_model.py"
+    config = audit.Config(model="edited_user_model:make", data=str(features), pool_size=200,
+                          population_size=100, num_references=2, epochs=1, batch_size=16,
+                          workdir=str(tmp_path / "out"))
+
+    def run(activation, comment=""):
+        source.write_text(_MODEL.format(activation=activation, comment=comment))
+        sys.modules.pop("edited_user_model", None)
+        audit.run(config)
+        return sorted(p.name for p in (tmp_path / "out" / "stages").glob("logits-*.json"))
+
+    first = run("relu")
+    edited = run("tanh")
+    assert len(first) == 1 and len(edited) == 2  # a new key: trained anew
+    assert run("tanh", comment="  # the same computation") == edited  # reused
