@@ -42,7 +42,7 @@ def test_bad_knobs_and_a_missing_population():
     logits, labels = rng.normal(size=(3, 4, 1, 5)), rng.integers(0, 5, 4)
     no_population = lira.Signals.from_logits(logits, labels)
     keep = np.array([[True, False, True, False], [False, True, False, True],
-                     [True, True, False, False]])
+                     [True, False, True, False]])  # every example IN one reference, OUT one
     with pytest.raises(ValueError, match="RMIA needs population signals"):
         reference.attack_scores(no_population, keep, 0, [1, 2], attacks=["rmia_online"])
 
