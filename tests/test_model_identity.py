@@ -15,7 +15,7 @@ import textwrap
 import jax.numpy as jnp
 import pytest
 
-from jaxpet import files, models
+from jaxpet import classifiers, files
 
 # A user's model file: act is the helper function the model calls, SCALE a constant it reads,
 # BIAS_INIT an initialiser, MOMENTUM and DROPOUT settings only training uses; all outside the
@@ -112,7 +112,7 @@ def _identity(tmp_path, source):
     sys.modules[name] = module  # flax's dataclass transform looks the class's module up
     try:
         spec.loader.exec_module(module)
-        return models.identity(module.make(3), SAMPLE)
+        return classifiers.identity(module.make(3), SAMPLE)
     finally:
         del sys.modules[name]
 
@@ -155,8 +155,8 @@ def test_a_layer_edited_in_another_module_changes_the_identity(tmp_path, monkeyp
 def test_the_identity_is_the_same_in_two_processes(tmp_path):
     """A field holding a functools.partial (whose repr holds an address) does not matter."""
     (tmp_path / "two_processes.py").write_text(MODEL)
-    script = ("import jax.numpy as jnp, two_processes; from jaxpet import files, models; "
-              "print(files.digest(models.identity(two_processes.make(3), "
+    script = ("import jax.numpy as jnp, two_processes; from jaxpet import classifiers, files; "
+              "print(files.digest(classifiers.identity(two_processes.make(3), "
               "jnp.zeros((1, 8, 8, 3)))))")
     runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(tmp_path),
@@ -170,12 +170,12 @@ def test_the_identity_is_the_same_in_two_processes(tmp_path):
 @pytest.mark.parametrize("name, width_scale", [("seed_cnn", 0.125), ("mlp", 1.0), ("wrn", 0.5)])
 def test_the_built_in_models_are_stable_and_their_programs_carry_no_source_or_address(
         name, width_scale):
-    model = models.classifier(name, 10, width_scale=width_scale)
+    model = classifiers.classifier(name, 10, width_scale=width_scale)
     sample = jnp.zeros((1, 32, 32, 3))
-    first = models.identity(model, sample)
-    assert models.identity(models.classifier(name, 10, width_scale=width_scale),
+    first = classifiers.identity(model, sample)
+    assert classifiers.identity(classifiers.classifier(name, 10, width_scale=width_scale),
                            sample) == first
-    text, _ = models._programs(model, sample)
+    text, _ = classifiers._programs(model, sample)
     assert "loc(" not in text and ".py" not in text
     # Hex float constants (dense<0x7F800000>, inf) aside, no address (0x7f...) is left.
     assert not re.search(r"\b0x[0-9a-fA-F]{4,}", re.sub(r"dense<0x[0-9A-F]+>", "", text))
@@ -184,8 +184,8 @@ def test_the_built_in_models_are_stable_and_their_programs_carry_no_source_or_ad
 
 def test_the_variables_shapes_and_the_row_mask_are_part_of_the_identity():
     sample = jnp.zeros((1, 8, 8, 3))
-    cnn = models.classifier("seed_cnn", 10, width_scale=0.125)
-    assert models.identity(cnn, sample)["takes_mask"]
-    shapes = models.identity(cnn, sample)["shapes"]
+    cnn = classifiers.classifier("seed_cnn", 10, width_scale=0.125)
+    assert classifiers.identity(cnn, sample)["takes_mask"]
+    shapes = classifiers.identity(cnn, sample)["shapes"]
     assert "params/Conv_0/kernel: (3, 3, 3, 16) float32" in shapes
     assert any(line.startswith("batch_stats/BatchNorm_0/mean") for line in shapes)

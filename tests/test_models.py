@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpet import models
+from jaxpet import classifiers, models
 from jaxpet.config import ConfigError
 
 
@@ -254,7 +254,7 @@ def user_module(tmp_path, monkeypatch):
 
 def _refusal(name, num_classes=2):
     with pytest.raises(ConfigError) as error:
-        models.classifier(name, num_classes)
+        classifiers.classifier(name, num_classes)
     message = str(error.value)
     assert "\n" not in message
     return message
@@ -283,7 +283,7 @@ def test_a_factory_that_cannot_give_a_module_is_refused_in_one_line(user_module,
 
 @pytest.mark.parametrize("attribute", ["make", "Net", "Holder.make", "holder.make"])
 def test_a_factory_a_module_class_or_a_nested_attribute_builds_the_model(user_module, attribute):
-    model = models.classifier(f"{user_module(FACTORIES)}:{attribute}", 4)
+    model = classifiers.classifier(f"{user_module(FACTORIES)}:{attribute}", 4)
     assert model.num_classes == 4
 
 
@@ -348,15 +348,15 @@ def test_a_file_path_is_refused_with_the_pythonpath_and_module_to_use(tmp_path):
 ])
 def test_a_module_jaxpet_cannot_call_says_the_call_it_needs(user_module, attribute, expected):
     name = f"{user_module(FACTORIES)}:{attribute}"
-    model = models.classifier(name, 2)
+    model = classifiers.classifier(name, 2)
     with pytest.raises(ConfigError) as error:
-        models.check_classifier(model, jnp.zeros((1, 4, 4, 1)), 2, name)
+        classifiers.check_classifier(model, jnp.zeros((1, 4, 4, 1)), 2, name)
     assert expected in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("name", ["seed_cnn", "mlp", "wrn"])
 def test_the_built_in_classifiers_pass_the_check(name):
-    model = models.classifier(name, 10, width_scale=0.125)
-    models.check_classifier(model, jnp.zeros((1, 32, 32, 3)), 10, name)
+    model = classifiers.classifier(name, 10, width_scale=0.125)
+    classifiers.check_classifier(model, jnp.zeros((1, 32, 32, 3)), 10, name)
     with pytest.raises(ConfigError, match=r"needs one logit per class: \(1, 7\)"):
-        models.check_classifier(model, jnp.zeros((1, 32, 32, 3)), 7, name)
+        classifiers.check_classifier(model, jnp.zeros((1, 32, 32, 3)), 7, name)

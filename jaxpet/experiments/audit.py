@@ -26,9 +26,9 @@ import numpy as np
 from jaxpet import (
     attacks as attacks_lib,
     calibration,
+    classifiers,
     config as config_lib,
     files,
-    models,
     page,
     progress,
     report,
@@ -43,7 +43,7 @@ from jaxpet.data import arrays as arrays_lib
 from jaxpet.experiments import settings
 from jaxpet.training import restore
 
-BUILTIN_MODELS = models.BUILTIN_CLASSIFIERS
+BUILTIN_MODELS = classifiers.BUILTIN_CLASSIFIERS
 BUILTIN_DATASETS = arrays_lib.NORMALIZED
 TARGETS = ("train", "checkpoint")
 _TRAIN = training.TrainConfig
@@ -175,11 +175,7 @@ def run(config: Config) -> dict[str, Any]:
     with runs.Run(config.workdir, config, outputs=OUTPUTS,
                   on_finish=page.write_page) as run_:
         audit = arrays_lib.load_arrays(config.data, config.data_dir, config.preprocess)
-        model = models.classifier(config.model, audit.num_classes,
-                                  width_scale=config.width_scale, precision=config.precision)
-        sample = audit.preprocess(audit.x[:1])
-        models.check_classifier(model, sample, audit.num_classes, config.model)
-        refuse_unused(config, audit, model)
+        model, sample = _model(config, audit)
         members = (arrays_lib.read_indices(config.target_members, len(audit.x))
                    if config.target == "checkpoint" else None)
         audit, available, pool, population = _candidates(config, audit, members)
@@ -192,7 +188,8 @@ def run(config: Config) -> dict[str, Any]:
         layout = reference_layout(config, target_keep, pool, np.setdiff1d(available, pool))
         probe = _label_only_probe(config, audit, queries)
         key = stages.stage_key(
-            config, ignore=NOT_IN_LOGITS, data=audit.digest, model=models.identity(model, sample),
+            config, ignore=NOT_IN_LOGITS, data=audit.digest,
+            model=classifiers.identity(model, sample),
             preprocess=repr(audit.preprocess), pool=pool, population=population,
             target_digest=target_digest, target_keep=target_keep,
             reference_examples=layout.extra, reference_train_keep=layout.train_keep,
@@ -232,6 +229,17 @@ def run(config: Config) -> dict[str, Any]:
         return results
 
 
+def _model(config: Config, audit: arrays_lib.LabelledArrays):
+    """The model --model names, checked to take the data's examples and to give one logit per
+    class, with a one-example sample of its inputs; settings it would not use are refused."""
+    model = classifiers.classifier(config.model, audit.num_classes,
+                                   width_scale=config.width_scale, precision=config.precision)
+    sample = audit.preprocess(audit.x[:1])
+    classifiers.check_classifier(model, sample, audit.num_classes, config.model)
+    refuse_unused(config, audit, model)
+    return model, sample
+
+
 def refuse_unused(config: Config, audit: arrays_lib.LabelledArrays, model) -> None:
     """Refuses a setting the user chose that this run would not use, given what it actually
     loaded and built: results.json must never record a setting that changed nothing."""
@@ -252,7 +260,8 @@ def refuse_unused(config: Config, audit: arrays_lib.LabelledArrays, model) -> No
         config_lib.refuse_no_effect(config, ("width_scale", "precision"), f"--model="
                                     f"{config.model} is built by your factory; jaxpet's widths "
                                     "and precision apply to its built-in models only")
-    elif model == models.classifier(config.model, audit.num_classes, precision=config.precision):
+    elif model == classifiers.classifier(config.model, audit.num_classes,
+                                         precision=config.precision):
         config_lib.refuse_no_effect(config, ("width_scale",), f"--model={config.model}'s widths, "
                                     "rounded to whole units, are those of --width_scale=1")
 

@@ -95,10 +95,8 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
         key = stages.stage_key(config, ignore=NOT_IN_STAGE, data=dataset.digest)
         model = models.seed_cnn(config.dataset, config.role, dropout_rate=config.dropout,
                                 precision=config.precision)
-        stages.check_memory(model,
-                            config_lib.pick(config, training.TrainConfig),
-                            np.zeros((1, *train.images.shape[1:]), np.float32), config.num_models,
-                            queried=0, num_classes=len(dataset.class_names),
+        stages.check_memory(model, config_lib.pick(config, training.TrainConfig), train.images[:1],
+                            config.num_models, queried=0, num_classes=len(dataset.class_names),
                             pool_size=len(train), flag="--num_models")
 
         def train_and_evaluate():

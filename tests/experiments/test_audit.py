@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpet import attacks, models, splits, stages, training
+from jaxpet import attacks, classifiers, splits, stages, training
 from jaxpet.experiments import audit
 
 USER_MODELS = textwrap.dedent('''
@@ -133,7 +133,7 @@ def test_a_tfds_dataset_by_name(tmp_path, user_models, monkeypatch):
 def test_a_user_target_that_never_saw_its_claimed_members_is_at_chance(tmp_path, user_models):
     data_path = _features(tmp_path / "d.npz")
     other = _features(tmp_path / "other.npz", seed=5)  # the target trains on other data
-    model = models.classifier(f"{user_models}:tabular", 4)
+    model = classifiers.classifier(f"{user_models}:tabular", 4)
     arrays = np.load(other)
     result = training.train_ensemble(
         model, arrays["features"], arrays["labels"].astype(np.int32),
@@ -261,9 +261,9 @@ def test_offline_with_every_example_a_candidate_is_refused():
 
 
 def test_the_built_in_wide_resnet_is_the_published_architecture():
-    model = models.classifier("wrn", 10, width_scale=0.5)
+    model = classifiers.classifier("wrn", 10, width_scale=0.5)
     assert (model.depth, model.width) == (28, 1)  # widen factor 2 x 0.5
-    assert models.classifier("wrn", 10).width == 2
+    assert classifiers.classifier("wrn", 10).width == 2
 
 
 def test_the_logits_stage_is_reused_across_scoring_settings_and_redone_for_training_ones(
