@@ -2,7 +2,7 @@
 
   python examples/train_my_target.py --data_dir=../shared/data --out=runs/my_target
   PYTHONPATH=examples python experiments/audit.py --model=my_model:make_classifier \
-      --data=mnist --data_dir=../shared/data --target=checkpoint \
+      --data=mnist --data_dir=../shared/data --target=checkpoint --preprocess=unit \
       --target_checkpoint=runs/my_target/target.msgpack \
       --target_members=runs/my_target/members.npy --num_references=8 --epochs=30 \
       --batch_size=64 --noflip_queries --workdir=runs/audit_my_target

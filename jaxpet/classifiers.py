@@ -13,13 +13,13 @@ import inspect
 import pathlib
 from typing import Any
 
-from flax import traverse_util
+from flax import nnx, traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib
+from jaxpet import config as config_lib, nnx_classifiers
 from jaxpet.models import MLP, SeedCNN, compute_dtype, wide_resnet
 
 # jaxpet's own classifiers by name: the seed's CNN, a 256-unit MLP, WideResNet-28-2.
@@ -129,19 +129,36 @@ def _user_factory(name: str) -> Any:
 
 
 def _user_module(name: str, factory: Any, num_classes: int) -> nn.Module:
-    """``factory(num_classes)``, refused in one line unless it is a Flax module instance: a
-    factory that is no function, cannot take the one argument, raises, or returns a class."""
-    flag = f"--model={name}"
-    attribute = name.rpartition(":")[2]
+    """``--model={name}``'s factory (or class) built for ``num_classes`` classes."""
+    return from_object(factory, num_classes, flag=f"--model={name}",
+                       attribute=name.rpartition(":")[2])
+
+
+def from_object(factory: Any, num_classes: int, *, flag: str = "model",
+                attribute: str = "make") -> nn.Module:
+    """The classifier a Python object stands for: a Linen module as it is; a function that takes
+    the number of classes and returns a Linen module; an NNX module class, or a function
+    ``f(num_classes, rngs)`` returning an ``nnx.Module``, wrapped in
+    :class:`~jaxpet.nnx_classifiers.NNXClassifier`. Anything else, and a factory that cannot be
+    called so, raises or returns the wrong thing, is refused in one line naming ``flag``."""
     call = f"{attribute}({num_classes})"
     make = "def make(num_classes): return MyModule(num_classes)"
     if isinstance(factory, nn.Module):
-        raise config_lib.ConfigError(f"{flag} is a Flax module, not a function — name a function "
-                                     f"that takes the number of classes and returns one: {make}.")
+        if flag.startswith("--"):
+            raise config_lib.ConfigError(
+                f"{flag} is a Flax module, not a function — name a function that takes the "
+                f"number of classes and returns one: {make}.")
+        return factory
+    if isinstance(factory, nnx.Module):
+        raise config_lib.ConfigError(
+            f"{flag} is an nnx.Module instance; jaxpet builds every reference afresh, so it needs "
+            f"its class or a factory: {nnx_classifiers.FACTORY}.")
     if not callable(factory):
         raise config_lib.ConfigError(f"{flag} is not a function (it is of type "
                                      f"{type(factory).__name__}) — name a function that takes "
                                      f"the number of classes and returns a Flax module: {make}.")
+    if nnx_classifiers.is_nnx_class(factory) or nnx_classifiers.takes_rngs(factory):
+        return _nnx_module(factory, num_classes, flag, attribute)
     if isinstance(factory, type) and issubclass(factory, nn.Module):
         try:  # a module class whose first field is the number of classes serves as its factory
             return factory(num_classes)
@@ -150,30 +167,62 @@ def _user_module(name: str, factory: Any, num_classes: int) -> nn.Module:
                 f"{flag} is a Flax module class that cannot be built as {call} "
                 f"({_first_line(e)}) — name a function that takes the number of classes and "
                 f"returns the module: {make}.") from e
+    _check_binds(factory, (num_classes,), {}, flag, attribute, call, "the number of classes alone")
+    try:
+        model = factory(num_classes)
+    except (Exception, SystemExit) as e:  # whatever the user's factory raises
+        raise config_lib.ConfigError(f"{flag}: {call} raised {_first_line(e)} — fix the factory "
+                                     "(jaxpet calls it with the number of classes).") from e
+    if isinstance(model, nnx.Module):
+        raise config_lib.ConfigError(
+            f"{flag} returned an nnx.Module but takes no rngs, so every reference would start "
+            f"from the same weights — take them: {nnx_classifiers.FACTORY}.")
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise config_lib.ConfigError(f"{flag} returned the class {model.__name__}, not a Flax "
+                                     f"module instance — return {model.__name__}(...).")
+    if not isinstance(model, nn.Module):
+        raise config_lib.ConfigError(f"{flag} returned a {type(model).__name__}, not a Flax "
+                                     "module (a flax.linen.Module or an nnx.Module).")
+    return model
+
+
+def _check_binds(factory, args, kwargs, flag: str, attribute: str, call: str, what: str):
+    """Refuses a factory whose signature cannot take ``args``/``kwargs``, naming ``what`` it is
+    called with."""
     try:
         signature: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without one: calling it will tell
         signature = None
     if signature is not None:
         try:
-            signature.bind(num_classes)
+            signature.bind(*args, **kwargs)
         except TypeError as e:
             raise config_lib.ConfigError(
                 f"{flag}: {attribute}{signature} cannot be called as {call} ({e}) — jaxpet "
-                "calls it with the number of classes alone: take one parameter and give any "
-                "other a default.") from e
+                f"calls it with {what}: take those and give any other parameter a "
+                "default.") from e
+
+
+def _nnx_module(factory, num_classes: int, flag: str, attribute: str) -> nn.Module:
+    """An NNX factory or class, built once to check it (``rngs`` taken, an ``nnx.Module``
+    returned, callable as ``module(x)``), as an :class:`NNXClassifier`."""
+    call = f"{attribute}({num_classes}, rngs=rngs)"
+    if not nnx_classifiers.takes_rngs(factory):
+        raise config_lib.ConfigError(
+            f"{flag} is an NNX module that takes no rngs argument, so every reference would "
+            f"start from the same weights — take them: {nnx_classifiers.FACTORY}.")
+    _check_binds(factory, (num_classes,), {"rngs": None}, flag, attribute, call,
+                 "the number of classes and rngs=nnx.Rngs(...)")
     try:
-        model = factory(num_classes)
+        module = factory(num_classes, rngs=nnx.Rngs(0))
     except (Exception, SystemExit) as e:  # whatever the user's factory raises
         raise config_lib.ConfigError(f"{flag}: {call} raised {_first_line(e)} — fix the factory "
-                                     "(jaxpet calls it with the number of classes).") from e
-    if isinstance(model, type) and issubclass(model, nn.Module):
-        raise config_lib.ConfigError(f"{flag} returned the class {model.__name__}, not a Flax "
-                                     f"module instance — return {model.__name__}(...).")
-    if not isinstance(model, nn.Module):
-        raise config_lib.ConfigError(f"{flag} returned a {type(model).__name__}, not a Flax "
-                                     "module (a flax.linen.Module instance).")
-    return model
+                                     f"({nnx_classifiers.FACTORY}).") from e
+    if not isinstance(module, nnx.Module):
+        raise config_lib.ConfigError(f"{flag} takes rngs but returned a "
+                                     f"{type(module).__name__}, not an nnx.Module.")
+    nnx_classifiers.check_signature(module, flag)
+    return nnx_classifiers.NNXClassifier(factory, num_classes)
 
 
 # The calls jaxpet makes of a classifier, as the trainer and inference make them
@@ -207,14 +256,21 @@ def _train_call(model: nn.Module) -> Callable:
     return call
 
 
-def check_classifier(model: nn.Module, sample, num_classes: int, name: str) -> None:
+def check_classifier(model: nn.Module, sample, num_classes: int, name: str, *,
+                     flag: str | None = None) -> None:
     """Refuses (naming ``--model={name}``) a model that cannot be called as jaxpet calls it,
     ``module(x, train=bool)`` on ``sample`` ([1, ...] model inputs), at init, in inference and
     in training, or that does not return one floating-point logit per class; traced only,
     nothing computed."""
-    flag = f"--model={name}"
+    flag = flag or f"--model={name}"
     shape = tuple(np.shape(sample)[1:])
-    need = f"jaxpet needs module(x, train=bool) returning [batch, {num_classes}] logits"
+    nnx_model = isinstance(model, nnx_classifiers.NNXClassifier)
+    call = "module(x) in eval mode" if nnx_model else "module(x, train=False)"
+    train_call = "module(x) after module.train()" if nnx_model else "module(x, train=True)"
+    trained = ("nnx.Rngs streams 'params' and 'dropout' only" if nnx_model else
+               "a 'dropout' random stream and a mutable 'batch_stats' collection, and no other")
+    need = (f"jaxpet drives an NNX classifier as {nnx_classifiers.SIGNATURE}" if nnx_model else
+            f"jaxpet needs module(x, train=bool) returning [batch, {num_classes}] logits")
     try:
         signature: inspect.Signature | None = inspect.signature(type(model).__call__)
     except (TypeError, ValueError):
@@ -232,16 +288,15 @@ def check_classifier(model: nn.Module, sample, num_classes: int, name: str) -> N
             lambda k, x: model.init_with_output({"params": k}, x, train=False), key, sample)
     except Exception as e:  # any tracing failure means the model does not fit
         raise config_lib.ConfigError(
-            f"{flag} fails when called as module(x, train=False) on inputs of shape {shape} "
+            f"{flag} fails when called as {call} on inputs of shape {shape} "
             f"({_first_line(e)}) — {need}.") from e
     _check_logits(out, num_classes, flag, "")
     try:
         out, _ = jax.eval_shape(_train_call(model), variables, sample, key)
     except Exception as e:  # any tracing failure means it cannot train
         raise config_lib.ConfigError(
-            f"{flag} fails in training, called as module(x, train=True) on inputs of shape "
-            f"{shape} ({_first_line(e)}) — jaxpet trains it with a 'dropout' random stream and "
-            "a mutable 'batch_stats' collection, and no other.") from e
+            f"{flag} fails in training, called as {train_call} on inputs of shape {shape} "
+            f"({_first_line(e)}) — jaxpet trains it with {trained}.") from e
     _check_logits(out, num_classes, flag, " in training")
 
 

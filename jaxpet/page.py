@@ -15,6 +15,7 @@ import dataclasses
 import html
 import importlib
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -138,8 +139,12 @@ def markdown_to_html(text: str) -> str:
 
 def reproduce_command(results: Mapping[str, Any]) -> str | None:
     """The command line that reruns this result (None when the experiment is not a jaxpet
-    script): its script and the flags :func:`jaxpet.config.command_line` writes."""
-    experiment = results.get("provenance", {}).get("experiment")
+    script): its script and the flags :func:`jaxpet.config.command_line` writes, after the
+    ``PYTHONPATH=...`` the run had (recorded by :func:`jaxpet.runs.provenance`) where it had
+    one, so that a model imported from the user's own module is found again."""
+    provenance = results.get("provenance", {})
+    provenance = provenance if isinstance(provenance, Mapping) else {}
+    experiment = provenance.get("experiment")
     config = results.get("config")
     if not experiment or not isinstance(config, Mapping):
         return None
@@ -150,8 +155,13 @@ def reproduce_command(results: Mapping[str, Any]) -> str | None:
     cls = getattr(module, "Config", None)
     if cls is None or not dataclasses.is_dataclass(cls):
         return None
-    return shlex.join(["python", f"experiments/{experiment}.py", *config_lib.command_line(
+    command = shlex.join(["python", f"experiments/{experiment}.py", *config_lib.command_line(
         cls, config, presets=getattr(module, "PRESETS", None))])
+    path = provenance.get("pythonpath")
+    if isinstance(path, list) and path and all(isinstance(p, str) and p for p in path):
+        # Quoted apart from its name: a quoted 'NAME=value' is a command, not an assignment.
+        command = f"PYTHONPATH={shlex.quote(os.pathsep.join(path))} {command}"
+    return command
 
 
 # ----------------------------------------------------------------------------- the page
@@ -172,6 +182,8 @@ def _provenance_table(provenance: Mapping[str, Any]) -> str:
     for key, value in provenance.items():
         if key == "command":
             value = shlex.join(str(v) for v in value) if isinstance(value, list) else value
+        elif key == "pythonpath" and isinstance(value, list):
+            value = os.pathsep.join(str(v) for v in value)
         elif isinstance(value, Mapping):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>")

@@ -303,9 +303,20 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def python_path() -> list[str] | None:
+    """``$PYTHONPATH``'s entries made absolute (None when it is unset or empty): where a user's
+    module given as ``--model=module:function`` was imported from, which the command that
+    reproduces the run needs (:func:`jaxpet.page.reproduce_command`)."""
+    entries = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+               if p]
+    return entries or None
+
+
 def provenance(started: str, argv=None) -> dict:
-    """Where and how a result was made: backend, devices, versions, commit, command, times."""
+    """Where and how a result was made: backend, devices, versions, commit, command (with the
+    ``PYTHONPATH`` it ran under, where one was set), times."""
     devices = jax.devices()
+    path = python_path()
     return {
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
@@ -316,6 +327,7 @@ def provenance(started: str, argv=None) -> dict:
                      "numpy": np.__version__, "python": platform.python_version()},
         "git_commit": _git_commit(),
         "command": list(sys.argv if argv is None else argv),
+        **({"pythonpath": path} if path else {}),
         "started": started,
         "finished": now(),
     }

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
+import subprocess
 
 from absl import flags
 import pytest
@@ -54,3 +57,54 @@ def test_the_reproduce_command_rebuilds_the_same_config(module, config):
 def test_no_command_for_a_result_of_unknown_origin():
     assert page.reproduce_command({"config": {}, "provenance": {"experiment": "nope"}}) is None
     assert page.reproduce_command({}) is None
+
+
+def _audit_results(provenance):
+    from jaxpet.experiments import audit
+
+    config = audit.Config(model="my_model:make_classifier", data="mnist", num_references=4)
+    return {"config": dataclasses.asdict(config),
+            "provenance": {"experiment": "audit", **provenance}}, config
+
+
+def test_the_reproduce_command_carries_the_pythonpath_the_run_had(tmp_path, monkeypatch):
+    """A model imported from the user's module is found again: the recorded PYTHONPATH (made
+    absolute) leads the command, as one shell assignment."""
+    from jaxpet import runs
+    from jaxpet.experiments import audit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["examples", "", "/opt/my models"]))
+    provenance = runs.provenance(runs.now(), argv=["experiments/audit.py"])
+    assert provenance["pythonpath"] == [str(tmp_path / "examples"), "/opt/my models"]
+    results, config = _audit_results(provenance)
+    command = page.reproduce_command(results)
+    words = shlex.split(command)
+    assert words[0] == f"PYTHONPATH={tmp_path / 'examples'}{os.pathsep}/opt/my models"
+    assert words[1:3] == ["python", "experiments/audit.py"]
+    assert _reparsed(audit, shlex.join(words[1:])) == config
+    # A shell takes it as an assignment for the command (quoted apart from its name).
+    prefix = command.split(" python ", 1)[0]
+    shown = subprocess.run(["sh", "-c", f"{prefix} printenv PYTHONPATH"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert shown == f"{tmp_path / 'examples'}{os.pathsep}/opt/my models"
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_without_a_pythonpath_the_command_is_unchanged(monkeypatch, value):
+    from jaxpet import runs
+
+    if value is None:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONPATH", value)
+    provenance = runs.provenance(runs.now(), argv=["experiments/audit.py"])
+    assert "pythonpath" not in provenance
+    results, _ = _audit_results(provenance)
+    assert page.reproduce_command(results).startswith("python experiments/audit.py ")
+
+
+@pytest.mark.parametrize("recorded", [[], "examples", [3], [""], {"a": 1}])
+def test_a_malformed_recorded_pythonpath_is_left_out(recorded):
+    results, _ = _audit_results({"pythonpath": recorded})
+    assert page.reproduce_command(results).startswith("python experiments/audit.py ")

@@ -94,7 +94,13 @@ def load_arrays(name: str, data_dir: str | None = None,
         raise config_lib.ConfigError(f"--data={name} is neither a jaxpet dataset "
                                      f"({', '.join(NORMALIZED)}, tfds:<name>) nor an .npz file.")
     where = f"--data={path}"
-    arrays = _read_npz(path, where)
+    return from_arrays(_read_npz(path, where), where, str(path), preprocess)
+
+
+def from_arrays(arrays: dict[str, np.ndarray], where: str, source: str,
+                preprocess: str = "dataset") -> LabelledArrays:
+    """The arrays an .npz holds (named as the module docstring says), checked as a file's are
+    (``where`` names them in errors), as :class:`LabelledArrays` from ``source``."""
     kind, x, y, test_x, test_y = _parts(where, arrays)
     held = test_x is not None and test_y is not None
     if test_x is None or test_y is None:  # no held-out part: the caller sets one aside
@@ -110,11 +116,11 @@ def load_arrays(name: str, data_dir: str | None = None,
         _check_alike(where, kind, x, test_x)
     else:
         test_x = x[:0]
-    scale = preprocessing(name, preprocess, x.dtype)
+    scale = preprocessing(source, preprocess, x.dtype)
     digest = files.digest(x, y, test_x, test_y)
     return LabelledArrays(x, y.astype(np.int32), test_x if held else None,
                           test_y.astype(np.int32) if held else None, num_classes, kind, scale,
-                          digest, str(path))
+                          digest, source)
 
 
 # --------------------------------------------------------------------------- what a file is
@@ -398,7 +404,13 @@ def read_indices(path, num_examples: int, flag: str = "--target_members") -> np.
         raise DataError(f"{where} {_DESCRIBED[kind]} — give the path of the file of indices.")
     else:
         raise DataError(f"{where} {_DESCRIBED[kind]}, not a list of indices — {fix}.")
-    indices = _whole_numbers(where, indices)
+    return check_indices(indices, num_examples, where)
+
+
+def check_indices(indices, num_examples: int, where: str) -> np.ndarray:
+    """``indices`` (of examples the target trained on), sorted: whole numbers in
+    [0, ``num_examples``), each once, at least one; ``where`` names them in errors."""
+    indices = _whole_numbers(where, np.asarray(indices))
     if indices.size == 0:
         raise DataError(f"{where} holds no index — list the examples the target trained on.")
     outside = indices[(indices < 0) | (indices >= num_examples)]

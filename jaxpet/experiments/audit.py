@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxpet import (
@@ -169,29 +170,46 @@ def summary_path(config: Config) -> str:
     return f"{config.workdir}/summary.md"
 
 
-def run(config: Config) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Python objects standing for the config's strings (:func:`jaxpet.audit`'s arguments);
+    None: the string says. ``model``: a Linen module, an NNX class or factory; ``data`` and
+    ``population``: (x, y); ``members``: indices or a boolean mask; ``target``: Linen
+    variables or a live ``nnx.Module``; ``recipe``: the user's optimiser and augmentation."""
+
+    model: Any = None
+    data: tuple[np.ndarray, np.ndarray] | None = None
+    population: tuple[np.ndarray, np.ndarray] | None = None
+    members: Any = None
+    target: Any = None
+    recipe: training.Recipe | None = None
+
+
+def run(config: Config, sources: Sources = Sources()) -> dict[str, Any]:
     """The audit; writes results.json, summary.md, roc.png, scores.npz (every candidate's
-    scores) and, for images, exposed.png."""
+    scores) and, for images, exposed.png. The command line's run, and :func:`jaxpet.audit`'s
+    with its Python objects as ``sources``."""
     with runs.Run(config.workdir, config, outputs=OUTPUTS,
                   on_finish=page.write_page) as run_:
-        audit = arrays_lib.load_arrays(config.data, config.data_dir, config.preprocess)
-        model, sample = _model(config, audit)
-        members = (arrays_lib.read_indices(config.target_members, len(audit.x))
-                   if config.target == "checkpoint" else None)
+        audit = _arrays(config, sources)
+        model, sample = _model(config, audit, sources.model)
+        train_config = _train_config(config, sources.recipe, model, sample)
+        members = _members(config, sources.members, len(audit.x))
         audit, available, pool, population = _candidates(config, audit, members)
         queries = 2 if audit.kind == "images" and config.flip_queries else 1
-        stages.check_memory(model, config.train_config(), sample, config.num_references + 1,
+        stages.check_memory(model, train_config, sample, config.num_references + 1,
                             queried=len(pool) + len(population), num_classes=audit.num_classes,
                             queries=queries, pool_size=len(pool), flag="--num_references",
                             besides=1)
-        target_keep, target_vars, target_digest = _target(config, model, sample, pool, members)
+        target_keep, target_vars, target_digest = _target(config, model, sample, pool, members,
+                                                          sources.target)
         layout = reference_layout(config, target_keep, pool, np.setdiff1d(available, pool))
         probe = _label_only_probe(config, audit, queries)
         key = stages.stage_key(
             config, ignore=NOT_IN_LOGITS, data=audit.digest,
-            model=classifiers.identity(model, sample),
-            preprocess=repr(audit.preprocess), pool=pool, population=population,
-            target_digest=target_digest, target_keep=target_keep,
+            model=classifiers.identity(model, sample), recipe=_recipe_identity(
+                train_config, model, sample), preprocess=repr(audit.preprocess), pool=pool,
+            population=population, target_digest=target_digest, target_keep=target_keep,
             reference_examples=layout.extra, reference_train_keep=layout.train_keep,
             label_only=probe.key() if probe else None)
         # The target, when trained here, is model 0; the references follow. They train on the
@@ -204,7 +222,7 @@ def run(config: Config) -> dict[str, Any]:
             offline = {"reference_logits": audit.x[layout.extra]} if len(layout.extra) else {}
             return stages.ensemble_logits(
                 model, audit.x[train_at], audit.y[train_at],
-                splits.MemberSets.from_mask(np.stack(sets)), config.train_config(),
+                splits.MemberSets.from_mask(np.stack(sets)), train_config,
                 queries={"logits": audit.x[pool], "population_logits": audit.test_x[population],
                          **offline}, seed=config.seed, preprocess=audit.preprocess,
                 flips=queries == 2, query_mode=config.query_mode,
@@ -224,20 +242,88 @@ def run(config: Config) -> dict[str, Any]:
             saved["logits"][:1], audit.y[pool], target_keep[None],
             saved["population_logits"][:1], audit.test_y[population]).items()}
         results = run_.finish(_results(config, audit, pool, population, target_keep, layout,
-                                       queries, target, scored, info))
+                                       queries, target, scored, info, train_config))
         _write_outputs(config, run_.path, audit, pool, target_keep, scored, results)
         return results
 
 
-def _model(config: Config, audit: arrays_lib.LabelledArrays):
-    """The model --model names, checked to take the data's examples and to give one logit per
-    class, with a one-example sample of its inputs; settings it would not use are refused."""
-    model = classifiers.classifier(config.model, audit.num_classes,
-                                   width_scale=config.width_scale, precision=config.precision)
+def _arrays(config: Config, sources: Sources) -> arrays_lib.LabelledArrays:
+    """The data --data names, or the arrays given from Python, checked as an .npz's are."""
+    if sources.data is None:
+        if sources.population is not None:
+            raise config_lib.ConfigError("population= goes with data given as arrays; a "
+                                         f"dataset by name (data={config.data!r}) has its own "
+                                         "held-out part.")
+        return arrays_lib.load_arrays(config.data, config.data_dir, config.preprocess)
+    x, y = sources.data
+    kind = "images" if x.ndim == 4 else "features"
+    arrays = {kind: x, "labels": y}
+    if sources.population is not None:
+        arrays.update({f"test_{kind}": sources.population[0],
+                       "test_labels": sources.population[1]})
+    return arrays_lib.from_arrays(arrays, "data", "arrays", config.preprocess)
+
+
+def _model(config: Config, audit: arrays_lib.LabelledArrays, given=None):
+    """The model --model names (or the object given from Python), checked to take the data's
+    examples and to give one logit per class, with a one-example sample of its inputs;
+    settings it would not use are refused."""
+    if given is None:
+        model = classifiers.classifier(config.model, audit.num_classes,
+                                       width_scale=config.width_scale,
+                                       precision=config.precision)
+    else:
+        model = classifiers.from_object(given, audit.num_classes)
     sample = audit.preprocess(audit.x[:1])
-    classifiers.check_classifier(model, sample, audit.num_classes, config.model)
+    classifiers.check_classifier(model, sample, audit.num_classes, config.model,
+                                 flag="model" if given is not None else None)
     refuse_unused(config, audit, model)
     return model, sample
+
+
+def _train_config(config: Config, recipe, model, sample) -> training.TrainConfig:
+    """The flags' recipe, or the user's optimiser and augmentation, checked on this model's
+    parameters and a batch of its inputs; flags of the menu it replaces are refused."""
+    train_config = config.train_config()
+    if recipe is None:
+        return train_config
+    if recipe.optimizer is not None:
+        config_lib.refuse_no_effect(
+            config, ("optimizer", "learning_rate", "momentum", "weight_decay", "schedule",
+                     "lr_decay"), "optimizer= is your optax optimiser, which holds its own rate, "
+            "schedule and weight decay")
+    if recipe.augment is not None:
+        config_lib.refuse_no_effect(config, ("augment",), "augment= is your function")
+    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                            sample)["params"]
+    training.check_recipe(recipe, params, np.repeat(sample, config.batch_size, axis=0))
+    return dataclasses.replace(train_config, user_recipe=recipe)
+
+
+def _recipe_identity(train_config: training.TrainConfig, model, sample):
+    """The user's recipe in the stage key: what its optimiser and augmentation compute."""
+    if train_config.user_recipe is None:
+        return None
+    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                            sample)["params"]
+    return training.recipe_identity(train_config.user_recipe, params,
+                                    np.repeat(sample, train_config.batch_size, axis=0))
+
+
+def _members(config: Config, given, num_examples: int) -> np.ndarray | None:
+    """The target's training examples: --target_members's file, or indices (or a boolean
+    mask) given from Python; None when jaxpet trains the target."""
+    if config.target != "checkpoint":
+        return None
+    if given is None:
+        return arrays_lib.read_indices(config.target_members, num_examples)
+    given = np.asarray(given)
+    if given.dtype == bool:
+        if given.shape != (num_examples,):
+            raise config_lib.ConfigError(f"members= is a boolean mask of shape {given.shape}; "
+                                         f"it needs one entry per example: ({num_examples},).")
+        given = np.flatnonzero(given)
+    return arrays_lib.check_indices(given, num_examples, "members=")
 
 
 def refuse_unused(config: Config, audit: arrays_lib.LabelledArrays, model) -> None:
@@ -295,16 +381,21 @@ def _candidates(config: Config, audit: arrays_lib.LabelledArrays, members: np.nd
     return audit, available, pool, population
 
 
-def _target(config: Config, model, sample, pool: np.ndarray, members: np.ndarray | None):
+def _target(config: Config, model, sample, pool: np.ndarray, members: np.ndarray | None,
+            given=None):
     """The target's membership of the pool, its variables (None: trained here, on exactly
-    half the pool, recorded) and the digest of its checkpoint (None: trained here)."""
+    half the pool, recorded) and the digest of its checkpoint or given variables (None:
+    trained here)."""
     if members is None:
         keep = np.zeros(len(pool), bool)
         keep[np.random.default_rng([config.seed, 1]).permutation(len(pool))[
             :len(pool) // 2]] = True
         return keep, None, None
-    variables, digest = restore.load_variables(config.target_checkpoint, model, sample,
-                                               model_name=config.model)
+    if given is not None:
+        variables, digest = restore.given_variables(given, model, sample, flag="target=")
+    else:
+        variables, digest = restore.load_variables(config.target_checkpoint, model, sample,
+                                                   model_name=config.model)
     return np.isin(pool, members), variables, digest
 
 
@@ -331,6 +422,7 @@ class Scored:
     check, and the members the ranking attack finds most exposed."""
 
     scores: dict[str, np.ndarray]
+    keep: np.ndarray  # [1 + references, candidates]: row 0 the target's membership
     attacks: dict[str, dict]
     fitted_a: float | None
     check: dict
@@ -368,7 +460,7 @@ def _score(config: Config, saved, audit, pool, population, target_keep, layout,
                for name, s in scores.items()}
     check = self_check(signals, all_keep, target_keep, attack_config, names)
     ranking = "lira_online" if config.references == "online" else "lira_offline"
-    return Scored(scores, attacks, attack_config.rmia_fitted_a, check, ranking,
+    return Scored(scores, all_keep, attacks, attack_config.rmia_fitted_a, check, ranking,
                   _most_exposed(scores[ranking], target_keep, config.num_exposed))
 
 
@@ -412,9 +504,14 @@ def attack_names(config: Config, signals=None) -> list[str]:
 
 
 def _results(config: Config, audit, pool, population, target_keep, layout, queries: int,
-             target: dict, scored: Scored, info: dict) -> dict:
+             target: dict, scored: Scored, info: dict, train_config) -> dict:
     """results.json's figures (run_.finish adds the config and the provenance)."""
+    recipe = train_config.user_recipe
     return {
+        "recipe": None if recipe is None else {
+            "optimizer": None if recipe.optimizer is None else "your optax optimiser",
+            "augment": None if recipe.augment is None else getattr(
+                recipe.augment, "__qualname__", type(recipe.augment).__name__)},
         "data": {"source": audit.source, "digest": audit.digest, "kind": audit.kind,
                  "num_classes": audit.num_classes, "pool_size": len(pool),
                  "population_size": len(population), "target_members": int(target_keep.sum()),
@@ -434,6 +531,7 @@ def _write_outputs(config: Config, path, audit, pool, target_keep, scored: Score
                    results: dict) -> None:
     """scores.npz, roc.png, exposed.png (images) and summary.md."""
     files.write_npz(path / "scores.npz", indices=pool, membership=target_keep,
+                    keep=scored.keep, labels=audit.y[pool],
                     **{f"score_{name}": s for name, s in scored.scores.items()})
     files.save_figure(report.roc_figure(
         {name: (target_keep, s) for name, s in scored.scores.items()},
@@ -488,8 +586,8 @@ def summary_markdown(results: dict) -> str:
             f"Target ({c['target']}): {d['target_members']} members of a {d['pool_size']}-example "
             f"pool; accuracy on members {report.pct(t['train_acc'])}%, pool non-members "
             f"{report.pct(t['pool_non_member_acc'])}%, held-out {report.pct(t['test_acc'])}%. "
-            f"{c['num_references']} reference models ({c['optimizer']}, lr {c['learning_rate']}, "
-            f"{c['schedule']} schedule, {c['epochs']} epochs), {layout}; "
+            f"{c['num_references']} reference models ({_recipe_words(c, results.get('recipe'))}, "
+            f"{c['epochs']} epochs), {layout}; "
             f"RMIA population {d['population_size']} held-out examples; {d['queries']} "
             f"quer{'ies' if d['queries'] > 1 else 'y'} per example; LiRA convention "
             f"{c.get('lira_convention', 'paper')}, RMIA convention "
@@ -502,3 +600,12 @@ def summary_markdown(results: dict) -> str:
             "the level exactly (the expected TPR: the ROC interpolated).\n\n"
             f"{calibration.markdown(results.get('calibration'))}"
             f"## Most exposed training examples\n\n{exposed}")
+
+
+def _recipe_words(config: dict, recipe: dict | None) -> str:
+    """How the summary names the training recipe: the flags' menu, or the user's own."""
+    menu = f"{config['optimizer']}, lr {config['learning_rate']}, {config['schedule']} schedule"
+    if not recipe:
+        return menu
+    words = "your optax optimiser" if recipe.get("optimizer") else menu
+    return words + (f", augmentation {recipe['augment']}" if recipe.get("augment") else "")

@@ -13,6 +13,9 @@ Design (pure-functional JAX), one module per concept:
   sets of different sizes are padded to one length: padded rows are masked out of
   the loss, the accuracy and the BatchNorm statistics, so model k trains the same
   alone or inside a larger ensemble. K=1 is simply the plain single-model trainer.
+* :mod:`~jaxpet.training.recipe`: a user's own optax optimiser and augmentation from Python
+  (:class:`Recipe`, in ``TrainConfig.user_recipe``), checked against the model before training
+  and identified by the programs it lowers to.
 * :mod:`~jaxpet.training.sharding`: the model axis over a device mesh.
 * :mod:`~jaxpet.training.checkpoints`: resumable, fingerprinted orbax checkpoints.
 * :mod:`~jaxpet.training.inference`: posteriors and accuracy of a trained ensemble, queried
@@ -35,6 +38,7 @@ from jaxpet.training.inference import (
     stack_models,
     take_model,
 )
+from jaxpet.training.recipe import Recipe, check_recipe, identity as recipe_identity
 from jaxpet.training.sharding import default_mesh, model_mesh
 from jaxpet.training.state import (
     AUGMENTATIONS,
@@ -64,11 +68,12 @@ from jaxpet.training.trainer import (
 
 __all__ = [
     "AUGMENTATIONS", "AUTO_STRATEGY", "Checkpoints", "IDENTITY", "ModelState", "Normalize",
-    "OPTIMIZERS", "QUERY_BATCH_SIZES", "QUERY_MODES", "QUERY_WEIGHTS", "SCHEDULES", "accepts_mask",
-    "STRATEGIES", "TrainConfig", "TrainResult", "augment_batch", "check_run_flags",
+    "OPTIMIZERS", "QUERY_BATCH_SIZES", "QUERY_MODES", "QUERY_WEIGHTS", "Recipe", "SCHEDULES",
+    "accepts_mask", "STRATEGIES", "TrainConfig", "TrainResult", "augment_batch", "check_recipe",
+    "check_run_flags",
     "default_mesh", "evaluate", "evaluate_model", "init_ensemble", "init_model_state",
     "make_optimizer", "model_keys", "model_mesh", "predict", "query_batches", "query_logits",
-    "query_variables", "resolve_strategy",
+    "query_variables", "recipe_identity", "resolve_strategy",
     "run_fingerprint", "stack_models", "take_model", "train_ensemble", "train_ensemble_epoch",
     "train_ensemble_epoch_mapped", "train_epoch", "train_step",
 ]

@@ -20,6 +20,7 @@ import optax
 from jaxpet import config as config_lib, dpsgd
 from jaxpet.config import same_as, setting
 from jaxpet.dpsgd import DPConfig
+from jaxpet.training.recipe import Recipe
 
 # Stream ids folded into a model's key, so shuffling, dropout and init never share randomness.
 INIT_STREAM, SHUFFLE_STREAM, DROPOUT_STREAM, NOISE_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
@@ -95,16 +96,38 @@ class TrainConfig:
     ema: float = setting(0.0, "Momentum of the debiased moving average of the weights the "
                          "model predicts with (LiRA's code: 0.999); 0: off.", low=0, high=1,
                          high_open=True)
+    # From Python only, not a setting (no flag, no range; ignored by the flag machinery): the
+    # user's own optax optimiser and augmentation in place of the menu above (see Recipe).
+    # (Not named "recipe": experiment configs have a --recipe flag that pick() would map here.)
+    user_recipe: Recipe | None = None
 
     def __post_init__(self):
         config_lib.check(self)
         if self.ema and self.early_stopping:
             raise config_lib.ConfigError("--ema and --early_stopping both choose the weights the "
                                          "model predicts with — use one of them.")
+        if self.user_recipe is not None and not isinstance(self.user_recipe, Recipe):
+            raise config_lib.ConfigError(
+                f"TrainConfig.user_recipe must be a jaxpet.training.Recipe, got a "
+                f"{type(self.user_recipe).__name__} — pass "
+                "user_recipe=Recipe(optimizer=optax.adam(1e-3)).")
+        if self.augment != "none" and self.user_augment is not None:
+            raise config_lib.ConfigError(f"--augment={self.augment} and the recipe's augment both "
+                                         "augment the training batches — use one of them.")
         if self.dp_microbatch_size and self.batch_size % self.dp_microbatch_size:
             raise config_lib.ConfigError(
                 f"--dp_microbatch_size must be 0 or divide --batch_size={self.batch_size}, got "
                 f"{self.dp_microbatch_size}.")
+
+    @property
+    def user_optimizer(self) -> optax.GradientTransformation | None:
+        """The recipe's own optimiser, or None: the flags' (a rate per epoch)."""
+        return None if self.user_recipe is None else self.user_recipe.optimizer
+
+    @property
+    def user_augment(self):
+        """The recipe's own augmentation, or None: the flags' (``augment``)."""
+        return None if self.user_recipe is None else self.user_recipe.augment
 
     def learning_rate_at(self, epoch):
         """The learning rate of epoch ``epoch`` (an int or a traced int32) under the schedule."""
@@ -166,8 +189,11 @@ class ModelState:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam, or SGD with momentum, with coupled L2 (as PyTorch's ``weight_decay=``) and an
-    injectable rate (set per epoch by the schedule)."""
+    """The recipe's own optimiser if it has one; else Adam, or SGD with momentum, with coupled
+    L2 (as PyTorch's ``weight_decay=``) and an injectable rate (set per epoch by the
+    schedule)."""
+    if config.user_optimizer is not None:
+        return config.user_optimizer
 
     def with_l2(learning_rate, weight_decay):
         if config.optimizer == "sgd":
@@ -262,6 +288,8 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
     """One optimiser step of ONE model on a padded batch; returns (state, metric sums).
 
     Under ``config.dpsgd`` the gradient is :func:`jaxpet.dpsgd.private_gradient`'s.
+    ``learning_rate`` is the flags' schedule's rate of this epoch; a recipe's own optimiser
+    ignores it (its schedule runs on the step count in its state), as does None.
     """
     num_real = jnp.sum(row_mask)
     weights = row_mask.astype(jnp.float32)
@@ -298,10 +326,11 @@ def train_step(model, config: TrainConfig, state: ModelState, x, y, row_mask, le
         (_, (logits, losses, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-    opt_state = state.opt_state._replace(
-        hyperparams={**state.opt_state.hyperparams,
-                     "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
-    )
+    opt_state = state.opt_state
+    if config.user_optimizer is None:  # the flags' optimiser: the epoch's rate injected
+        opt_state = opt_state._replace(
+            hyperparams={**opt_state.hyperparams,
+                         "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
     updates, opt_state = make_optimizer(config).update(grads, opt_state, state.params)
     updated = dataclasses.replace(
         state,

@@ -22,13 +22,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 
-from jaxpet import progress
+from jaxpet import files, progress
 from jaxpet.data import IDENTITY
 from jaxpet.errors import UserError
 from jaxpet.splits import MemberSets
 from jaxpet.training import sharding
 from jaxpet.training.checkpoints import Checkpoints, run_fingerprint
 from jaxpet.training.inference import batch_positions, check_sets, evaluate_model
+from jaxpet.training.recipe import augmented, check_recipe, identity
 from jaxpet.training.state import (
     AUGMENT_STREAM,
     SHUFFLE_STREAM,
@@ -51,7 +52,9 @@ def train_epoch(
 
     Each example's place in the shuffle is drawn from ``fold_in(key, position)``,
     so model k sees the same batches whether it trains alone or padded inside a
-    larger ensemble; padded rows are masked out of everything.
+    larger ensemble; padded rows are masked out of everything. The history's
+    ``learning_rate`` is the flags' schedule's; a recipe's own optimiser keeps its rate in
+    its state, so the entry is left out rather than reported wrong.
     """
     batch = config.batch_size
     steps, padded = batch_positions(member_indices.shape[0], batch)
@@ -61,15 +64,20 @@ def train_epoch(
     order = jnp.argsort(jnp.where(positions < member_count, draws, 2.0))  # real members first
     perm = jnp.pad(member_indices[order], (0, padded - member_indices.shape[0]))
     valid = jnp.arange(padded) < member_count
-    learning_rate = config.learning_rate_at(epoch)
+    by_epoch = config.user_optimizer is None
+    learning_rate = config.learning_rate_at(epoch) if by_epoch else None
 
     def body(state, s):
         idx = jax.lax.dynamic_slice(perm, (s * batch,), (batch,))
         mask = jax.lax.dynamic_slice(valid, (s * batch,), (batch,))
         x = preprocess(images[idx])
-        if config.augment == "flip_crop":
-            x = augment_batch(jax.random.fold_in(
-                jax.random.fold_in(state.rng, AUGMENT_STREAM), state.step), x)
+        # One key per model and per step (the step count, not the epoch's batch index).
+        augment_key = jax.random.fold_in(jax.random.fold_in(state.rng, AUGMENT_STREAM),
+                                         state.step)
+        if config.user_augment is not None:
+            x = augmented(config.user_augment, augment_key, x)
+        elif config.augment == "flip_crop":
+            x = augment_batch(augment_key, x)
         return train_step(model, config, state, x, labels[idx], mask, learning_rate)
 
     was_active = state.active
@@ -78,7 +86,7 @@ def train_epoch(
     metrics = {
         "loss": sums["loss_sum"] / jnp.maximum(sums["count"], 1),
         "train_acc": sums["correct"] / jnp.maximum(sums["count"], 1),
-        "learning_rate": learning_rate,
+        **({"learning_rate": learning_rate} if by_epoch else {}),
         "active": was_active,
     }
     if val_indices is not None:
@@ -241,7 +249,8 @@ def train_ensemble(
       images, labels: the whole pool (numpy or device arrays), put on the device once;
         member and validation sets index into it.
       members: one member set per model (sizes may differ).
-      config: hyper-parameters (see :class:`TrainConfig`).
+      config: hyper-parameters (see :class:`TrainConfig`); its ``user_recipe`` (a user's
+        optax optimiser and augmentation) is checked against the model before any work.
       keys: [K] model keys; default ``model_keys(seed, K)``.
       validation: one validation set per model; needed for early stopping.
       preprocess: jittable, hashable map from stored images to model inputs.
@@ -264,14 +273,21 @@ def train_ensemble(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
     if state is None and keys is None:
         keys = model_keys(seed, num_models)
+    recipe_inputs = None
+    if config.user_recipe is not None:
+        recipe_inputs = _recipe_inputs(model, config, preprocess, images)
+        check_recipe(config.user_recipe, *recipe_inputs)
     fingerprint = None
     if checkpoint_dir is not None:
         if state is not None or start_epoch:
             raise ValueError("checkpoint_dir resumes a run by itself; do not also pass state= or "
                              "start_epoch=.")
-        # Of the unpadded run: the same run resumes on any number of devices.
-        fingerprint = run_fingerprint(model, config, preprocess, images, labels, members,
-                                      validation, keys)
+        # Of the unpadded run: the same run resumes on any number of devices. A recipe's
+        # functions print with their addresses, so it enters by what it computes instead.
+        fingerprint = run_fingerprint(model, dataclasses.replace(config, user_recipe=None),
+                                      preprocess, images, labels, members, validation, keys)
+        if config.user_recipe is not None and recipe_inputs is not None:
+            fingerprint = files.digest(fingerprint, identity(config.user_recipe, *recipe_inputs))
     if mesh is not None and strategy != "vmap":
         raise ValueError(f"A mesh shards the vmapped model axis; strategy {strategy!r} cannot "
                          "use it. Pass strategy='vmap' or no mesh.")
@@ -297,6 +313,18 @@ def train_ensemble(
     progress.current().record_history(phase_name(log_prefix),
                                        progress.history_rows(result.history))
     return result
+
+
+def _recipe_inputs(model, config: TrainConfig, preprocess, images):
+    """Shapes of one model's parameters and of a preprocessed training batch: what a recipe
+    is checked and identified on (nothing is computed)."""
+    stored = jax.ShapeDtypeStruct((config.batch_size, *np.shape(images)[1:]),
+                                  jnp.result_type(images))
+    batch = jax.eval_shape(preprocess, stored)
+    sample = jax.ShapeDtypeStruct((1, *batch.shape[1:]), batch.dtype)
+    variables = jax.eval_shape(
+        lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), sample)
+    return variables["params"], batch
 
 
 def _train_ensemble(model, images, labels, members, config, *, keys, validation, preprocess,

@@ -1,0 +1,137 @@
+"""jaxpet from Python: the audit on arrays gives the command's figures; NNX models, a live
+trained target, the user's optax optimiser; the result object (table, renderings, scores, ROC
+figure, most exposed); logits scored from arrays; bad arguments refused in one line."""
+
+from __future__ import annotations
+
+import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
+import optax
+import pytest
+
+import jaxpet
+from jaxpet.errors import UserError
+from jaxpet.experiments import audit as audit_lib
+
+SETTINGS = dict(num_references=4, epochs=10, batch_size=16, learning_rate=1e-2,
+                population_size=40, num_exposed=4)
+
+
+def _features(n=160, test=80, d=12, seed=0):
+    """Random vectors with random labels: a model memorises its members, so they leak."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 4, n),
+            rng.normal(size=(test, d)).astype(np.float32), rng.integers(0, 4, test))
+
+
+def test_the_python_api_gives_the_commands_figures(tmp_path):
+    x, y, test_x, test_y = _features()
+    np.savez(tmp_path / "d.npz", features=x, labels=y, test_features=test_x, test_labels=test_y)
+    command = audit_lib.run(audit_lib.Config(model="mlp", width_scale=0.25,
+                                             data=str(tmp_path / "d.npz"),
+                                             workdir=str(tmp_path / "cli"), **SETTINGS))
+    backend = matplotlib.get_backend()
+    result = jaxpet.audit("mlp", (x, y), population=(test_x, test_y), width_scale=0.25,
+                          **SETTINGS)
+    assert result.workdir is None  # no workdir: nothing kept
+    assert result.table.keys() == command["attacks"].keys()
+    for name, metrics in command["attacks"].items():
+        assert result.table[name]["auc"] == pytest.approx(metrics["auc"], rel=1e-6), name
+        assert result.table[name]["tpr_at_fpr"] == pytest.approx(metrics["tpr_at_fpr"],
+                                                                  rel=1e-6), name
+    saved = np.load(tmp_path / "cli" / "scores.npz")
+    for name, scores in result.scores.items():
+        np.testing.assert_allclose(scores, saved[f"score_{name}"], rtol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(result.membership, saved["membership"])
+    assert result.most_exposed == command["most_exposed"]
+    # The renderings a notebook shows, and the ROC as a Figure, the backend left as it was.
+    assert "| lira_online |" in result.markdown().replace("`", "")
+    assert "<table>" in result._repr_html_() and "# Membership audit" in result._repr_markdown_()
+    figure = result.roc_figure()
+    assert isinstance(figure, Figure) and len(figure.axes[0].lines) >= len(result.scores)
+    assert matplotlib.get_backend() == backend
+
+
+def _nnx_net():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+            self.hidden = nnx.Linear(12, 64, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+            self.out = nnx.Linear(64, num_classes, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.drop(nnx.relu(self.hidden(x))))
+
+    return Net
+
+
+def _train_nnx(net, x, y, steps=300, seed=0):
+    """The user's own NNX training loop (no jaxpet): full-batch Adam on ``x``."""
+    from flax import nnx
+
+    model = net(4, rngs=nnx.Rngs(seed))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        def loss(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+        grads = nnx.grad(loss)(model)
+        optimizer.update(model, grads)
+
+    model.train()
+    for _ in range(steps):
+        step(model, optimizer)
+    model.eval()
+    return model
+
+
+def test_an_nnx_target_trained_by_the_user_is_audited_with_an_optax_recipe(tmp_path):
+    x, y, test_x, test_y = _features()
+    net = _nnx_net()
+    members = np.zeros(len(x), bool)
+    members[np.random.default_rng(1).permutation(len(x))[:80]] = True
+    target = _train_nnx(net, x[members], y[members])
+    own_accuracy = float((np.argmax(target(x[members]), -1) == y[members]).mean())
+    result = jaxpet.audit(net, (x, y), population=(test_x, test_y), members=members,
+                          target=target, optimizer=optax.adam(1e-2),
+                          workdir=tmp_path / "nnx", **{k: v for k, v in SETTINGS.items()
+                                                       if k != "learning_rate"})
+    assert result.results["target"]["train_acc"] == pytest.approx(own_accuracy)
+    assert result.results["recipe"]["optimizer"] == "your optax optimiser"
+    # The target memorised its members; with 4 references, RMIA and the loss see it.
+    assert result.table["rmia_online"]["auc"] > 0.8 and result.table["global_loss"]["auc"] > 0.8
+    assert result.membership.sum() == 80 and (tmp_path / "nnx" / "report.html").exists()
+    assert result.workdir == tmp_path / "nnx"
+
+
+def test_logits_from_anywhere_are_scored_from_arrays():
+    rng = np.random.default_rng(0)
+    keep = rng.random((6, 100)) < 0.5
+    logits = rng.normal(size=(6, 100, 3)) + 3.0 * keep[..., None] * np.eye(3)[
+        rng.integers(0, 3, 100)][None]
+    labels = np.argmax(logits[0], -1)
+    result = jaxpet.score_logits(logits, labels, keep, target=0)
+    assert result.table["lira_online"]["auc"] > 0.6
+    np.testing.assert_array_equal(result.membership, keep[0])
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(epoch=3), r"epoch= is not a setting \(did you mean epochs\?\)"),
+    (dict(workdir_="x"), "is not a setting"),
+    (dict(target_members="m.npy"), "target_members= is an argument of its own here — pass "
+                                   "members="),
+    (dict(members=np.arange(3)), "members= names the examples your target trained on"),
+    (dict(target={"params": {}}), "target= needs members="),
+    (dict(optimizer=optax.adam), "optimizer"),
+    (dict(optimizer=optax.adam(1e-3), learning_rate=0.5), "--learning_rate=0.5 has no effect"),
+], ids=["misspelt", "unknown", "twice", "members_alone", "target_alone", "uncalled_optax",
+        "menu_with_optax"])
+def test_bad_arguments_are_refused_in_one_line(tmp_path, kwargs, expected):
+    x, y, _, _ = _features(n=40)
+    with pytest.raises(UserError, match=expected) as caught:
+        jaxpet.audit("mlp", (x, y), workdir=tmp_path / "bad", **kwargs)
+    assert "\n" not in str(caught.value)
