@@ -56,7 +56,9 @@ class Config:
 
     model: str = setting("seed_cnn", "The model: an import path module:function to a function "
                          "that takes num_classes and returns a Flax module called as "
-                         "module(x, train), or one of jaxpet's: seed_cnn (the seed's CNN), mlp, "
+                         "module(x, train) (or an NNX class or factory f(num_classes, rngs) "
+                         "returning an nnx.Module called as module(x)), or one of jaxpet's: "
+                         "seed_cnn (the seed's CNN), mlp, "
                          "wrn (WideResNet-28-2, the published LiRA/RMIA model; its recipe is "
                          "--optimizer=sgd --learning_rate=0.1 --momentum=0.9 --weight_decay=5e-4 "
                          "--schedule=lira_cosine --augment=flip_crop --batch_size=256 "
@@ -80,7 +82,9 @@ class Config:
                           "(recorded); checkpoint: your trained target from --target_checkpoint "
                           "with its training examples in --target_members.", choices=TARGETS)
     target_checkpoint: str | None = setting(None, "Your target's Flax variables, written with "
-                                            "flax.serialization.to_bytes.",
+                                            "flax.serialization.to_bytes, or an orbax "
+                                            "checkpoint folder of its Linen variables or its "
+                                            "nnx.state.",
                                             when=("target", ("checkpoint",)))
     target_members: str | None = setting(None, "A .npy or .txt of the indices (into the training "
                                          "part of the data) your target trained on.",
