@@ -108,6 +108,52 @@ def test_an_nnx_target_trained_by_the_user_is_audited_with_an_optax_recipe(tmp_p
     assert result.workdir == tmp_path / "nnx"
 
 
+NNX_MODULE = """
+from flax import nnx
+
+
+class Net(nnx.Module):
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(12, 64, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.out = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(nnx.relu(self.hidden(x))))
+"""
+
+
+def test_an_nnx_target_saved_with_orbax_is_audited_from_the_command_as_from_python(
+        tmp_path, monkeypatch):
+    """The user's NNX class by import path, its trained state saved with orbax and its members
+    in a .npy: the command's audit equals the Python API's on the live module."""
+    from flax import nnx
+    import orbax.checkpoint as ocp
+
+    (tmp_path / "user_nnx.py").write_text(NNX_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_nnx
+
+    x, y, test_x, test_y = _features()
+    np.savez(tmp_path / "d.npz", features=x, labels=y, test_features=test_x, test_labels=test_y)
+    members = np.sort(np.random.default_rng(2).permutation(len(x))[:80])
+    target = _train_nnx(user_nnx.Net, x[members], y[members], steps=200)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "state", nnx.state(target))
+    np.save(tmp_path / "members.npy", members)
+    settings = dict(SETTINGS, epochs=4)
+    command = audit_lib.run(audit_lib.Config(
+        model="user_nnx:Net", data=str(tmp_path / "d.npz"), target="checkpoint",
+        target_checkpoint=str(tmp_path / "state"), target_members=str(tmp_path / "members.npy"),
+        workdir=str(tmp_path / "cli"), **settings))
+    live = jaxpet.audit(user_nnx.Net, (x, y), population=(test_x, test_y), members=members,
+                        target=target, **settings)
+    assert command["target"] == live.results["target"]
+    assert command["target"]["train_acc"] == 1.0
+    for name, metrics in command["attacks"].items():
+        assert live.table[name]["auc"] == pytest.approx(metrics["auc"], rel=1e-6), name
+
+
 def test_logits_from_anywhere_are_scored_from_arrays():
     rng = np.random.default_rng(0)
     keep = rng.random((6, 100)) < 0.5
