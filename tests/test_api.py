@@ -53,19 +53,26 @@ def test_the_python_api_gives_the_commands_figures(tmp_path):
     assert matplotlib.get_backend() == backend
 
 
+NNX_MODULE = """
+from flax import nnx
+
+
+class Net(nnx.Module):
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(12, 64, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.out = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(nnx.relu(self.hidden(x))))
+"""
+
+
 def _nnx_net():
-    from flax import nnx
-
-    class Net(nnx.Module):
-        def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
-            self.hidden = nnx.Linear(12, 64, rngs=rngs)
-            self.drop = nnx.Dropout(0.1, rngs=rngs)
-            self.out = nnx.Linear(64, num_classes, rngs=rngs)
-
-        def __call__(self, x):
-            return self.out(self.drop(nnx.relu(self.hidden(x))))
-
-    return Net
+    """The user's NNX class (:data:`NNX_MODULE`), defined here rather than imported."""
+    namespace: dict = {}
+    exec(NNX_MODULE, namespace)
+    return namespace["Net"]
 
 
 def _train_nnx(net, x, y, steps=300, seed=0):
@@ -108,19 +115,6 @@ def test_an_nnx_target_trained_by_the_user_is_audited_with_an_optax_recipe(tmp_p
     assert result.workdir == tmp_path / "nnx"
 
 
-NNX_MODULE = """
-from flax import nnx
-
-
-class Net(nnx.Module):
-    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(12, 64, rngs=rngs)
-        self.drop = nnx.Dropout(0.1, rngs=rngs)
-        self.out = nnx.Linear(64, num_classes, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(self.drop(nnx.relu(self.hidden(x))))
-"""
 
 
 def test_an_nnx_target_saved_with_orbax_is_audited_from_the_command_as_from_python(

@@ -215,23 +215,13 @@ def read_inputs(path) -> LogitsInputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class Scored:
-    """Every attack's scores of the examples and metrics, the attacks not available (with the
-    reason), RMIA's fitted a, the calibration check and the most exposed members."""
+class Scored(audit.Scored):
+    """The audit's scored attacks (:class:`jaxpet.experiments.audit.Scored`: row 0 of ``keep``
+    the target's membership), with the input's model index of each row of ``keep`` and the
+    attacks these logits cannot feed (name -> reason)."""
 
-    scores: dict[str, np.ndarray]
-    keep: np.ndarray  # [models, examples] in ``order``: row 0 the target's membership
-    order: np.ndarray  # the input's model index of each row of ``keep``
-    attacks: dict[str, dict]
+    order: np.ndarray
     not_available: dict[str, str]
-    fitted_a: float | None
-    check: dict
-    ranking: str
-    exposed: np.ndarray
-
-    @property
-    def ranked(self) -> np.ndarray:
-        return self.scores[self.ranking]
 
 
 def attack_config(config: Config, inputs: LogitsInputs) -> reference.AttackConfig:
@@ -305,8 +295,9 @@ def score(inputs: LogitsInputs, config: Config = Config()) -> Scored:
                for name, s in scores.items()}
     check = audit.self_check(signals, keep, keep[0], knobs, names)
     ranking = next((n for n in ("lira_online", "lira_offline") if n in scores), names[0])
-    return Scored(scores, keep, order, attacks, skipped, a, check, ranking,
-                  audit._most_exposed(scores[ranking], keep[0], config.num_exposed))
+    return Scored(scores, keep, attacks, a, check, ranking,
+                  audit._most_exposed(scores[ranking], keep[0], config.num_exposed),
+                  order=order, not_available=skipped)
 
 
 # ----------------------------------------------------------------------------- the run
