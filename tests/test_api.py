@@ -175,3 +175,22 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path, kwargs, expected):
     with pytest.raises(UserError, match=expected) as caught:
         jaxpet.audit("mlp", (x, y), workdir=tmp_path / "bad", **kwargs)
     assert "\n" not in str(caught.value)
+
+
+def test_the_users_recipe_keys_the_training_stage(tmp_path):
+    """The same optax optimiser built again reuses the trained stage; another rate trains
+    anew."""
+    x, y, test_x, test_y = _features(n=64, test=40)
+    settings = dict(SETTINGS, epochs=1, population_size=20, num_references=2)
+    del settings["learning_rate"]
+    stages = tmp_path / "run" / "stages"
+
+    def run(optimizer, augment=None):
+        jaxpet.audit("mlp", (x, y), population=(test_x, test_y), width_scale=0.125,
+                     optimizer=optimizer, augment=augment, workdir=tmp_path / "run", **settings)
+        return len(list(stages.glob("logits-*.npz")))
+
+    assert run(optax.adam(1e-2)) == 1
+    assert run(optax.adam(1e-2)) == 1  # rebuilt, the same programs: reused
+    assert run(optax.adam(2e-2)) == 2
+    # (The augmentation enters the key the same way: tests/training/test_recipe.py.)

@@ -211,11 +211,11 @@ def run(config: Config, sources: Sources = Sources()) -> dict[str, Any]:
         probe = _label_only_probe(config, audit, queries)
         key = stages.stage_key(
             config, ignore=NOT_IN_LOGITS, data=audit.digest,
-            model=classifiers.identity(model, sample), recipe=_recipe_identity(
-                train_config, model, sample), preprocess=repr(audit.preprocess), pool=pool,
-            population=population, target_digest=target_digest, target_keep=target_keep,
-            reference_examples=layout.extra, reference_train_keep=layout.train_keep,
-            label_only=probe.key() if probe else None)
+            model=classifiers.identity(model, sample), preprocess=repr(audit.preprocess),
+            pool=pool, population=population, target_digest=target_digest,
+            target_keep=target_keep, reference_examples=layout.extra,
+            reference_train_keep=layout.train_keep, label_only=probe.key() if probe else None,
+            **_recipe_identity(train_config, model, sample))
         # The target, when trained here, is model 0; the references follow. They train on the
         # candidates, then on the examples only offline references train on.
         train_at = np.concatenate([pool, layout.extra])
@@ -304,14 +304,15 @@ def _train_config(config: Config, recipe, model, sample) -> training.TrainConfig
     return dataclasses.replace(train_config, user_recipe=recipe)
 
 
-def _recipe_identity(train_config: training.TrainConfig, model, sample):
-    """The user's recipe in the stage key: what its optimiser and augmentation compute."""
+def _recipe_identity(train_config: training.TrainConfig, model, sample) -> dict:
+    """The user's recipe in the stage key: what its optimiser and augmentation compute (none
+    for the flags' recipe, which the config's settings already key)."""
     if train_config.user_recipe is None:
-        return None
+        return {}
     params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
                             sample)["params"]
-    return training.recipe_identity(train_config.user_recipe, params,
-                                    np.repeat(sample, train_config.batch_size, axis=0))
+    return {"recipe": training.recipe_identity(train_config.user_recipe, params, np.repeat(
+        sample, train_config.batch_size, axis=0))}
 
 
 def _members(config: Config, given, num_examples: int) -> np.ndarray | None:
