@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from jaxpet import config as config_lib, files, report
+from jaxpet.page import FROM_PYTHON as PYTHON  # how config.json names a Python object given
 
 # Settings the arguments of audit() stand for: given by keyword, they would be given twice.
-_ARGUMENTS = {"model": "model", "data": "data", "target": "target",
+_ARGUMENTS = {"model": "model", "data": "data", "target": "target", "logits": "logits",
               "target_checkpoint": "target", "target_members": "members",
               "workdir": "workdir"}
 
@@ -105,11 +106,14 @@ def audit(model, data, *, members=None, target=None, population=None, num_refere
     if given_target and members is None:
         raise config_lib.ConfigError("target= needs members=, the indices of the examples it "
                                      "trained on.")
-    values.update(model=_name(model), data=data if isinstance(data, str) else "arrays",
+    values.update(model=_name(model), data=data if isinstance(data, str) else PYTHON + "arrays",
                   num_references=num_references)
+    if population is not None and "population_size" not in values:  # all of a small one
+        default: int = audit_lib.Config().population_size
+        values["population_size"] = min(default, len(_pair(population, "population")[1]))
     if given_target:
-        values.update(target="checkpoint", target_checkpoint=_path_or(target, "python object"),
-                      target_members=_path_or(members, "python array"))
+        values.update(target="checkpoint", target_checkpoint=_path_or(target, "object"),
+                      target_members=_path_or(members, "array"))
     sources = audit_lib.Sources(
         model=None if isinstance(model, str) else model,
         data=None if isinstance(data, str) else _pair(data, "data"),
@@ -137,7 +141,8 @@ def score_logits(logits, labels, keep, *, target: int = 0, population_logits=Non
                                     population_labels=_optional(population_labels))
     values = _settings(score_lib.Config, settings)
     with _folder(workdir) as folder:
-        score_lib.run(score_lib.Config(**values, workdir=str(folder)), inputs)
+        score_lib.run(score_lib.Config(**values, logits=PYTHON + "arrays", workdir=str(folder)),
+                      inputs)
         return read_result(folder, kept=workdir is not None)
 
 
@@ -191,7 +196,7 @@ def _name(model) -> str:
     kind = model if isinstance(model, type) or callable(model) and not hasattr(
         model, "__dataclass_fields__") else type(model)
     name = getattr(kind, "__qualname__", type(kind).__name__)
-    return f"python:{getattr(kind, '__module__', '?')}.{name}"
+    return f"{PYTHON}{getattr(kind, '__module__', '?')}.{name}"
 
 
 def _is_path(value) -> bool:
@@ -199,7 +204,7 @@ def _is_path(value) -> bool:
 
 
 def _path_or(value, otherwise: str) -> str:
-    return str(value) if _is_path(value) else otherwise
+    return str(value) if _is_path(value) else PYTHON + otherwise
 
 
 def _pair(value, name: str) -> tuple[np.ndarray, np.ndarray]:

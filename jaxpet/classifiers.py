@@ -135,12 +135,13 @@ def _user_module(name: str, factory: Any, num_classes: int) -> nn.Module:
 
 
 def from_object(factory: Any, num_classes: int, *, flag: str = "model",
-                attribute: str = "make") -> nn.Module:
+                attribute: str | None = None) -> nn.Module:
     """The classifier a Python object stands for: a Linen module as it is; a function that takes
     the number of classes and returns a Linen module; an NNX module class, or a function
     ``f(num_classes, rngs)`` returning an ``nnx.Module``, wrapped in
     :class:`~jaxpet.nnx_classifiers.NNXClassifier`. Anything else, and a factory that cannot be
     called so, raises or returns the wrong thing, is refused in one line naming ``flag``."""
+    attribute = attribute or getattr(factory, "__name__", None) or "make"
     call = f"{attribute}({num_classes})"
     make = "def make(num_classes): return MyModule(num_classes)"
     if isinstance(factory, nn.Module):
@@ -167,7 +168,9 @@ def from_object(factory: Any, num_classes: int, *, flag: str = "model",
                 f"{flag} is a Flax module class that cannot be built as {call} "
                 f"({_first_line(e)}) — name a function that takes the number of classes and "
                 f"returns the module: {make}.") from e
-    _check_binds(factory, (num_classes,), {}, flag, attribute, call, "the number of classes alone")
+    _check_binds(factory, (num_classes,), {}, flag, attribute, call, "the number of classes "
+                 "alone (or, for an NNX module, with rngs=nnx.Rngs(...): name that parameter "
+                 "rngs)")
     try:
         model = factory(num_classes)
     except (Exception, SystemExit) as e:  # whatever the user's factory raises

@@ -29,13 +29,20 @@ from jaxpet import config as config_lib
 # The call jaxpet makes of an NNX classifier, and the factory it needs.
 SIGNATURE = "module(x) -> [batch, classes] logits, its mode set by module.train()/.eval()"
 FACTORY = "def make(num_classes, rngs): return MyModule(num_classes, rngs=rngs)"
+# __call__ parameters that would set a mode jaxpet never passes (it calls module(x) after
+# module.train() or module.eval()).
+MODE_PARAMETERS = ("train", "training", "is_training", "deterministic", "use_running_average",
+                   "eval", "evaluation", "inference", "mode")
 # Variable types the adapter carries, by the Linen collection that holds them.
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 
 
-def _build(factory: Callable, num_classes: int, params_key, dropout_key) -> nnx.Module:
-    rngs = nnx.Rngs(params_key, params=params_key, dropout=dropout_key)
-    return factory(num_classes, rngs=rngs)
+def _build(factory: Callable, num_classes: int, params_key, dropout_key,
+           initializing: bool) -> nnx.Module:
+    """The user's module; its ``default`` stream is the init key while it initialises and the
+    dropout key after, so randomness a layer draws from it differs per model and per step."""
+    default = params_key if initializing else dropout_key
+    return factory(num_classes, rngs=nnx.Rngs(default, params=params_key, dropout=dropout_key))
 
 
 def _state_tree(module: nnx.Module, kind) -> dict:
@@ -80,7 +87,7 @@ class NNXClassifier(nn.Module):
         params_key = self.make_rng("params") if initializing else jax.random.PRNGKey(0)
         dropout_key = (self.make_rng("dropout") if train and self.has_rng("dropout")
                        else jax.random.PRNGKey(0))
-        module = _build(self.factory, self.num_classes, params_key, dropout_key)
+        module = _build(self.factory, self.num_classes, params_key, dropout_key, initializing)
         for collection, kind in COLLECTIONS.items():
             initial = _state_tree(module, kind)
             stored = {name: self.variable(collection, name, lambda v=value: v).value
@@ -130,3 +137,10 @@ def check_signature(module: nnx.Module, flag: str) -> None:
             f"{flag}: {type(module).__name__}.__call__{signature} cannot be called as module(x) "
             f"({e}) — jaxpet drives an NNX classifier as {SIGNATURE}: give every other "
             "parameter a default.") from e
+    mode = [name for name in signature.parameters if name in MODE_PARAMETERS]
+    if mode:
+        raise config_lib.ConfigError(
+            f"{flag}: {type(module).__name__}.__call__{signature} takes {mode[0]!r}, which jaxpet "
+            f"never passes, so training would run in its default mode — drop it and let the "
+            "layers follow module.train()/module.eval() (nnx.Dropout's deterministic and "
+            "nnx.BatchNorm's use_running_average do).")

@@ -136,6 +136,9 @@ def markdown_to_html(text: str) -> str:
 
 # ----------------------------------------------------------------------------- the command
 
+# How config.json names an input given from Python (jaxpet.api.PYTHON).
+FROM_PYTHON = "python:"
+
 
 def reproduce_command(results: Mapping[str, Any]) -> str | None:
     """The command line that reruns this result (None when the experiment is not a jaxpet
@@ -155,12 +158,22 @@ def reproduce_command(results: Mapping[str, Any]) -> str | None:
     cls = getattr(module, "Config", None)
     if cls is None or not dataclasses.is_dataclass(cls):
         return None
-    command = shlex.join(["python", f"experiments/{experiment}.py", *config_lib.command_line(
-        cls, config, presets=getattr(module, "PRESETS", None))])
+    if any(isinstance(v, str) and v.startswith(FROM_PYTHON) for v in config.values()):
+        return None  # given Python objects (jaxpet.audit): no command line can give them
+    script = f"experiments/{experiment}.py"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cwd = provenance.get("cwd")
+    elsewhere = (isinstance(cwd, str) and (root / script).is_file()
+                 and pathlib.Path(cwd) != root)
+    command = shlex.join(["python", str(root / script) if elsewhere else script,
+                          *config_lib.command_line(cls, config,
+                                                   presets=getattr(module, "PRESETS", None))])
     path = provenance.get("pythonpath")
     if isinstance(path, list) and path and all(isinstance(p, str) and p for p in path):
         # Quoted apart from its name: a quoted 'NAME=value' is a command, not an assignment.
         command = f"PYTHONPATH={shlex.quote(os.pathsep.join(path))} {command}"
+    if elsewhere:  # its relative paths are relative to where it ran
+        command = f"cd {shlex.quote(str(cwd))} && {command}"
     return command
 
 
@@ -212,6 +225,11 @@ def render_page(folder) -> str:
         body.append("<h2>Reproduce</h2><p>From the repository root (a rerun in the same "
                     "workdir reuses its finished stages):</p>"
                     f"<pre>{html.escape(command)}</pre>")
+    elif any(isinstance(v, str) and v.startswith(FROM_PYTHON)
+             for v in (results.get("config") or {}).values()):
+        body.append("<h2>Reproduce</h2><p>Run from Python with objects no command line can "
+                    "give (jaxpet.audit or jaxpet.score_logits): rerun that call; with the same "
+                    "workdir it reuses the finished stages.</p>")
     for name in SUMMARIES:
         if (folder / name).exists():
             body.append(f'<section class="summary">{markdown_to_html((folder / name).read_text())}'

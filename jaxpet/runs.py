@@ -327,6 +327,7 @@ def provenance(started: str, argv=None) -> dict:
                      "numpy": np.__version__, "python": platform.python_version()},
         "git_commit": _git_commit(),
         "command": list(sys.argv if argv is None else argv),
+        "cwd": os.getcwd(),  # what the command's relative paths are relative to
         **({"pythonpath": path} if path else {}),
         "started": started,
         "finished": now(),

@@ -4,6 +4,7 @@ figure, most exposed); logits scored from arrays; bad arguments refused in one l
 
 from __future__ import annotations
 
+import jax
 import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
@@ -194,3 +195,57 @@ def test_the_users_recipe_keys_the_training_stage(tmp_path):
     assert run(optax.adam(1e-2)) == 1  # rebuilt, the same programs: reused
     assert run(optax.adam(2e-2)) == 2
     # (The augmentation enters the key the same way: tests/training/test_recipe.py.)
+
+
+def test_a_targets_nnx_state_with_its_random_keys_is_taken_as_the_live_module():
+    from flax import nnx
+
+    from jaxpet import classifiers
+    from jaxpet.training import restore
+
+    net = _nnx_net()
+    x, y, _, _ = _features(n=40)
+    target = _train_nnx(net, x, y, steps=5)
+    model = classifiers.from_object(net, 4)
+    live, _ = restore.given_variables(target, model, x[:1])
+    for given in (nnx.state(target), nnx.split(target)[1], nnx.to_pure_dict(nnx.state(target))):
+        variables, _ = restore.given_variables(given, model, x[:1])
+        jax_equal = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables),
+                                                          jax.tree.leaves(live), strict=True)]
+        assert all(jax_equal)
+    other = _nnx_net()
+    with pytest.raises(UserError, match=r"target= does not fit the model model=Net: .* — give "
+                                        r"nnx.state\(model\) of a module built by this very"):
+        restore.given_variables({"hidden": {"kernel": np.zeros((3, 3))}}, classifiers.from_object(
+            other, 4), x[:1])
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("greyscale", r"images must be NHWC \[N, H, W, C\], got shape \(40, 4, 4\) — for greyscale "
+                  r"add a channel axis"),
+    ("unseen_class", "population= holds class 7, which no example of data= has"),
+    ("diverges", r"the target gives NaN or infinite logits after training \(3 of 3 models\)"),
+], ids=["greyscale", "unseen_class", "diverges"])
+def test_what_would_give_a_silently_wrong_audit_is_refused(tmp_path, case, expected):
+    x, y, test_x, test_y = _features(n=40, test=20)
+    kwargs: dict = dict(population=(test_x, test_y), num_references=2, epochs=1, batch_size=8)
+    if case == "greyscale":  # as torchvision and Keras give MNIST: no channel axis
+        x = np.random.default_rng(0).integers(0, 256, (40, 4, 4)).astype(np.uint8)
+        kwargs["population"] = None
+        kwargs["population_size"] = 8
+    elif case == "unseen_class":
+        kwargs["population"] = (test_x, np.where(test_y == 0, 7, test_y))
+    else:
+        kwargs["optimizer"] = optax.sgd(1e30)
+    with pytest.raises(UserError, match=expected) as caught:
+        jaxpet.audit("mlp", (x, y), width_scale=0.125, workdir=tmp_path / "run", **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_small_population_is_used_whole_and_the_page_says_how_to_rerun(tmp_path):
+    x, y, test_x, test_y = _features(n=48, test=30)
+    result = jaxpet.audit("mlp", (x, y), population=(test_x, test_y), width_scale=0.125,
+                          num_references=2, epochs=1, batch_size=8, workdir=tmp_path / "run")
+    assert result.results["data"]["population_size"] == 30
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Run from Python" in page and "python experiments/audit.py" not in page

@@ -70,6 +70,29 @@ def test_dropout_draws_from_the_stream_it_is_given_and_eval_mode_is_deterministi
     assert not np.allclose(eval_out, a)
 
 
+class DefaultStream(nnx.Module):
+    """Dropout drawing from the default stream, as ``nnx.Rngs(0)`` alone would give it."""
+
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+        self.out = nnx.Linear(6, num_classes, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rng_collection="default", rngs=rngs)
+
+    def __call__(self, x):
+        return self.drop(self.out(x))
+
+
+def test_randomness_from_the_default_stream_follows_each_models_dropout_key():
+    model = NNXClassifier(DefaultStream, 3)
+    x, _ = _data(8)
+    variables = model.init({"params": jax.random.PRNGKey(1)}, x, train=False)
+    train = lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
+                                    mutable=["batch_stats"])[0]
+    assert not np.allclose(train(jax.random.PRNGKey(2)), train(jax.random.PRNGKey(3)))
+    other = model.init({"params": jax.random.PRNGKey(2)}, x, train=False)
+    assert not np.allclose(variables["params"]["out"]["kernel"],
+                           other["params"]["out"]["kernel"])
+
+
 def test_training_mode_updates_the_batchnorm_statistics_and_eval_mode_uses_them():
     model = NNXClassifier(Net, 3)
     x, _ = _data(16)
@@ -117,6 +140,15 @@ class NeedsTrainFlag(nnx.Module):
         return self.out(x)
 
 
+class TrainKeyword(nnx.Module):
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+        self.out = nnx.Linear(6, num_classes, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x, *, train: bool = False):
+        return self.drop(self.out(x), deterministic=not train)
+
+
 class NoRngs(nnx.Module):
     def __init__(self, num_classes: int):
         self.out = nnx.Linear(6, num_classes, rngs=nnx.Rngs(0))
@@ -127,13 +159,16 @@ class NoRngs(nnx.Module):
 
 @pytest.mark.parametrize("factory, expected", [
     (NeedsTrainFlag, r"NeedsTrainFlag.__call__\(self, x, train\) cannot be called as module\(x\)"),
+    (TrainKeyword, "takes 'train', which jaxpet never passes, so training would run in its "
+                   "default mode"),
+    (lambda num_classes, r: NoRngs(num_classes), "name that parameter rngs"),
     (NoRngs, "takes no rngs argument, so every reference would start from the same weights"),
     (lambda num_classes: NoRngs(num_classes), "returned an nnx.Module but takes no rngs"),
     (lambda num_classes, rngs: "not a module", "takes rngs but returned a str"),
     (lambda num_classes, rngs: 1 / 0, "raised ZeroDivisionError"),
     (Net(3, rngs=nnx.Rngs(0)), "is an nnx.Module instance"),
-], ids=["train_argument", "class_without_rngs", "factory_without_rngs", "not_a_module",
-        "raises", "instance"])
+], ids=["train_argument", "train_keyword", "rngs_misnamed", "class_without_rngs",
+        "factory_without_rngs", "not_a_module", "raises", "instance"])
 def test_an_nnx_model_jaxpet_cannot_drive_is_refused_in_one_line(factory, expected):
     with pytest.raises(UserError, match=expected) as caught:
         classifiers.from_object(factory, 3)

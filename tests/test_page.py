@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import shlex
 import subprocess
 
 from absl import flags
 import pytest
 
-from jaxpet import config as config_lib, page
+from jaxpet import config as config_lib, files, page
 from jaxpet.experiments import lira, membership
+
+ROOT = pathlib.Path(page.__file__).resolve().parents[1]  # the repository, where jaxpet sits
 
 
 def test_markdown_tables_headings_lists_and_inline_marks():
@@ -80,9 +83,11 @@ def test_the_reproduce_command_carries_the_pythonpath_the_run_had(tmp_path, monk
     results, config = _audit_results(provenance)
     command = page.reproduce_command(results)
     words = shlex.split(command)
-    assert words[0] == f"PYTHONPATH={tmp_path / 'examples'}{os.pathsep}/opt/my models"
-    assert words[1:3] == ["python", "experiments/audit.py"]
-    assert _reparsed(audit, shlex.join(words[1:])) == config
+    # Run outside the repository: from where it ran (its relative paths), the script by path.
+    assert words[:3] == ["cd", str(tmp_path), "&&"]
+    assert words[3] == f"PYTHONPATH={tmp_path / 'examples'}{os.pathsep}/opt/my models"
+    assert words[4:6] == ["python", str(ROOT / "experiments" / "audit.py")]
+    assert _reparsed(audit, shlex.join(["python", "experiments/audit.py", *words[6:]])) == config
     # A shell takes it as an assignment for the command (quoted apart from its name).
     prefix = command.split(" python ", 1)[0]
     shown = subprocess.run(["sh", "-c", f"{prefix} printenv PYTHONPATH"], capture_output=True,
@@ -93,6 +98,8 @@ def test_the_reproduce_command_carries_the_pythonpath_the_run_had(tmp_path, monk
 @pytest.mark.parametrize("value", [None, ""])
 def test_without_a_pythonpath_the_command_is_unchanged(monkeypatch, value):
     from jaxpet import runs
+
+    monkeypatch.chdir(ROOT)  # run from the repository root: no cd
 
     if value is None:
         monkeypatch.delenv("PYTHONPATH", raising=False)
@@ -108,3 +115,11 @@ def test_without_a_pythonpath_the_command_is_unchanged(monkeypatch, value):
 def test_a_malformed_recorded_pythonpath_is_left_out(recorded):
     results, _ = _audit_results({"pythonpath": recorded})
     assert page.reproduce_command(results).startswith("python experiments/audit.py ")
+
+
+def test_a_run_given_python_objects_has_no_command_but_says_how_to_rerun(tmp_path):
+    results, _ = _audit_results({})
+    results["config"]["model"] = "python:my_notebook.Net"
+    assert page.reproduce_command(results) is None
+    files.write_json(tmp_path / "results.json", results)
+    assert "Run from Python" in page.render_page(tmp_path)

@@ -240,6 +240,7 @@ def run(config: Config, sources: Sources = Sources()) -> dict[str, Any]:
             len(pool) + len(population) + len(layout.extra)) * progress.FORWARD, stage="logits")
         with run_.timed("train_and_logits"):
             saved, info, _ = run_.stages.run("logits", key, train_and_query)
+        _check_finite(saved, trained_target=target_vars is None)
         with run_.timed("scoring"):
             scored = _score(config, saved, audit, pool, population, target_keep, layout, queries)
         target = {k: v[0] for k, v in stages.accuracy(
@@ -251,6 +252,22 @@ def run(config: Config, sources: Sources = Sources()) -> dict[str, Any]:
         return results
 
 
+def _check_finite(saved: dict, trained_target: bool) -> None:
+    """Refuses logits with NaN or infinity (a model whose training diverged), naming it."""
+    bad = [k for k in range(len(saved["logits"]))
+           if not all(np.isfinite(saved[name][k]).all() for name in
+                      ("logits", "population_logits", "reference_logits") if name in saved)]
+    if bad:
+        k, count = bad[0], f"{len(bad)} of {len(saved['logits'])} models"
+        if k == 0 and not trained_target:
+            raise config_lib.ConfigError(f"your target gives NaN or infinite logits ({count}) "
+                                         "— check its variables and --preprocess.")
+        which = "the target" if k == 0 else f"reference {k}"
+        raise config_lib.ConfigError(
+            f"{which} gives NaN or infinite logits after training ({count}) — its training "
+            "diverged: lower the learning rate (or clip the gradients).")
+
+
 def _arrays(config: Config, sources: Sources) -> arrays_lib.LabelledArrays:
     """The data --data names, or the arrays given from Python, checked as an .npz's are."""
     if sources.data is None:
@@ -260,11 +277,19 @@ def _arrays(config: Config, sources: Sources) -> arrays_lib.LabelledArrays:
                                          "held-out part.")
         return arrays_lib.load_arrays(config.data, config.data_dir, config.preprocess)
     x, y = sources.data
-    kind = "images" if x.ndim == 4 else "features"
+    # Images: NHWC, or uint8 stacks without a channel axis (refused with that fix, as an
+    # .npz's are); anything else is feature vectors.
+    kind = "images" if x.ndim == 4 or (x.ndim == 3 and x.dtype == np.uint8) else "features"
     arrays = {kind: x, "labels": y}
     if sources.population is not None:
-        arrays.update({f"test_{kind}": sources.population[0],
-                       "test_labels": sources.population[1]})
+        test_y = np.asarray(sources.population[1])
+        unseen = (np.setdiff1d(test_y, y) if test_y.dtype.kind in "iu"
+                  else np.zeros(0, np.int64))  # other kinds: from_arrays refuses them
+        if len(unseen):
+            raise config_lib.ConfigError(
+                f"population= holds class {unseen[0]}, which no example of data= has — the "
+                "held-out part's labels must be classes of the data (the model's outputs).")
+        arrays.update({f"test_{kind}": sources.population[0], "test_labels": test_y})
     return arrays_lib.from_arrays(arrays, "data", "arrays", config.preprocess)
 
 

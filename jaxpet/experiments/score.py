@@ -201,9 +201,11 @@ def read_inputs(path) -> LogitsInputs:
     missing = [name for name in REQUIRED if name not in arrays]
     unknown = sorted(set(arrays) - set(FIELDS))
     if missing or unknown:
-        what = (f"has no {', '.join(repr(n) for n in missing)}" if missing else
-                f"holds {', '.join(repr(n) for n in unknown)}, which is not one of its arrays")
-        raise ConfigError(f"{flag} {what} — it holds {', '.join(REQUIRED)} and optionally "
+        what = (f"has no {', '.join(repr(n) for n in missing)}" if missing else "")
+        if unknown:
+            what += (f"{' and ' if what else ''}holds {', '.join(repr(n) for n in unknown)}, "
+                     "which is not one of its arrays")
+        raise ConfigError(f"{flag} {what} — it must hold {', '.join(REQUIRED)} and optionally "
                           f"population_logits with population_labels (docs/score_logits.md).")
     try:
         return LogitsInputs(**cast(dict[str, Any], arrays))  # checked there, target included
@@ -239,8 +241,8 @@ def runnable(signals: lira_attack.Signals, keep: np.ndarray) -> tuple[list[str],
         attack = registry.get_attack(name)
         lacking = [side for side in attack.compares if not sides[side]]
         if not attack.runs_on(signals):
-            skipped[name] = (f"it needs {', '.join(attack.needs)} (label-only queries of the "
-                             "models), which logits do not give")
+            skipped[name] = ("it needs each model's predicted labels on augmented queries "
+                             "(label-only queries), which logits do not give")
         elif name in POPULATION_ATTACKS and signals.population_log_p is None:
             skipped[name] = ("it needs population_logits and population_labels (every model's "
                              "logits on examples none of them trained on)")

@@ -100,11 +100,20 @@ def given_variables(given, model, sample, *, flag: str = "target=") -> tuple[dic
             f"{flag} is a {type(given).__name__}; give the trained target's Linen variables "
             "({'params': ..., 'batch_stats': ...}), the trained nnx.Module, or a checkpoint "
             "path.")
-    state = jax.tree.map(np.asarray, dict(given))
-    variables = _fitted(state, model, sample, flag, "model=", "the variables of this very "
-                        "architecture")
+    state = jax.tree.map(_on_host, dict(given))
+    variables = _fitted(state, model, sample, flag, f"model={_label(model)}",
+                        "nnx.state(model) of a module built by this very factory"
+                        if isinstance(model, nnx_classifiers.NNXClassifier) else
+                        "model.init(...) of this very module")
     digest = files.digest(sorted((name, leaf) for name, leaf in _flat(variables).items()))
     return variables, digest
+
+
+def _on_host(leaf):
+    """A leaf as a NumPy array; a typed random key (NNX's random-number state) as its data."""
+    if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf)
 
 
 def _fitted(state, model, sample, where: str, model_name: str, save: str) -> dict:
@@ -115,9 +124,10 @@ def _fitted(state, model, sample, where: str, model_name: str, save: str) -> dic
     expected = _flat({name: shapes.get(name, {}) for name in COLLECTIONS})
 
     def refuse(why):
+        fix = (f"give {save}" if where.endswith("=") else
+               f"save the variables of this very architecture with {save}")
         return config_lib.ConfigError(f"{where} does not fit the model {model_name}: {why} — "
-                                      f"save the variables of this very architecture with "
-                                      f"{save}.")
+                                      f"{fix}.")
 
     if nnx_model and not _has_collections(state):  # the NNX module's own state
         if not isinstance(state, Mapping):
