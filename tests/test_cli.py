@@ -154,8 +154,8 @@ def test_a_bug_keeps_its_traceback():
     assert not cli.is_user_error(ValueError("raised outside jaxpet"))
 
 
-def _script(name, *argv, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _script(name, *argv, cwd, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "experiments" / f"{name}.py"), *argv],
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
@@ -192,13 +192,17 @@ def test_a_bug_inside_jaxpet_is_not_taken_for_a_user_error():
 def test_progress_is_logged_with_an_eta_and_quiet_silences_it(tmp_path):
     args = ("--dataset=mnist", "--role=shadow", "--num_models=1", "--train_size=256", "--epochs=2",
             "--batch_size=64")
+    # One XLA compilation cache for both runs: the quiet run loads the programs the loud one
+    # compiled (the same ensemble), instead of compiling them again.
+    xla_cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     loud = _script("train_ensemble", *args, f"--workdir={tmp_path}/loud", "--progress=log",
-                   cwd=tmp_path)
+                   cwd=tmp_path, env=xla_cache)
     assert loud.returncode == 0, loud.stderr
     epochs = [line for line in loud.stderr.splitlines() if "epoch " in line]
     assert len(epochs) == 2 and all("images/s" in line and "ETA" in line for line in epochs)
     quiet = _script("train_ensemble", *args, f"--workdir={tmp_path}/quiet", "--quiet",
-                    cwd=tmp_path)
+                    cwd=tmp_path, env=xla_cache)
     assert quiet.returncode == 0, quiet.stderr
     assert not re.search(r"^I\d{4} ", quiet.stderr, re.M) and "ETA" not in quiet.stderr
     assert "# " in quiet.stdout  # the summary is still printed

@@ -24,9 +24,11 @@ def test_seed_cnn_widths_and_output(dataset, shape):
     assert (target.conv1, target.conv2, target.fc) == models.SEED_CNN_WIDTHS[(dataset, "target")]
     assert (shadow.conv1, shadow.conv2, shadow.fc) == tuple(
         w // 2 for w in (target.conv1, target.conv2, target.fc))
-    vt = target.init(jax.random.PRNGKey(0), x)
-    vs = shadow.init(jax.random.PRNGKey(0), x)
-    assert target.apply(vt, x).shape == (2, 10)
+    # Shapes only (jax.eval_shape traces init and apply without running them): every claim
+    # here is about shapes and sizes, and op-by-op execution of full-width CNNs costs seconds.
+    vt = jax.eval_shape(target.init, jax.random.PRNGKey(0), x)
+    vs = jax.eval_shape(shadow.init, jax.random.PRNGKey(0), x)
+    assert jax.eval_shape(target.apply, vt, x).shape == (2, 10)
     assert "batch_stats" in vt
     assert _num_params(vs) < _num_params(vt) / 2
 
@@ -34,37 +36,40 @@ def test_seed_cnn_widths_and_output(dataset, shape):
 def test_seed_cnn_dropout_only_in_training():
     model = models.seed_cnn("mnist", "shadow", dropout_rate=0.5)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
-    a, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
-                       mutable=["batch_stats"])
-    b, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)},
-                       mutable=["batch_stats"])
-    assert not np.allclose(a, b)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    evaluate = jax.jit(model.apply)  # compiled: op by op, each call costs seconds
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
+    train = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
+                                            mutable=["batch_stats"])[0])
+    assert not np.allclose(train(jax.random.PRNGKey(1)), train(jax.random.PRNGKey(2)))
 
 
 def test_face_and_attack_mlps():
+    # Shapes only: traced with jax.eval_shape, nothing run (the face MLP has 31M weights).
     face = models.face_mlp()
     x = jnp.zeros((3, 112, 92, 1))
-    variables = face.init(jax.random.PRNGKey(0), x)
-    assert face.apply(variables, x).shape == (3, 40)
+    variables = jax.eval_shape(face.init, jax.random.PRNGKey(0), x)
+    assert jax.eval_shape(face.apply, variables, x).shape == (3, 40)
     assert variables["params"]["Dense_0"]["kernel"].shape == (112 * 92, 3000)
     attack = models.attack_mlp()
-    va = attack.init(jax.random.PRNGKey(0), jnp.zeros((5, 3)))
-    assert attack.apply(va, jnp.zeros((5, 3))).shape == (5, 2)
+    va = jax.eval_shape(attack.init, jax.random.PRNGKey(0), jnp.zeros((5, 3)))
+    assert jax.eval_shape(attack.apply, va, jnp.zeros((5, 3))).shape == (5, 2)
     assert va["params"]["Dense_0"]["kernel"].shape == (3, 128)
 
 
 def test_lenet_exposes_representations():
     model = models.LeNet(num_classes=2)
     x = jnp.ones((2, 50, 50, 3))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    assert model.apply(variables, x).shape == (2, 2)
-    assert models.representation(model, variables, x, "fc2").shape == (2, 64)
-    assert models.representation(model, variables, x, "fc1").shape == (2, 128)
-    assert models.representation(model, variables, x, "conv3").shape == (2, 6 * 6 * 64)
+    # Shapes only: traced with jax.eval_shape, nothing run.
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (2, 2)
+    layer = lambda name: jax.eval_shape(
+        lambda v: models.representation(model, v, x, name), variables).shape
+    assert layer("fc2") == (2, 64)
+    assert layer("fc1") == (2, 128)
+    assert layer("conv3") == (2, 6 * 6 * 64)
     with pytest.raises(ValueError, match="fc9"):
-        models.representation(model, variables, x, "fc9")
+        layer("fc9")
 
 
 def test_bad_model_arguments():
@@ -77,9 +82,9 @@ def test_bad_model_arguments():
 def test_bfloat16_compute_with_float32_params():
     model = models.seed_cnn("mnist", "shadow", precision="bfloat16")
     x = jnp.zeros((2, 28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), x)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)  # dtypes only: traced
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-    assert model.apply(variables, x).dtype == jnp.bfloat16
+    assert jax.eval_shape(model.apply, variables, x).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("dataset, shape", [("cifar10", (4, 32, 32, 3)), ("mnist", (4, 28, 28, 1))])
@@ -88,11 +93,12 @@ def test_seed_cnn_conv_forms_agree_under_vmap(dataset, shape):
     conv = models.seed_cnn(dataset, "shadow", conv_impl="conv", width_scale=0.25)
     patches = models.seed_cnn(dataset, "shadow", conv_impl="patches", width_scale=0.25)
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
-    variables = jax.vmap(lambda k: conv.init(k, x))(keys)
+    variables = jax.jit(jax.vmap(lambda k: conv.init(k, x)))(keys)
     assert jax.tree.structure(variables) == jax.tree.structure(
-        jax.vmap(lambda k: patches.init(k, x))(keys))
-    out_conv = jax.vmap(lambda v: conv.apply(v, x))(variables)
-    out_patches = jax.vmap(lambda v: patches.apply(v, x))(variables)
+        jax.eval_shape(jax.vmap(lambda k: patches.init(k, x)), keys))
+    # Compiled, as training runs them (op by op, the vmapped forms take seconds).
+    out_conv = jax.jit(jax.vmap(lambda v: conv.apply(v, x)))(variables)
+    out_patches = jax.jit(jax.vmap(lambda v: patches.apply(v, x)))(variables)
     np.testing.assert_allclose(out_patches, out_conv, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="conv_impl"):
         models.seed_cnn(dataset, conv_impl="winograd")
@@ -102,8 +108,9 @@ def test_seed_cnn_with_reshape_pooling_gives_the_same_logits():
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 32, 32, 3))
     window = models.SeedCNN(8, 16, 16)
     reshaped = models.SeedCNN(8, 16, 16, pool_impl="reshape")
-    variables = window.init(jax.random.PRNGKey(0), x)
-    np.testing.assert_allclose(reshaped.apply(variables, x), window.apply(variables, x), rtol=1e-6)
+    variables = jax.jit(window.init)(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(jax.jit(reshaped.apply)(variables, x),
+                               jax.jit(window.apply)(variables, x), rtol=1e-6)
 
 
 def test_seed_cnn_cpu_forms_train_like_the_reference_forms_under_vmap():
@@ -113,15 +120,17 @@ def test_seed_cnn_cpu_forms_train_like_the_reference_forms_under_vmap():
     mask = jnp.array([True, True, True, False])
     reference = models.SeedCNN(6, 8, 8, conv_impl="conv", pool_impl="window", batchnorm_impl="flax")
     fast = models.SeedCNN(6, 8, 8, conv_impl="slices", pool_impl="reshape", batchnorm_impl="fused")
-    variables = jax.vmap(lambda k: reference.init(k, x))(jax.random.split(jax.random.PRNGKey(1), 2))
+    # Compiled, as training runs them (op by op, the vmapped gradients take many seconds).
+    variables = jax.jit(jax.vmap(lambda k: reference.init(k, x)))(
+        jax.random.split(jax.random.PRNGKey(1), 2))
 
     def loss(model):
         def f(params, stats):
             logits, state = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                                         mask=mask, mutable=["batch_stats"])
             return jnp.sum(jnp.where(mask, -jax.nn.log_softmax(logits)[jnp.arange(4), y], 0)), state
-        return jax.vmap(jax.value_and_grad(f, has_aux=True))(variables["params"],
-                                                             variables["batch_stats"])
+        return jax.jit(jax.vmap(jax.value_and_grad(f, has_aux=True)))(variables["params"],
+                                                                      variables["batch_stats"])
 
     (value, state), grads = loss(fast)
     (value_ref, state_ref), grads_ref = loss(reference)

@@ -164,9 +164,20 @@ def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch
     assert calls == ["shadow ", "attack ", "attack label-only "]
 
 
-def test_several_shadow_models_train_together(tmp_path, make_dataset):
-    results = membership.run(_config(tmp_path, num_shadow=3, epochs=2, attack_epochs=1),
-                             dataset=make_dataset())
+@pytest.fixture(scope="module")
+def seed_layout(tmp_path_factory, make_dataset):
+    """One run in the seed's layout (400 examples: the four parts of 100 fill the pool, so each
+    role's validation set is the start of its out part) with three shadow models: the
+    several-shadows and the seed-layout tests share it (one run's programs, compiled once)."""
+    tmp_path = tmp_path_factory.mktemp("seed_layout")
+    results = membership.run(_config(tmp_path, num_shadow=3, epochs=1, attack_epochs=1),
+                             dataset=make_dataset(n_train=400))
+    return tmp_path / "run", results
+
+
+def test_several_shadow_models_train_together(seed_layout):
+    _, results = seed_layout
+    assert results["config"]["num_shadow"] == 3
     assert len(results["shadow"]["per_model_train_acc"]) == 3
 
 
@@ -253,12 +264,11 @@ def test_roles_keep_members_validation_and_non_members_apart(pool_size, source, 
             assert len(shadow.non_members[k]) == 80
 
 
-def test_the_seed_layout_runs_with_validation_in_the_out_part(tmp_path, make_dataset):
-    results = membership.run(_config(tmp_path, epochs=1, attack_epochs=1),
-                             dataset=make_dataset(n_train=400))
+def test_the_seed_layout_runs_with_validation_in_the_out_part(seed_layout):
+    workdir, results = seed_layout
     assert results["data"]["val_source"] == "out_part"
     assert results["data"]["attack_test_members"] == 80  # 100 out - 20 validation
-    assert "the first 20 examples of each out part" in (tmp_path / "run" / "summary.md").read_text()
+    assert "the first 20 examples of each out part" in (workdir / "summary.md").read_text()
 
 
 def test_threshold_attacks_are_reported_under_both_conventions(finished):

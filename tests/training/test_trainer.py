@@ -10,7 +10,9 @@ from jaxpet import splits, training
 
 
 def _max_abs_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y)))
+    """On the host: jnp would compile a program per leaf shape for a subtraction."""
+    a, b = jax.device_get((a, b))
+    return max(float(np.max(np.abs(x - y)))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
@@ -60,25 +62,28 @@ def test_vmapped_ensemble_equals_independent_runs(trio):
     ensemble_post = training.predict(trio.model, ensemble.variables(), trio.images,
                                      preprocess=trio.normalize)
     chex.assert_shape(ensemble_post, (3, 400, 2))
+    # Compared on the host: slicing device arrays leaf by leaf would compile a program per shape.
+    state = jax.device_get(ensemble.state)
     for k in range(3):
         single = trio.train(splits.MemberSets.from_lists([trio.members.member(k)]),
                             splits.MemberSets.from_lists([trio.validation.member(k)]),
                             trio.keys[k : k + 1], strategy="vmap")
+        single_state = jax.device_get(single.state)
         chex.assert_trees_all_close(
-            training.take_model(ensemble.state.params, k),
-            training.take_model(single.state.params, 0),
+            training.take_model(state.params, k),
+            training.take_model(single_state.params, 0),
             atol=1e-5, rtol=1e-5,
         )
         chex.assert_trees_all_close(
-            training.take_model(ensemble.state.batch_stats, k),
-            training.take_model(single.state.batch_stats, 0), atol=1e-5, rtol=1e-5,
+            training.take_model(state.batch_stats, k),
+            training.take_model(single_state.batch_stats, 0), atol=1e-5, rtol=1e-5,
         )
         single_post = training.predict(trio.model, single.variables(), trio.images,
                                        preprocess=trio.normalize)
         np.testing.assert_allclose(ensemble_post[k], single_post[0], atol=1e-5)
     # The models really differ from each other (own keys and own data).
-    assert _max_abs_diff(training.take_model(ensemble.state.params, 0),
-                         training.take_model(ensemble.state.params, 1)) > 1e-3
+    assert _max_abs_diff(training.take_model(state.params, 0),
+                         training.take_model(state.params, 1)) > 1e-3
 
 
 def test_trainer_fits_separable_data(fitted):
@@ -94,18 +99,20 @@ def test_trainer_fits_separable_data(fitted):
 
 def test_early_stopping_keeps_each_models_best_weights(trio):
     result, saved = trio.vmap, trio.saved
+    # On the host: slicing device arrays leaf by leaf would compile a program per shape.
+    state, final = jax.device_get((result.state, result.variables()["params"]))
     val_acc = np.stack([h["val_acc"] for h in result.history])  # [epochs, K]
     active = np.stack([h["active"] for h in result.history])
     for k in range(3):
         seen = val_acc[active[:, k], k]  # epochs the model actually trained
         best = int(np.argmax(seen))  # first epoch reaching the max, as the strict `>` keeps
-        assert int(result.state.best_epoch[k]) == best
-        np.testing.assert_allclose(result.state.best_val_acc[k], seen.max())
+        assert int(state.best_epoch[k]) == best
+        np.testing.assert_allclose(state.best_val_acc[k], seen.max())
         chex.assert_trees_all_close(
-            training.take_model(result.state.best_params, k), training.take_model(saved[best], k)
+            training.take_model(state.best_params, k), training.take_model(saved[best], k)
         )
         # Final variables are the best ones, and a stopped model stops changing.
-        chex.assert_trees_all_close(training.take_model(result.variables()["params"], k),
+        chex.assert_trees_all_close(training.take_model(final, k),
                                     training.take_model(saved[best], k))
         stopped = np.flatnonzero(~active[:, k])
         if stopped.size:
@@ -179,8 +186,9 @@ def test_augmented_ensemble_still_equals_independent_runs(fitted):
         preprocess=fitted.normalize, **kw)
     both = train(fitted.sets, fitted.keys, strategy="vmap")
     one = train(splits.MemberSets.from_lists([fitted.sets.member(1)]), fitted.keys[1:])
-    chex.assert_trees_all_close(training.take_model(both.state.params, 1),
-                                training.take_model(one.state.params, 0), atol=1e-5, rtol=1e-5)
+    both_params, one_params = jax.device_get((both.state.params, one.state.params))  # host
+    chex.assert_trees_all_close(training.take_model(both_params, 1),
+                                training.take_model(one_params, 0), atol=1e-5, rtol=1e-5)
     # The same run's first epoch without augmentation (same keys, sets and rate schedule).
     plain = fitted.params_after_epoch[0]
-    assert _max_abs_diff(plain, both.state.params) > 1e-4  # augmentation did something
+    assert _max_abs_diff(plain, both_params) > 1e-4  # augmentation did something
