@@ -154,20 +154,38 @@ def test_a_bug_keeps_its_traceback():
     assert not cli.is_user_error(ValueError("raised outside jaxpet"))
 
 
-def _script(name, *argv, cwd, env=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "experiments" / f"{name}.py"), *argv],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+def _script(name, *argv, cwd):
+    return _scripts([name, *argv], cwd=cwd)[0]
+
+
+def _scripts(*commands, cwd):
+    """Runs experiments/<name>.py for each ``[name, *argv]`` of ``commands``, all at once (one
+    process each: most of a run is single-threaded Python and XLA compilation, so two share a
+    2-core machine); their CompletedProcess, in order."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = [subprocess.Popen([sys.executable, str(REPO / "experiments" / f"{name}.py"), *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=cwd, env=env) for name, *argv in commands]
+    try:
+        outputs = [p.communicate(timeout=300) for p in started]
+        return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+                for p, out in zip(started, outputs, strict=True)]
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_the_real_main_exits_non_zero_with_one_line(tmp_path):
-    out = _script("membership", "--epochs=-3", f"--workdir={tmp_path}/out", cwd=tmp_path)
+    out, unparsed = _scripts(["membership", "--epochs=-3", f"--workdir={tmp_path}/out"],
+                             ["lira", "--epochs=ten"], cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == "error: --epochs must be >= 1, got -3."
     assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
     # A flag value absl cannot parse is refused by absl, also without a traceback.
-    out = _script("lira", "--epochs=ten", cwd=tmp_path)
-    assert out.returncode != 0 and "Traceback" not in out.stderr and "--epochs" in out.stderr
+    assert unparsed.returncode != 0 and "Traceback" not in unparsed.stderr
+    assert "--epochs" in unparsed.stderr
 
 
 def test_a_second_writer_of_one_workdir_is_refused(tmp_path):
@@ -190,19 +208,13 @@ def test_a_bug_inside_jaxpet_is_not_taken_for_a_user_error():
 
 @pytest.mark.skipif(not REAL_DATA, reason="needs JAXPET_DATA_DIR with the real MNIST")
 def test_progress_is_logged_with_an_eta_and_quiet_silences_it(tmp_path):
-    args = ("--dataset=mnist", "--role=shadow", "--num_models=1", "--train_size=256", "--epochs=2",
-            "--batch_size=64")
-    # One XLA compilation cache for both runs: the quiet run loads the programs the loud one
-    # compiled (the same ensemble), instead of compiling them again.
-    xla_cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
-                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    loud = _script("train_ensemble", *args, f"--workdir={tmp_path}/loud", "--progress=log",
-                   cwd=tmp_path, env=xla_cache)
+    args = ("train_ensemble", "--dataset=mnist", "--role=shadow", "--num_models=1",
+            "--train_size=256", "--epochs=2", "--batch_size=64")
+    loud, quiet = _scripts([*args, f"--workdir={tmp_path}/loud", "--progress=log"],
+                           [*args, f"--workdir={tmp_path}/quiet", "--quiet"], cwd=tmp_path)
     assert loud.returncode == 0, loud.stderr
     epochs = [line for line in loud.stderr.splitlines() if "epoch " in line]
     assert len(epochs) == 2 and all("images/s" in line and "ETA" in line for line in epochs)
-    quiet = _script("train_ensemble", *args, f"--workdir={tmp_path}/quiet", "--quiet",
-                    cwd=tmp_path, env=xla_cache)
     assert quiet.returncode == 0, quiet.stderr
     assert not re.search(r"^I\d{4} ", quiet.stderr, re.M) and "ETA" not in quiet.stderr
     assert "# " in quiet.stdout  # the summary is still printed

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
+
 import numpy as np
 import pytest
 
-from jaxpet import data
+from jaxpet import data, files
 
 
 def tiny_dataset(n_train=800, n_test=200, seed=0, name="mnist", shape=(8, 8, 1)):
@@ -48,3 +51,30 @@ def check_common_schema():
         return saved
 
     return check
+
+
+@contextlib.contextmanager
+def _figures_not_drawn(keep=()):
+    """Within it, every figure a run saves (files.save_figure) is written as an empty file
+    instead of laid out and rendered, but for the file names in ``keep``.
+
+    Drawing one costs about 0.3 s on a CPU, and a membership run draws five (its training curves
+    after each of its four trainings, then the ROC curves): most of the run once its programs
+    are compiled. For runs whose tests check other things; the figures themselves are checked
+    where a test says so (e.g. test_membership's finished run, the DP curve's figure)."""
+    real = files.save_figure
+
+    def save(fig, path, dpi=None):
+        if pathlib.Path(path).name in keep:
+            return real(fig, path, dpi=dpi)
+        return files.atomic_write(path, lambda f: None)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "save_figure", save)
+        yield
+
+
+@pytest.fixture(scope="session")
+def figures_not_drawn():
+    """``with figures_not_drawn(keep=()):`` (see _figures_not_drawn)."""
+    return _figures_not_drawn

@@ -26,12 +26,16 @@ _VARIANTS = {"a": dict(seed=0, attack_epochs=2), "b": dict(seed=1, attack_epochs
 
 
 @pytest.fixture(scope="module")
-def three_runs(tmp_path_factory, make_dataset):
+def three_runs(tmp_path_factory, make_dataset, figures_not_drawn):
     root = tmp_path_factory.mktemp("compare")
     results = {}
     for name, variant in _VARIANTS.items():
-        config = membership.Config(workdir=str(root / f"run_{name}"), **_TINY, **variant)
-        results[name] = membership.run(config, dataset=make_dataset())
+        # One stage folder for the three: run c differs from a only in the attack, so it
+        # reuses a's trained target and shadow, as runs sharing a --stage_dir do.
+        config = membership.Config(workdir=str(root / f"run_{name}"),
+                                   stage_dir=str(root / "stages"), **_TINY, **variant)
+        with figures_not_drawn():  # compare reads results and scores, not the runs' figures
+            results[name] = membership.run(config, dataset=make_dataset())
     return root, results
 
 
@@ -341,14 +345,35 @@ def test_workdirs_that_name_no_run_are_clear_errors(good_runs, tmp_path):
         compare.load_runs([str(tmp_path / "deep")])
 
 
-@pytest.mark.parametrize("args, message", [
+_BAD_COMMAND_LINES = [
     (["--nosuch"], "error: Unknown command line flag 'nosuch' — see --help"),
     (["--progress=sideways"], "error: flag --progress=sideways: value should be one of"),
     ([], "error: no workdir given"),
-])
-def test_the_script_reports_a_bad_command_line_as_one_error_line(args, message):
-    done = subprocess.run([sys.executable, str(_SCRIPT), *args], capture_output=True, text=True,
-                          timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_command_lines():
+    """The script run on each of _BAD_COMMAND_LINES: all started at once (each process spends
+    its seconds importing, one core each), a dict args -> CompletedProcess."""
+    started = [subprocess.Popen([sys.executable, str(_SCRIPT), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+               for args, _ in _BAD_COMMAND_LINES]
+    try:
+        outputs = [p.communicate(timeout=120) for p in started]
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return {tuple(args): subprocess.CompletedProcess(p.args, p.returncode, *out)
+            for (args, _), p, out in zip(_BAD_COMMAND_LINES, started, outputs, strict=True)}
+
+
+@pytest.mark.parametrize("args, message", _BAD_COMMAND_LINES)
+def test_the_script_reports_a_bad_command_line_as_one_error_line(bad_command_lines, args,
+                                                                 message):
+    done = bad_command_lines[tuple(args)]
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
     assert "FATAL" not in done.stderr and "Traceback" not in done.stderr

@@ -117,7 +117,14 @@ def test_role_keys_leave_out_only_what_cannot_change_the_role(tmp_path, make_dat
         assert key("target", **training_setting) != key("target"), training_setting
 
 
-def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch, make_dataset):
+@pytest.fixture
+def figures_skipped(figures_not_drawn):
+    with figures_not_drawn():  # six runs, checked for their stages (not the test's monkeypatch,
+        yield  # which it undoes midway)
+
+
+def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch, make_dataset,
+                                                           figures_skipped):
     tiny_dataset = make_dataset
     config = _config(tmp_path, epochs=2, attack_epochs=1)
     real_mlp = registry.get_attack("shadow_mlp")
@@ -165,13 +172,14 @@ def test_interrupted_run_keeps_finished_stages_and_resumes(tmp_path, monkeypatch
 
 
 @pytest.fixture(scope="module")
-def seed_layout(tmp_path_factory, make_dataset):
+def seed_layout(tmp_path_factory, make_dataset, figures_not_drawn):
     """One run in the seed's layout (400 examples: the four parts of 100 fill the pool, so each
     role's validation set is the start of its out part) with three shadow models: the
     several-shadows and the seed-layout tests share it (one run's programs, compiled once)."""
     tmp_path = tmp_path_factory.mktemp("seed_layout")
-    results = membership.run(_config(tmp_path, num_shadow=3, epochs=1, attack_epochs=1),
-                             dataset=make_dataset(n_train=400))
+    with figures_not_drawn():
+        results = membership.run(_config(tmp_path, num_shadow=3, epochs=1, attack_epochs=1),
+                                 dataset=make_dataset(n_train=400))
     return tmp_path / "run", results
 
 
