@@ -20,7 +20,7 @@ import types
 
 from absl import app, flags, logging
 
-from jaxpet import config as config_lib, progress
+from jaxpet import config as config_lib, distributed, progress
 from jaxpet.errors import UserError
 
 _PACKAGE = str(pathlib.Path(__file__).resolve().parent)
@@ -49,6 +49,9 @@ def guarded(fn, *args, **kwargs):
     except Exception as e:  # re-raised unless it is the user's to fix
         if is_user_error(e):
             sys.exit(f"error: {e}")
+        lost = distributed.lost_peer(e)
+        if lost is not None:
+            distributed.abort(f"error: {lost}")
         raise
 
 
@@ -65,6 +68,35 @@ def define_output_flags() -> None:
                           module_name=sys.argv[0])
 
 
+def define_distributed_flags() -> None:
+    """How a process joins a multi-process run (see :mod:`jaxpet.distributed`); every script
+    has them. Unset, the launcher's environment decides, and without it one process runs."""
+    if "num_processes" in flags.FLAGS:
+        return
+    flags.DEFINE_string("coordinator_address", None, "Multi-process runs: process 0's host:port, "
+                        "the same for every process (default: $JAXPET_COORDINATOR_ADDRESS, which "
+                        "python -m jaxpet.launch sets).", module_name=sys.argv[0])
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes run "
+                         "this command (default: $JAXPET_NUM_PROCESSES, else 1).", lower_bound=1,
+                         module_name=sys.argv[0])
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index in "
+                         "[0, --num_processes) (default: $JAXPET_PROCESS_ID).", lower_bound=0,
+                         module_name=sys.argv[0])
+    flags.DEFINE_integer("coordinator_timeout", distributed.INIT_TIMEOUT_SECONDS,
+                         "Multi-process runs: seconds to wait for the coordinator and every "
+                         "process at the start.", lower_bound=1, module_name=sys.argv[0])
+    flags.DEFINE_bool("distributed", False, "Join a multi-process run by JAX's cluster "
+                      "detection (TPU pod slices, SLURM, Open MPI) instead of the three flags "
+                      "above.", module_name=sys.argv[0])
+
+
+def apply_distributed_flags() -> None:
+    """Starts the multi-process runtime when the flags or the environment ask for it."""
+    f = flags.FLAGS
+    guarded(distributed.initialize, f.coordinator_address, f.num_processes, f.process_id,
+            auto=f.distributed, timeout_seconds=f.coordinator_timeout)
+
+
 def apply_output_flags() -> None:
     """Applies --progress and --quiet to the runs made from now on."""
     quiet = flags.FLAGS.quiet
@@ -76,6 +108,7 @@ def apply_output_flags() -> None:
 def main(experiment: types.ModuleType) -> None:
     """Defines the experiment's flags, parses them, runs it and prints its summary."""
     define_output_flags()
+    define_distributed_flags()
     presets = getattr(experiment, "PRESETS", None) or None
     config_lib.define_flags(experiment.Config, presets=presets,
                             preset_help=getattr(experiment, "PRESET_HELP", ""),
@@ -94,6 +127,7 @@ def main(experiment: types.ModuleType) -> None:
     def _main(argv):
         del argv
         apply_output_flags()
+        apply_distributed_flags()  # before any device is touched
         config = guarded(config_lib.from_flags, experiment.Config, presets=presets)
         guarded(experiment.run, config)
         summary = pathlib.Path(experiment.summary_path(config))

@@ -33,6 +33,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
+from jaxpet import distributed
 from jaxpet.errors import UserError
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -100,9 +101,12 @@ def atomic_write(path, write: Callable[[Any], None]) -> pathlib.Path:
     """Writes through a temp file in the same folder, then renames: no half file on a crash.
 
     A full disk is reported as one :class:`UserError` naming the folder, with the
-    temp file removed.
+    temp file removed. Of several processes only the writer writes
+    (:func:`jaxpet.distributed.is_writer`); the others return at once.
     """
     path = pathlib.Path(path)
+    if not distributed.is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -42,7 +42,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from jaxpet import __version__, files, progress
+from jaxpet import __version__, distributed, files, progress
 from jaxpet.errors import UserError
 
 # ----------------------------------------------------------------------------- workdir
@@ -66,7 +66,10 @@ class Workdir:
         self.path = pathlib.Path(path)
         self.flag = flag
         self._lock_file: IO[str] | None = None
-        check_writable(self.path, flag)
+        # The writer's check; a failure stops every process (the others' sight of the
+        # folder is checked when the run starts: distributed.check_shared).
+        distributed.together(lambda: check_writable(self.path, flag) if distributed.is_writer()
+                             else None)
 
     def __enter__(self) -> Workdir:
         self.lock()
@@ -218,6 +221,8 @@ class StageCache:
         """Removes a stage's files (the JSON first: without it the stage is not done), folders
         in their place included; one that cannot be removed is a warning, and the stage is
         then written over when it is saved again."""
+        if not distributed.is_writer():
+            return
         for path in paths:
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -237,6 +242,8 @@ class StageCache:
         """
         tracker = progress.current()
         found = self._load(name, key)
+        if not distributed.all_agree(found is not None):
+            found = None  # seen by some processes only (a file system still syncing): recompute
         if found is not None:
             arrays, meta = found
             logging.info("Stage %s: reusing the finished result in %s", name,
@@ -265,7 +272,19 @@ class StageCache:
             {"fingerprint": files.digest(key), "key": files._canonical(key),
              "arrays": sorted(arrays), "info": info, "histories": dict(histories or {})})))
         files.write_json(meta_path, {**record, "checksum": _record_checksum(record)})
-        shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
+        if distributed.is_writer():
+            shutil.rmtree(self.checkpoint_dir(name, key), ignore_errors=True)
+
+
+# Settings each process may give its own way: paths (a host's own copy of the data; the
+# workdir, which must then be one shared folder, checked by distributed.check_shared).
+_PER_PROCESS = ("workdir", "data_dir")
+
+
+def _shared_settings(config) -> dict:
+    """The settings every process of a run must agree on: all but :data:`_PER_PROCESS`."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in _PER_PROCESS}
 
 
 def _record_checksum(record: Mapping) -> str:
@@ -402,7 +421,18 @@ class Run:
                                f"another {flag}.")
 
     def __enter__(self) -> Run:
-        self.workdir.lock()
+        # Across processes: one config, one writer (process 0, which alone locks and writes
+        # the workdir), and a workdir every process sees (stages are read by all).
+        distributed.check_same(files.digest(_shared_settings(self.config)), "the config",
+                               "start every process with the same flags.")
+        distributed.together(self.workdir.lock if distributed.is_writer() else lambda: None)
+        distributed.check_shared(self.path, self.workdir.flag)
+        if not distributed.is_writer():
+            self._earlier = {}
+            self._scope = contextlib.ExitStack()
+            self._scope.enter_context(progress.tracking(self.progress))
+            self._scope.callback(self.progress.add_history_sink(self.record_history))
+            return self
         # Stale files of an earlier run in this workdir would mix with this run's.
         for name in (self.HISTORY, self.CURVES, self.PAGE):
             (self.path / name).unlink(missing_ok=True)
@@ -476,7 +506,7 @@ class Run:
 
     def _finished(self) -> None:
         """Calls ``on_finish`` (the report page); its failure is a warning, not a lost run."""
-        if self.on_finish is None:
+        if self.on_finish is None or not distributed.is_writer():
             return
         try:
             self.on_finish(self.path)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet import config as config_lib, splits, training
+from jaxpet import config as config_lib, distributed, splits, training
 from jaxpet.attacks import label_only
 
 
@@ -80,15 +80,23 @@ def ensemble_logits(model, x: np.ndarray, y: np.ndarray, member_sets: splits.Mem
     if prepend is not None:
         variables = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), prepend, variables)
     eval_mode = query_mode == "eval"
-    arrays = {name: training.query_logits(
-        model, variables, inputs, preprocess=preprocess, flips=flips, mode=query_mode,
-        batch_size=eval_batch_size if eval_mode else None,
-        models_per_call=None if eval_mode else 1) for name, inputs in queries.items()}
-    if label_only_probe is not None:
-        probe, images, labels = label_only_probe
-        arrays["correct"] = label_only.query_correct(model, variables, images, labels, probe,
-                                                     preprocess=preprocess,
-                                                     batch_size=eval_batch_size)
+
+    def query(models: slice) -> dict[str, np.ndarray]:
+        """The logits (and label-only answers) of the models in ``models``."""
+        some = jax.tree.map(lambda a: a[models], variables)
+        arrays = {name: training.query_logits(
+            model, some, inputs, preprocess=preprocess, flips=flips, mode=query_mode,
+            batch_size=eval_batch_size if eval_mode else None,
+            models_per_call=None if eval_mode else 1) for name, inputs in queries.items()}
+        if label_only_probe is not None:
+            probe, images, labels = label_only_probe
+            arrays["correct"] = label_only.query_correct(model, some, images, labels, probe,
+                                                         preprocess=preprocess,
+                                                         batch_size=eval_batch_size)
+        return arrays
+
+    # Across processes each queries its own share of the models; all get every model's rows.
+    arrays = distributed.split_models(query, jax.tree.leaves(variables)[0].shape[0])
     arrays["final_loss"] = np.asarray(result.history[-1]["loss"], np.float32)
     return arrays, {"train_seconds": result.seconds,
                     "predict_seconds": time.perf_counter() - tick,

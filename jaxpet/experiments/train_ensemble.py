@@ -11,11 +11,13 @@ import dataclasses
 import time
 
 from absl import logging
+import jax
 import numpy as np
 
 from jaxpet import (
     config as config_lib,
     data,
+    distributed,
     files,
     models,
     page,
@@ -113,12 +115,19 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
                 checkpoint_dir=str(run_.stages.checkpoint_dir("ensemble", key)),
                 checkpoint_every=config.checkpoint_every)
             seconds = time.perf_counter() - tick
-            test_sets = splits.MemberSets.replicate(np.arange(len(test)), config.num_models)
-            train_eval = training.evaluate(model, result.variables(), train.images, train.labels,
-                                           members, preprocess=preprocess)
-            test_eval = training.evaluate(model, result.variables(), test.images, test.labels,
-                                          test_sets, preprocess=preprocess)
-            return ({"train_acc": train_eval["accuracy"], "test_acc": test_eval["accuracy"]},
+            variables = result.variables()
+
+            def evaluate(models: slice) -> dict[str, np.ndarray]:
+                some = jax.tree.map(lambda a: a[models], variables)
+                own = splits.MemberSets(members.indices[models], members.counts[models])
+                test_sets = splits.MemberSets.replicate(np.arange(len(test)), own.num_models)
+                return {"train_acc": training.evaluate(model, some, train.images, train.labels,
+                                                       own, preprocess=preprocess)["accuracy"],
+                        "test_acc": training.evaluate(model, some, test.images, test.labels,
+                                                      test_sets, preprocess=preprocess)["accuracy"]}
+
+            # Across processes each evaluates its own models, like it trained them.
+            return (distributed.split_models(evaluate, config.num_models),
                     {"seconds_incl_compile": seconds})
 
         run_.expect("training", config.epochs * config.num_models * config.train_size,

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxpet import files
+from jaxpet import distributed, files
 from jaxpet.errors import UserError
 from jaxpet.splits import MemberSets
 from jaxpet.training.state import ModelState
@@ -217,7 +217,8 @@ class Checkpoints:
             raise UserError(f"checkpoint directory {self.directory} is a file — remove it or "
                             "choose another workdir.")
         self.fingerprint = fingerprint
-        if os.path.isdir(self.directory):  # a save cut short (kill -9) holds disk space
+        # A save cut short (kill -9) holds disk space; the writer alone removes it.
+        if os.path.isdir(self.directory) and distributed.is_writer():
             for name in os.listdir(self.directory):
                 if _TMP_MARK in name:
                     _remove(os.path.join(self.directory, name))
@@ -250,7 +251,9 @@ class Checkpoints:
                             str(e)[:300], ", ".join(steps))
             _DropLateReports.reported.add(self.directory)
             for step in steps:
-                _remove(os.path.join(self.directory, step))
+                if distributed.is_writer():
+                    _remove(os.path.join(self.directory, step))
+            distributed.barrier(f"jaxpet-reopen-{self.directory}")
             return self._manager()
 
     def _refuse_another_run(self, step: str) -> None:
@@ -318,7 +321,9 @@ class Checkpoints:
                         self.directory, type(error).__name__, str(error)[:300])
         _DropLateReports.reported.add(self.directory)
         self.manager.close()
-        shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        if distributed.is_writer():
+            shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        distributed.barrier(f"jaxpet-discard-{self.directory}-{step}")
         self.manager = self._open()
 
     def check_space(self, state: ModelState, history, epochs_done: int = 0) -> int:

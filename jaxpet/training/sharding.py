@@ -1,7 +1,10 @@
 """The ensemble's model axis across devices: a ``models`` mesh, sharding and padding.
 
 Each device holds K/devices models; K is padded up to a multiple of the device
-count with copies of model 0, which the trainer drops from its result.
+count with copies of model 0, which the trainer drops from its result. Across
+processes (:mod:`jaxpet.distributed`) the mesh spans every process's devices, and
+each process builds its part of a global array from its own copy of the host data
+(every process loads the same data and splits), so it holds only its own models.
 """
 
 from __future__ import annotations
@@ -30,12 +33,30 @@ def default_mesh(strategy: str = "auto") -> Mesh | None:
 
 def shard_models(tree, mesh: Mesh):
     """Puts every leaf's leading (model) axis across the mesh's ``models`` axis."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("models")))
+    return _put(tree, NamedSharding(mesh, PartitionSpec("models")))
 
 
 def replicate(tree, mesh: Mesh):
     """Puts a full copy of every leaf on each device of the mesh (the shared data)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return _put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _put(tree, target: NamedSharding):
+    if target.is_fully_addressable:
+        return jax.device_put(tree, target)
+    return jax.tree.map(lambda leaf: _global_array(leaf, target), tree)
+
+
+def _global_array(leaf, target: NamedSharding):
+    """A global array of ``target`` sharding built from this process's copy of the whole
+    ``leaf``: only the rows of this process's devices are put on them."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return jax.device_put(leaf, target)  # already global: resharded by XLA
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _global_array(jax.random.key_data(leaf), target)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
 
 
 def padded_model_count(num_models: int, mesh: Mesh) -> int:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 
-from jaxpet import files, progress
+from jaxpet import distributed, files, progress
 from jaxpet.data import IDENTITY
 from jaxpet.errors import UserError
 from jaxpet.splits import MemberSets
@@ -267,6 +267,13 @@ def train_ensemble(
         another run's directory is refused, a full disk or an unreadable save handled).
     """
     num_models = members.num_models
+    if distributed.is_multiprocess() and mesh is None:
+        if strategy not in ("auto", "vmap"):
+            raise UserError(f"--strategy={strategy} runs every model in one process; across "
+                            f"{distributed.process_count()} processes the model axis is sharded "
+                            "over their devices, which only vmap does — use --strategy=vmap "
+                            "(or auto).")
+        mesh = sharding.model_mesh()  # every process's devices: each trains its own models
     # A mesh shards the vmapped model axis, so "auto" means vmap there.
     strategy = "vmap" if (mesh is not None and strategy == "auto") else resolve_strategy(strategy)
     if checkpoint_every < 1:
@@ -298,8 +305,11 @@ def train_ensemble(
         if state is not None:
             raise ValueError("Resuming a sharded run: pass the saved state without mesh, or "
                              "re-init.")
-        members, validation, keys = sharding.pad_models(
-            members, validation, keys, sharding.padded_model_count(num_models, mesh))
+        padded = sharding.padded_model_count(num_models, mesh)
+        if padded != num_models:
+            logging.info("%s%d models over %d devices: padded to %d with copies of model 0, "
+                         "dropped from the results", log_prefix, num_models, mesh.size, padded)
+        members, validation, keys = sharding.pad_models(members, validation, keys, padded)
     result = _train_ensemble(model, images, labels, members, config, keys=keys,
                              validation=validation, preprocess=preprocess, state=state,
                              start_epoch=start_epoch, on_epoch_end=on_epoch_end,
@@ -307,6 +317,10 @@ def train_ensemble(
                              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                              fingerprint=fingerprint)
     if mesh is not None:
+        if distributed.is_multiprocess():
+            # Every process gets every model's final state (host memory: the models are
+            # small; their training stayed split), so whatever follows runs unchanged.
+            result = dataclasses.replace(result, state=distributed.gather(result.state))
         result = TrainResult(state=sharding.unpad_models(result.state, num_models),
                              history=sharding.unpad_models(result.history, num_models),
                              seconds=result.seconds)
@@ -347,9 +361,17 @@ def _train_ensemble(model, images, labels, members, config, *, keys, validation,
     if state is None:
         if keys.shape[0] != num_models:
             raise ValueError(f"Got {keys.shape[0]} keys for {num_models} models.")
-        if mesh is not None:  # initialise each model on its own device
-            keys = sharding.shard_models(keys, mesh)
-        state = init_ensemble(model, config, keys, preprocess(images[:1]))
+        sample = preprocess(images[:1])
+        if mesh is not None and distributed.is_multiprocess():
+            # Each process initialises only its own models, on its own devices.
+            state = jax.jit(functools.partial(init_ensemble, model, config),
+                            out_shardings=jax.sharding.NamedSharding(
+                                mesh, jax.sharding.PartitionSpec("models")))(
+                sharding.shard_models(keys, mesh), sharding.replicate(np.asarray(sample), mesh))
+        else:
+            if mesh is not None:  # initialise each model on its own device
+                keys = sharding.shard_models(keys, mesh)
+            state = init_ensemble(model, config, keys, sample)
     if (full_batches_only(model, state.batch_stats)
             and int(members.counts.min()) < config.batch_size):
         raise UserError(
@@ -403,9 +425,10 @@ def _epochs(model, images, labels, config, state, history, start_epoch, member_i
     num_models = member_indices.shape[0]
     # Work per epoch in training-image units: every member trained, every validation example
     # run forward once.
-    images_per_epoch = float(np.sum(np.asarray(member_counts)))
-    units_per_epoch = images_per_epoch + (0.0 if val_counts is None else
-                                          progress.FORWARD * float(np.sum(np.asarray(val_counts))))
+    member_counts_, val_counts_ = distributed.gather((member_counts, val_counts))
+    images_per_epoch = float(np.sum(member_counts_))
+    units_per_epoch = images_per_epoch + (0.0 if val_counts_ is None else
+                                          progress.FORWARD * float(np.sum(val_counts_)))
     tracker = progress.current()
     with tracker.phase(phase_name(log_prefix), (last_epoch - start_epoch) * units_per_epoch,
                        images_per_unit=images_per_epoch / max(units_per_epoch, 1e-12),
@@ -416,7 +439,7 @@ def _epochs(model, images, labels, config, state, history, start_epoch, member_i
                 strategy, model, config, preprocess, state, images, labels, member_indices,
                 member_counts, val_indices, val_counts, jnp.asarray(epoch, jnp.int32),
             )
-            metrics = {k: np.asarray(v) for k, v in metrics.items()}
+            metrics = distributed.gather(metrics)  # whole on every process
             seconds = time.perf_counter() - tick
             metrics["seconds"] = np.full(num_models, seconds, np.float32)
             history.append(metrics)
