@@ -117,7 +117,7 @@ def run(config: Config, dataset: data.Dataset | None = None) -> dict:
             seconds = time.perf_counter() - tick
             variables = result.variables()
 
-            def evaluate(models: slice) -> dict[str, np.ndarray]:
+            def evaluate(models: slice, test=test) -> dict[str, np.ndarray]:
                 some = jax.tree.map(lambda a: a[models], variables)
                 own = splits.MemberSets(members.indices[models], members.counts[models])
                 test_sets = splits.MemberSets.replicate(np.arange(len(test)), own.num_models)
