@@ -252,6 +252,22 @@ if [[ $WRN != 0 ]]; then
   grep -E "^(K=|projected|[0-9.]+ MFLOP)" $R/wrn.log
 fi
 
+# 6 (MP=1, or by itself on a machine with 2+ GPUs): step 3's LiRA run across processes, one
+# per GPU (python -m jaxpet.launch --one_gpu_each), the 64 models split over them: its
+# results.json figures are to equal step 3's, its time to be step 3's over the GPU count.
+# Box 200 s. SMOKE=1 runs 2 CPU processes instead (2 forced devices each).
+GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
+MP=${MP:-$([[ ${GPUS:-0} -ge 2 ]] && echo 1 || echo 0)}
+if [[ $MP == 1 ]]; then
+  if [[ ${SMOKE:-0} == 1 ]]; then NPROC=2; PLACE=(--local_devices=2); else
+    NPROC=${GPUS:-2}; PLACE=(--one_gpu_each); fi
+  step lira_mp 200 $PY -m jaxpet.launch --num_processes=$NPROC "${PLACE[@]}" -- \
+    experiments/lira.py --workdir=$R/lira_mp --dataset=cifar10 --num_models=$L_MODELS \
+    --epochs=$L_EPOCHS --precision=bfloat16 --num_targets=$L_TARGETS \
+    --checkpoint_every=$L_EPOCHS "${L_EXTRA[@]}" --alsologtostderr
+  grep -E "resumed|error" $R/lira_mp.log | tail -3
+fi
+
 # The goals, read off the results (missing figures say so).
 $PY - $R > $R/goals.md 2>&1 <<'EOF'
 import json, pathlib, sys

@@ -34,6 +34,9 @@ _LOCAL_DEVICES = flags.DEFINE_integer(
     "local_devices", 0, "CPU devices per process (XLA's forced host device count, CPU only; "
     "0: leave the platform and its devices as they are, e.g. one GPU each is the cluster's "
     "business).", lower_bound=0)
+_ONE_GPU_EACH = flags.DEFINE_bool(
+    "one_gpu_each", False, "Give process i the machine's GPU i alone (CUDA_VISIBLE_DEVICES=i): "
+    "one process per GPU of a multi-GPU host.")
 _PORT = flags.DEFINE_integer("port", 0, "The coordinator's port on localhost (0: a free one).",
                              lower_bound=0, upper_bound=65535)
 _GRACE = flags.DEFINE_float(
@@ -56,7 +59,9 @@ def command_line(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def environment(process_id: int, num_processes: int, port: int, local_devices: int) -> dict:
+def environment(process_id: int, num_processes: int, port: int, local_devices: int,
+                one_gpu_each: bool = False) -> dict:
+    """The environment of process ``process_id``: the launcher's, with its place in the run."""
     env = {**os.environ, distributed.ENV_COORDINATOR: f"localhost:{port}",
            distributed.ENV_NUM_PROCESSES: str(num_processes),
            distributed.ENV_PROCESS_ID: str(process_id)}
@@ -66,6 +71,8 @@ def environment(process_id: int, num_processes: int, port: int, local_devices: i
         env["XLA_FLAGS"] = " ".join([*xla, f"--xla_force_host_platform_device_count="
                                      f"{local_devices}"])
         env["JAX_PLATFORMS"] = "cpu"
+    if one_gpu_each:
+        env["CUDA_VISIBLE_DEVICES"] = str(process_id)
     return env
 
 
@@ -77,7 +84,8 @@ def _relay(stream, out, prefix: str) -> None:
 
 
 def launch(argv: Sequence[str], num_processes: int, *, local_devices: int = 0, port: int = 0,
-           grace_seconds: float = distributed.HEARTBEAT_TIMEOUT_SECONDS + 15.0) -> int:
+           grace_seconds: float = distributed.HEARTBEAT_TIMEOUT_SECONDS + 15.0,
+           one_gpu_each: bool = False) -> int:
     """Runs ``argv`` as ``num_processes`` processes; returns the exit status (0 when every
     process succeeded, else the first failure's, 128 + signal for a killed one)."""
     command = command_line(argv)
@@ -88,7 +96,8 @@ def launch(argv: Sequence[str], num_processes: int, *, local_devices: int = 0, p
     processes, relays = [], []
     try:
         for i in range(num_processes):
-            p = subprocess.Popen(command, env=environment(i, num_processes, port, local_devices),
+            env = environment(i, num_processes, port, local_devices, one_gpu_each)
+            p = subprocess.Popen(command, env=env,
                                  stdout=None if i == 0 else subprocess.PIPE,
                                  stderr=None if i == 0 else subprocess.PIPE, text=True)
             processes.append(p)
@@ -141,7 +150,8 @@ def _wait(processes: list[subprocess.Popen], grace_seconds: float) -> int:
 
 def main(argv: Sequence[str]) -> None:
     sys.exit(launch(argv[1:], _NUM_PROCESSES.value, local_devices=_LOCAL_DEVICES.value,
-                    port=_PORT.value, grace_seconds=_GRACE.value))
+                    port=_PORT.value, grace_seconds=_GRACE.value,
+                    one_gpu_each=_ONE_GPU_EACH.value))
 
 
 if __name__ == "__main__":
