@@ -132,7 +132,7 @@ def main(experiment: types.ModuleType) -> None:
         guarded(experiment.run, config)
         summary = pathlib.Path(experiment.summary_path(config))
         logging.info("Done: %s", summary.parent)
-        if summary.exists():
+        if summary.exists() and distributed.is_writer():  # printed once
             print(summary.read_text())
 
     app.run(_main, flags_parser=_parse)

@@ -48,12 +48,18 @@ HEARTBEAT_TIMEOUT_SECONDS = 30
 _started = False
 
 
+def _running() -> bool:
+    """Whether the runtime started (here, or by the user's own jax.distributed.initialize);
+    asked without touching a backend, which must not start before the runtime does."""
+    return _started or jax.distributed.is_initialized()
+
+
 def process_count() -> int:
-    return jax.process_count() if _started else 1
+    return jax.process_count() if _running() else 1
 
 
 def process_index() -> int:
-    return jax.process_index() if _started else 0
+    return jax.process_index() if _running() else 0
 
 
 def is_writer() -> bool:
@@ -115,7 +121,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     ``timeout_seconds`` is one :class:`UserError` naming its address.
     """
     global _started
-    if _started:
+    if _running():  # already started (by jax.distributed.initialize in the user's script)
+        _started = True
+        _quiet_others()
         return True
     settings = {**settings_from_env(),
                 **{k: v for k, v in dict(coordinator_address=coordinator_address,
@@ -133,6 +141,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     address = str(settings.get("coordinator_address", "the cluster's coordinator"))
     fix = ("start process 0 too, check the address and port (process 0's host, a free port "
            "every host can reach), and start every one of the --num_processes processes.")
+    if settings.get("process_id", 0) != 0:
+        logging.set_verbosity(logging.WARNING)  # the writer logs; the others warn and fail
     if settings.get("process_id", 0) != 0 and not _answers(address, timeout_seconds):
         # Checked here: JAX's client aborts the whole process when it cannot connect.
         raise UserError(f"the coordinator at {address} could not be reached within "
@@ -145,13 +155,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                         f"{address} within {timeout_seconds} s ({str(e).splitlines()[0][:200]})"
                         f" — {fix}") from e
     _started = True
-    if process_index() != 0:
-        from jaxpet import progress  # local: progress is not needed to start the runtime
-        progress.set_default_mode("off")  # progress is shown once, by the writer
-        logging.set_verbosity(logging.WARNING)
+    _quiet_others()
     logging.info("Process %d of %d: %d local devices of %d", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def _quiet_others() -> None:
+    """Progress and info lines are shown once, by the writer; the others warn and fail."""
+    if process_index() != 0:
+        from jaxpet import progress  # local: progress is not needed to start the runtime
+        progress.set_default_mode("off")
+        logging.set_verbosity(logging.WARNING)
 
 
 def _check_settings(settings: dict) -> None:
@@ -160,7 +175,7 @@ def _check_settings(settings: dict) -> None:
     if missing:
         raise UserError(f"a multi-process run needs {', '.join(missing)} too (or "
                         f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}) — give all "
-                        "three, or use --distributed=auto on a TPU pod, SLURM or Open MPI.")
+                        "three, or use --distributed on a TPU pod, SLURM or Open MPI.")
     count, index = settings["num_processes"], settings["process_id"]
     if count < 1:
         raise UserError(f"--num_processes={count} must be >= 1.")
