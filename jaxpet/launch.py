@@ -109,12 +109,18 @@ def launch(argv: Sequence[str], num_processes: int, *, local_devices: int = 0, p
                     relays.append(relay)
         return _wait(processes, grace_seconds)
     finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for relay in relays:
-            relay.join(timeout=5)
+        stop_all(processes, relays)
+
+
+def stop_all(processes: Sequence[subprocess.Popen], readers: Sequence[threading.Thread] = ()):
+    """Kills every process still running, waits for each, and for the threads reading their
+    output: nothing a launch (or a test) started outlives it."""
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    for reader in readers:
+        reader.join(timeout=5)
 
 
 def _status(code: int) -> int:

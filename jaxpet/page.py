@@ -165,7 +165,12 @@ def reproduce_command(results: Mapping[str, Any]) -> str | None:
     cwd = provenance.get("cwd")
     elsewhere = (isinstance(cwd, str) and (root / script).is_file()
                  and pathlib.Path(cwd) != root)
-    command = shlex.join(["python", str(root / script) if elsewhere else script,
+    processes = provenance.get("process_count")
+    # A multi-process run is shown as the local launcher runs it (a cluster starts the
+    # same script once per process instead).
+    launcher = (["python", "-m", "jaxpet.launch", f"--num_processes={processes}", "--"]
+                if isinstance(processes, int) and processes > 1 else ["python"])
+    command = shlex.join([*launcher, str(root / script) if elsewhere else script,
                           *config_lib.command_line(cls, config,
                                                    presets=getattr(module, "PRESETS", None))])
     path = provenance.get("pythonpath")

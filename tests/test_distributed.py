@@ -52,12 +52,7 @@ def _processes(commands: list[list[str]], envs: list[dict]):
     try:
         yield started, outputs
     finally:
-        for p in started:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for r in readers:
-            r.join(timeout=5)
+        launch.stop_all(started, readers)
 
 
 def _launch(*argv, num_processes=2, local_devices=1, timeout=240):

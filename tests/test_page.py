@@ -57,6 +57,18 @@ def test_the_reproduce_command_rebuilds_the_same_config(module, config):
     assert _reparsed(module, command) == config
 
 
+def test_a_multi_process_run_is_reproduced_through_the_launcher():
+    config = lira.Config(dataset="mnist", num_models=4, epochs=2)
+    results = {"config": dataclasses.asdict(config),
+               "provenance": {"experiment": "lira", "process_count": 2}}
+    command = page.reproduce_command(results)
+    assert command.startswith("python -m jaxpet.launch --num_processes=2 -- "
+                              "experiments/lira.py ")
+    assert _reparsed(lira, "python " + command.split(" -- ", 1)[1]) == config
+    results["provenance"]["process_count"] = 1
+    assert page.reproduce_command(results).startswith("python experiments/lira.py ")
+
+
 def test_no_command_for_a_result_of_unknown_origin():
     assert page.reproduce_command({"config": {}, "provenance": {"experiment": "nope"}}) is None
     assert page.reproduce_command({}) is None
