@@ -241,6 +241,10 @@ class StageCache:
         recorded again when it is reused, so a run's ``history.jsonl`` is whole either way.
         """
         tracker = progress.current()
+        # The key holds the data's digest: processes given other data (another copy under
+        # their own --data_dir) would train one ensemble on different examples.
+        distributed.check_same(files.digest(key), f"stage {name}'s settings and data",
+                               "give every process the same data (and flags).")
         found = self._load(name, key)
         if not distributed.all_agree(found is not None):
             found = None  # seen by some processes only (a file system still syncing): recompute

@@ -5,6 +5,7 @@ it started stopped; and the one-process behaviour of jaxpet.distributed."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib.util
 import json
 import os
@@ -172,11 +173,26 @@ def test_a_killed_process_ends_the_other_with_one_line_and_a_rerun_resumes(tmp_p
 def test_processes_that_disagree_or_do_not_share_the_workdir_stop_with_one_line(tmp_path):
     base = [sys.executable, _script("train_ensemble"), "--dataset=mnist", "--num_models=2",
             "--train_size=100", "--epochs=1", "--batch_size=16"]
+    # Process 1's own copy of MNIST (its --data_dir, a path each host may set its own way)
+    # with one training label changed.
+    real = pathlib.Path(REAL_DATA) / "mnist"
+    other = tmp_path / "other_data" / "mnist"
+    other.mkdir(parents=True)
+    for path in real.glob("*.gz"):
+        (other / path.name).symlink_to(path.resolve())
+    labels = other / "train-labels-idx1-ubyte.gz"
+    changed = bytearray(gzip.decompress(labels.read_bytes()))
+    changed[8] = (changed[8] + 1) % 10  # the first label (after the 8-byte header)
+    labels.unlink()
+    labels.write_bytes(gzip.compress(bytes(changed)))
     cases = {
         "the processes disagree on the config": (["--seed=0", f"--workdir={tmp_path / 'a'}"],
                                                  ["--seed=1", f"--workdir={tmp_path / 'a'}"]),
         "is not shared: process 1 does not see what process 0 wrote": (
             [f"--workdir={tmp_path / 'b0'}"], [f"--workdir={tmp_path / 'b1'}"]),
+        "the processes disagree on stage ensemble's settings and data": (
+            [f"--workdir={tmp_path / 'c'}"],
+            [f"--workdir={tmp_path / 'c'}", f"--data_dir={other.parent}"]),
     }
     for message, extra in cases.items():
         port = launch.free_port()
