@@ -211,7 +211,10 @@ def _run_epoch(strategy, model, config, preprocess, state, images, labels, membe
 
 @dataclasses.dataclass
 class TrainResult:
-    """The trained ensemble and its per-epoch history (each entry: name -> [K] numpy array)."""
+    """The trained ensemble and its per-epoch history (each entry: name -> [K] numpy array).
+
+    Across processes the state is every model's, on the host, without its optimiser state
+    (``opt_state`` is None; see :mod:`jaxpet.distributed`)."""
 
     state: ModelState
     history: list[dict[str, np.ndarray]]
@@ -318,9 +321,12 @@ def train_ensemble(
                              fingerprint=fingerprint)
     if mesh is not None:
         if distributed.is_multiprocess():
-            # Every process gets every model's final state (host memory: the models are
-            # small; their training stayed split), so whatever follows runs unchanged.
-            result = dataclasses.replace(result, state=distributed.gather(result.state))
+            # Every process gets every model's final weights and bookkeeping in host memory
+            # (the models are small; their training stayed split), so whatever follows runs
+            # unchanged. The optimiser state, which nothing after training reads, is not
+            # gathered: it is None in a multi-process result.
+            result = dataclasses.replace(
+                result, state=distributed.gather(dataclasses.replace(result.state, opt_state=None)))
         result = TrainResult(state=sharding.unpad_models(result.state, num_models),
                              history=sharding.unpad_models(result.history, num_models),
                              seconds=result.seconds)
